@@ -1,0 +1,5 @@
+import sys
+
+from embdistill.cli import main
+
+sys.exit(main())

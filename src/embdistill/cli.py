@@ -1,0 +1,112 @@
+"""``embdistill`` command line: train, distill, evaluate, demo."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+from embdistill.config import ConfigError
+
+
+_SUBCOMMAND_MODULES = ("embdistill.report", "embdistill.deploy")
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="YAML experiment config (see configs/)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.epochs=5 model.dim=128")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+
+
+def cmd_train(args: argparse.Namespace, distill: bool) -> int:
+    from embdistill.config import load_config
+    from embdistill.engine.train import run
+
+    cfg = load_config(args.config, args.overrides)
+    if distill and (cfg.distill is None or not cfg.distill.teacher):
+        raise ConfigError("distill needs a teacher checkpoint: set distill.teacher=PATH (a run of `embdistill train`)")
+    if not distill and cfg.distill is not None:
+        raise ConfigError("this config has a `distill` section: run it with `embdistill distill`")
+    result = run(cfg, progress=not args.no_progress)
+    print(json.dumps({"run_dir": str(result.run_dir), **result.metrics}, indent=2))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from embdistill.engine.evaluate_checkpoint import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(
+        args.checkpoint,
+        dataset=args.dataset,
+        root=args.root,
+        split=args.split,
+        ks=args.ks,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        degrade_resolution=args.degrade_resolution,
+        degrade_jpeg_quality=args.degrade_jpeg_quality,
+        progress=not args.no_progress,
+    )
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from embdistill.demo import run_demo
+
+    run_demo(Path(args.data), Path(args.output), progress=not args.no_progress)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="embdistill", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train an embedding network with a metric loss (a teacher, or a student alone)")
+    _add_config_args(p)
+    p.set_defaults(func=lambda a: cmd_train(a, distill=False))
+
+    p = sub.add_parser("distill", help="train a student from a frozen teacher checkpoint and labels")
+    _add_config_args(p)
+    p.set_defaults(func=lambda a: cmd_train(a, distill=True))
+
+    p = sub.add_parser("evaluate", help="Recall@K / MAP@R of a checkpoint on a dataset's test classes")
+    p.add_argument("checkpoint", help="a checkpoint file or a run directory (uses its last.pt)")
+    p.add_argument("--dataset", help="dataset reader (default: the checkpoint's)")
+    p.add_argument("--root", help="dataset root (default: the checkpoint's)")
+    p.add_argument("--split", default="test", choices=["train", "test", "all"])
+    p.add_argument("--ks", type=int, nargs="+", help="K values (default: 1 2 4 8; SOP: 1 10 100 1000)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--degrade-resolution", type=int, help="evaluate on images down-scaled to this and back")
+    p.add_argument("--degrade-jpeg-quality", type=int, help="evaluate on images re-encoded at this JPEG quality")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="the whole story on CUB birds on a CPU in minutes: teacher, students, table")
+    p.add_argument("--data", default="../shared/data/cub100", help="CUB-200-2011 (or subset) root, official layout")
+    p.add_argument("--output", default="runs/demo", help="where the runs and the table go")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    for module in _SUBCOMMAND_MODULES:  # each adds its own sub-commands
+        importlib.import_module(module).add_subcommands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from embdistill.data.datasets import DatasetError
+    from embdistill.engine.checkpoint import CheckpointError
+    from embdistill.models.weights import WeightsError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DatasetError, CheckpointError, WeightsError) as err:
+        print(f"embdistill {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""Experiment configuration: typed dataclasses, read from YAML, overridden from the command line.
+
+Every run is described by one ``ExperimentConfig``. YAML files may name a ``_base_``
+file (relative to themselves) whose values they override; ``key.sub=value``
+arguments override both. Unknown keys and values of the wrong type are errors
+that name the key, so a typo never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from embdistill.models.embedder import ModelConfig
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "cub200"  # cub200 | cars196 | sop | folder
+    root: str = "../shared/data/cub100"
+    image_size: int = 224
+    num_workers: int = 2
+    cache_images: bool = False  # keep decoded images in memory (2-core machines are decode-bound)
+    skip_bad_images: bool = False  # skip (and list) corrupt files instead of stopping
+    validation_classes: int = 0  # hold out the last N train classes to choose lambda/epochs
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    classes_per_batch: int = 4  # P, paper: 4
+    images_per_class: int = 8  # K, paper: 8
+    batches_per_epoch: int | None = None  # default: one pass over the train images
+    lr: float = 1e-4  # head learning rate (Adam)
+    backbone_lr_mult: float = 0.1  # backbone lr = lr * this
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine | step | constant
+    step_epochs: list[int] = field(default_factory=list)  # for schedule=step: decay x0.1 at these
+    warmup_epochs: float = 0.0
+    metric_loss: str = "batch_hard_triplet"
+    metric_loss_args: dict[str, Any] = field(default_factory=dict)
+    log_every: int = 10  # steps
+    nan_policy: str = "stop"  # stop | skip (skipped batches are counted in summary.yaml)
+    checkpoint_every: int = 0  # also checkpoint every N steps mid-epoch (0: only at epoch ends)
+
+
+@dataclass
+class DistillTermConfig:
+    name: str  # absolute | relative | rkd_distance | rkd_angle | darkrank | hint | attention
+    weight: float = 1.0
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SemiSupervisedConfig:
+    folder: str | None = None  # extra unlabelled images (any layout, searched recursively)
+    hide_label_fraction: float = 0.0  # or: this fraction of train classes becomes unlabelled
+    unlabelled_per_batch: int = 16
+
+
+@dataclass
+class CrossQualityConfig:
+    resolution: int | None = None  # student sees images down-scaled to this and back
+    jpeg_quality: int | None = None  # and/or re-encoded at this JPEG quality
+    degrade_test: bool = True  # evaluate on test images degraded the same way
+
+
+@dataclass
+class DistillConfig:
+    teacher: str = ""  # checkpoint written by `embdistill train`
+    teacher_backbone: str | None = None  # expected teacher architecture (None: accept the checkpoint's)
+    teacher_dim: int | None = None  # expected teacher embedding size (None: accept the checkpoint's)
+    strict_teacher: bool = False  # a teacher trained at another image size is an error, not a note
+    terms: list[DistillTermConfig] = field(default_factory=list)
+    cache_teacher: bool = True  # compute teacher outputs once per fixed augmented view
+    cache_views: int = 4  # number of fixed views per image when caching
+    teacher_precision: str = "fp32"  # fp32 | bf16
+    semi_supervised: SemiSupervisedConfig | None = None
+    cross_quality: CrossQualityConfig | None = None
+
+
+@dataclass
+class EvalConfig:
+    ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    every_epochs: int = 0  # 0: only at the end
+    batch_size: int = 64
+    initial: bool = False  # also evaluate before training (e.g. a pretrained starting point)
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "run"
+    output_dir: str = "runs"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = None  # torch CPU threads; None: torch's default
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig | None = None
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and build nested dataclasses."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors: dict[Any, ConfigError] = {}
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as err:
+                errors[option] = err
+        # A mapping for an optional section: the section's own error names the bad nested key.
+        sections = [o for o in errors if dataclasses.is_dataclass(o)]
+        if isinstance(value, dict) and len(sections) == 1:
+            raise errors[sections[0]]
+        names = " or ".join("None" if o is type(None) else _type_name(o) for o in options)
+        raise ConfigError(f"{key}: expected {names}, got {value!r} ({type(value).__name__})")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in values if k not in names]
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown key '{where}{unknown[0]}'; valid keys here: {names}")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # a required field is missing
+        raise ConfigError(f"{prefix or cls.__name__}: {err}") from err
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config as a dict, with its ``_base_`` chain merged in."""
+    path = Path(path)
+    if path.resolve() in _chain:
+        raise ConfigError(f"_base_ chain loops: {' -> '.join(map(str, _chain))} -> {path.resolve()}")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level")
+    base = values.pop("_base_", None)
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: _base_ must be a file name, got {base!r}")
+        values = _merge(read_yaml(path.parent / base, (*_chain, path.resolve())), values)
+    return values
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` strings; each value is parsed as YAML (``1e-3``, ``true``, ``[1, 2]``)."""
+    values = dict(values)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        *parents, leaf = key.split(".")
+        node = values
+        for part in parents:
+            child = node.get(part)
+            node[part] = dict(child) if isinstance(child, dict) else {}
+            node = node[part]
+        node[leaf] = yaml.safe_load(raw)
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    values = read_yaml(path) if path else {}
+    return from_dict(apply_overrides(values, overrides or []))
+
+
+def from_dict(values: dict[str, Any]) -> ExperimentConfig:
+    return _build(ExperimentConfig, values)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)

@@ -1,0 +1,1 @@
+"""Training machinery: the loop, the frozen teacher, loaders, checkpoints."""

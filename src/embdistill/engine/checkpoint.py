@@ -1,0 +1,116 @@
+"""Checkpoints: written atomically, and enough inside to rebuild the embedder anywhere."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from embdistill.data.transforms import Normalization
+from embdistill.models.embedder import Embedder, ModelConfig, create_embedder
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable or not what the config expects."""
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write to a temporary file, fsync, then rename: a crash never leaves a torn checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it owner-only; a checkpoint is an ordinary file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from err
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(payload).__name__}, not an embdistill checkpoint dict")
+    for key in ("model_config", "model_state", "image_size"):
+        if key not in payload:
+            raise CheckpointError(f"checkpoint {path} has no {key!r}: not written by embdistill")
+    return payload
+
+
+def embedder_from_checkpoint(payload: dict[str, Any]) -> Embedder:
+    """Rebuild the embedder (architecture from its config, no pretrained download) and load its weights."""
+    for key in ("model_config", "model_state"):
+        if key not in payload:
+            raise CheckpointError(f"checkpoint payload has no {key!r}: not written by embdistill")
+    try:
+        config = ModelConfig(**{**payload["model_config"], "pretrained": False})
+    except TypeError as err:  # a model_config field this version does not know
+        raise CheckpointError(f"checkpoint model_config {payload['model_config']} does not fit ModelConfig: {err}") from err
+    model = create_embedder(config)
+    try:
+        model.load_state_dict(payload["model_state"])
+    except RuntimeError as err:  # missing/unexpected keys or wrong shapes
+        raise CheckpointError(f"checkpoint weights do not fit {config.backbone}: {err}") from err
+    return model
+
+
+def checkpoint_normalization(payload: dict[str, Any]) -> Normalization:
+    mean, std = payload["normalization"]
+    return Normalization(tuple(mean), tuple(std))
+
+
+def check_teacher(
+    payload: dict[str, Any],
+    path: str | Path,
+    teacher: Embedder,
+    *,
+    backbone: str | None = None,
+    dim: int | None = None,
+    image_size: int | None = None,
+    strict_image_size: bool = False,
+) -> list[str]:
+    """Compare a teacher checkpoint (and ``teacher``, the embedder rebuilt from it) with the config.
+
+    ``backbone`` and ``dim`` (None: accept the checkpoint's) must match its
+    ``model_config``, and the normalisation it was trained with must be the one the
+    rebuilt architecture applies. Every mismatch is named in one
+    :class:`CheckpointError`. A different ``image_size`` is returned as a note to
+    print, or is a mismatch too with ``strict_image_size``.
+    """
+    config = payload["model_config"]
+    differences, notes = [], []
+    if backbone is not None and config.get("backbone") != backbone:
+        differences.append(f"architecture: distill.teacher_backbone={backbone}, the checkpoint is a {config.get('backbone')}")
+    if dim is not None and config.get("dim") != dim:
+        differences.append(f"embedding size: distill.teacher_dim={dim}, the checkpoint embeds in {config.get('dim')}-d")
+    if "normalization" in payload and checkpoint_normalization(payload) != teacher.normalization:
+        saved, expected = checkpoint_normalization(payload), teacher.normalization
+        differences.append(f"normalisation: the checkpoint was trained on inputs normalised with mean {saved.mean}, std {saved.std}; "
+                           f"its architecture {config.get('backbone')} normalises with mean {expected.mean}, std {expected.std}")
+    if image_size is not None and payload["image_size"] != image_size:
+        text = f"image size: the teacher was trained at {payload['image_size']} px, data.image_size is {image_size} px"
+        (differences if strict_image_size else notes).append(text + (" (distill.strict_teacher=true)" if strict_image_size else ""))
+    if differences:
+        raise CheckpointError(f"teacher checkpoint {path} does not match the config: " + "; ".join(differences))
+    return notes

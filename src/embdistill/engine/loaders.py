@@ -1,0 +1,172 @@
+"""From a config to the splits and DataLoaders a run trains and evaluates on."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from embdistill.config import DataConfig, ExperimentConfig
+from embdistill.data.datasets import DatasetError, DecodedImageCache, ImageDataset, ImageList, load_dataset
+from embdistill.data.samplers import PKSampler
+from embdistill.data.transforms import Degrade, Normalization, build_transform
+from embdistill.engine.views import ViewDataset
+
+RESIZE_RATIO = 256 / 224  # eval: resize the shorter side to size*ratio, then center-crop size
+
+
+@dataclass
+class Splits:
+    train: ImageList
+    eval: ImageList  # the test classes, or held-out train classes when tuning
+    eval_name: str  # "test" | "validation"
+
+
+def _without_bad_images(items: ImageList, skip_bad: bool, log: list[tuple[Path, str]]) -> ImageList:
+    if not skip_bad:
+        return items
+    checked = ImageDataset(items, skip_bad=True)
+    log.extend(checked.skipped)
+    return checked.items
+
+
+def load_splits(data: DataConfig, skipped: list[tuple[Path, str]] | None = None) -> Splits:
+    """Train and evaluation classes; ``validation_classes`` carves the last N train classes out.
+
+    With ``data.skip_bad_images`` unreadable files are removed here, once, and
+    appended to ``skipped`` so the run can list them.
+    """
+    skipped = [] if skipped is None else skipped
+    train = _without_bad_images(load_dataset(data.dataset, data.root, "train"), data.skip_bad_images, skipped)
+    n = data.validation_classes
+    if n <= 0:
+        test = _without_bad_images(load_dataset(data.dataset, data.root, "test"), data.skip_bad_images, skipped)
+        return Splits(train, test, "test")
+    if n >= train.num_classes - 1:
+        raise DatasetError(f"data.validation_classes={n} leaves fewer than 2 of {train.num_classes} train classes")
+    keep = list(range(train.num_classes - n))
+    held = list(range(train.num_classes - n, train.num_classes))
+    return Splits(train.class_subset(keep), train.class_subset(held), "validation")
+
+
+def image_cache(data: DataConfig, items: ImageList) -> DecodedImageCache | None:
+    """Decoded images at the working resolution, filled before loader workers fork."""
+    if not data.cache_images:
+        return None
+    cache = DecodedImageCache(size=round(data.image_size * RESIZE_RATIO))
+    cache.fill(items.paths, num_workers=max(1, data.num_workers))
+    return cache
+
+
+def hidden_label_mask(train: ImageList, fraction: float, seed: int) -> np.ndarray:
+    """True for images whose class is chosen (reproducibly) to be treated as unlabelled."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"distill.semi_supervised.hide_label_fraction must be in [0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    hidden = rng.permutation(train.num_classes)[: int(round(fraction * train.num_classes))]
+    return np.isin(train.labels, hidden)
+
+
+def train_loader(
+    cfg: ExperimentConfig,
+    items: ImageList,
+    normalization: Normalization,
+    labels: np.ndarray | None = None,
+    cache: DecodedImageCache | None = None,
+) -> tuple[DataLoader, ViewDataset, PKSampler]:
+    """Class-balanced P×K batches of augmented views; ``labels`` < 0 are excluded from the batches."""
+    cq = cfg.distill.cross_quality if cfg.distill else None
+    degrade = Degrade(cq.resolution, cq.jpeg_quality) if cq else None
+    images = ImageDataset(items, cache=cache)
+    labels = items.labels if labels is None else labels
+    views = ViewDataset(
+        images,
+        build_transform(True, cfg.data.image_size, normalization),
+        seed=cfg.seed,
+        degrade=degrade,
+        labels=torch.from_numpy(np.array(labels)),
+    )
+    labelled = np.flatnonzero(labels >= 0)
+    sampler = PKSampler(
+        labels[labelled],
+        cfg.train.classes_per_batch,
+        cfg.train.images_per_class,
+        seed=cfg.seed,
+        batches_per_epoch=cfg.train.batches_per_epoch,
+    )
+    batches = _Reindexed(sampler, labelled)
+    loader = DataLoader(views, batch_sampler=batches, num_workers=cfg.data.num_workers, pin_memory=False)
+    return loader, views, sampler
+
+
+class _Reindexed:
+    """Maps a sampler's positions within a subset back to dataset indices."""
+
+    def __init__(self, sampler: PKSampler, indices: np.ndarray) -> None:
+        self.sampler = sampler
+        self.indices = indices
+
+    def __iter__(self):
+        for batch in self.sampler:
+            yield [int(self.indices[i]) for i in batch]
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+def unlabelled_items(cfg: ExperimentConfig, train: ImageList, hidden: np.ndarray | None) -> ImageList | None:
+    """Images that contribute only distillation terms (semi-supervised distillation)."""
+    semi = cfg.distill.semi_supervised if cfg.distill else None
+    if semi is None:
+        return None
+    if semi.folder:
+        root = Path(semi.folder)
+        exts = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+        paths = tuple(sorted(p.resolve() for p in root.rglob("*") if p.suffix.lower() in exts))
+        if not paths:
+            raise DatasetError(f"distill.semi_supervised.folder {root} holds no images ({sorted(exts)})")
+        return ImageList(paths=paths, labels=np.full(len(paths), -1, dtype=np.int64), class_names=(), name=f"unlabelled:{root}")
+    if hidden is None or not hidden.any():
+        raise DatasetError("distill.semi_supervised needs `folder` or a hide_label_fraction > 0")
+    return train.subset(np.flatnonzero(hidden))
+
+
+def eval_loader(
+    items: ImageList,
+    image_size: int,
+    normalization: Normalization,
+    batch_size: int,
+    num_workers: int,
+    degrade: Degrade | None = None,
+    cache: DecodedImageCache | None = None,
+) -> DataLoader:
+    transform = build_transform(False, image_size, normalization, resize_ratio=RESIZE_RATIO, degrade=degrade)
+    return DataLoader(ImageDataset(items, transform, cache=cache), batch_size=batch_size, num_workers=num_workers)
+
+
+def unlabelled_loader(
+    cfg: ExperimentConfig, items: ImageList, normalization: Normalization, cache: DecodedImageCache | None
+) -> tuple[ViewDataset, DataLoader]:
+    """Random batches of unlabelled views, drawn with a seeded generator."""
+    assert cfg.distill is not None and cfg.distill.semi_supervised is not None
+    cq = cfg.distill.cross_quality
+    degrade = Degrade(cq.resolution, cq.jpeg_quality) if cq else None
+    views = ViewDataset(
+        ImageDataset(items, cache=cache),
+        build_transform(True, cfg.data.image_size, normalization),
+        seed=cfg.seed + 1,
+        degrade=degrade,
+        labels=torch.full((len(items),), -1, dtype=torch.long),
+    )
+    generator = torch.Generator().manual_seed(cfg.seed)
+    loader = DataLoader(
+        views,
+        batch_size=cfg.distill.semi_supervised.unlabelled_per_batch,
+        shuffle=True,
+        drop_last=True,
+        generator=generator,
+        num_workers=cfg.data.num_workers,
+    )
+    return views, loader

@@ -1,0 +1,278 @@
+"""The training loop: one function, readable top to bottom.
+
+``run(config)`` trains an embedder with a metric loss and, when ``config.distill``
+is set, distils a frozen teacher into it. Everything else (data, models, losses,
+metrics) is built by the modules named in the imports.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from tqdm import tqdm
+
+from embdistill.config import ExperimentConfig, to_dict
+from embdistill.data.transforms import Degrade
+from embdistill.engine.checkpoint import checkpoint_normalization, embedder_from_checkpoint, load_checkpoint, save_checkpoint
+from embdistill.engine.evaluate import evaluate_embedder
+from embdistill.engine.loaders import eval_loader, hidden_label_mask, image_cache, load_splits, train_loader, unlabelled_items
+from embdistill.engine.runlog import RunLog
+from embdistill.engine.teacher import FrozenTeacher, TeacherCache
+from embdistill.losses.distill import build_distill_loss
+from embdistill.losses.metric import build_metric_loss
+from embdistill.losses.objective import Objective, all_finite
+from embdistill.models.embedder import Embedder, create_embedder
+from embdistill.plots import plot_training_curves
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the message names the step, the terms and the last checkpoint."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, float]
+    checkpoint: Path
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_objective(cfg: ExperimentConfig, student: Embedder, teacher: Embedder | None) -> Objective:
+    """The metric loss plus each configured distillation term, sized to the two networks."""
+    metric = build_metric_loss(cfg.train.metric_loss, **cfg.train.metric_loss_args)
+    terms = {}
+    for term in cfg.distill.terms if cfg.distill else []:
+        assert teacher is not None
+        args = dict(term.args)
+        if term.name == "absolute":
+            args.setdefault("student_dim", student.dim)
+            args.setdefault("teacher_dim", teacher.dim)
+        if term.name == "hint":
+            args.setdefault("student_channels", student.backbone.channels[args["student_layer"]])
+            args.setdefault("teacher_channels", teacher.backbone.channels[args["teacher_layer"]])
+        key = term.name if term.name not in terms else f"{term.name}_{len(terms)}"
+        terms[key] = (term.weight, build_distill_loss(term.name, **args))
+    return Objective(metric, terms)
+
+
+def build_optimizer(cfg: ExperimentConfig, model: Embedder, objective: nn.Module) -> torch.optim.Optimizer:
+    """Adam with the backbone at ``backbone_lr_mult`` × the head's learning rate.
+
+    (The paper's code meant 0.1× on the backbone, but passed a single parameter
+    group, so its optimizer ignored it. Here the groups are real.)
+    """
+    backbone, head = model.param_groups()
+    t = cfg.train
+    return torch.optim.Adam(
+        [
+            {"params": backbone, "lr": t.lr * t.backbone_lr_mult, "name": "backbone"},
+            {"params": head + list(objective.parameters()), "lr": t.lr, "name": "head"},
+        ],
+        weight_decay=t.weight_decay,
+    )
+
+
+def build_scheduler(cfg: ExperimentConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """Per-step learning-rate factor: linear warm-up, then cosine, step or constant."""
+    t = cfg.train
+    total, warmup = t.epochs * steps_per_epoch, int(t.warmup_epochs * steps_per_epoch)
+    if t.schedule not in ("cosine", "step", "constant"):
+        raise ValueError(f"train.schedule must be cosine, step or constant, got {t.schedule!r}")
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if t.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+        if t.schedule == "step":
+            return 0.1 ** sum(step >= e * steps_per_epoch for e in t.step_epochs)
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def load_teacher(cfg: ExperimentConfig, device: torch.device) -> Embedder:
+    payload = load_checkpoint(cfg.distill.teacher)
+    teacher = embedder_from_checkpoint(payload).to(device)
+    if payload["image_size"] != cfg.data.image_size:
+        print(f"note: teacher was trained at {payload['image_size']} px, distilling at {cfg.data.image_size} px")
+    assert teacher.normalization == checkpoint_normalization(payload)
+    return teacher
+
+
+def _forever(loader) -> Iterator:
+    while True:
+        yield from loader
+
+
+def run(cfg: ExperimentConfig, progress: bool = True) -> RunResult:
+    """Train (and distil, if configured), evaluate, and leave everything in ``cfg.run_dir``."""
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    log = RunLog(run_dir)
+
+    # Data and networks.
+    skipped: list = []
+    splits = load_splits(cfg.data, skipped)
+    if skipped:
+        (run_dir / "skipped_images.txt").write_text("".join(f"{path}\t{why}\n" for path, why in skipped))
+        print(f"[{cfg.name}] skipped {len(skipped)} unreadable image(s), listed in {run_dir / 'skipped_images.txt'}")
+    student = create_embedder(cfg.model).to(device)
+    teacher = load_teacher(cfg, device) if cfg.distill else None
+    objective = build_objective(cfg, student, teacher).to(device)
+    distill = cfg.distill
+    semi = distill.semi_supervised if distill else None
+    hidden = hidden_label_mask(splits.train, semi.hide_label_fraction, cfg.seed) if semi and not semi.folder else None
+    labels = np.where(hidden, -1, splits.train.labels) if hidden is not None else splits.train.labels
+    cache = image_cache(cfg.data, splits.train)
+    loader, views, sampler = train_loader(cfg, splits.train, student.normalization, labels, cache)
+    unlabelled_stream = None
+    unlabelled = unlabelled_items(cfg, splits.train, hidden)
+    if unlabelled is not None:
+        from embdistill.engine.loaders import unlabelled_loader
+
+        unlabelled_views, u_loader = unlabelled_loader(cfg, unlabelled, student.normalization, cache)
+        unlabelled_stream = _forever(u_loader)
+    else:
+        unlabelled_views = None
+    teach = teach_unlabelled = None
+    if teacher is not None:
+        num_views = distill.cache_views if distill.cache_teacher else 0
+        make_cache = (lambda n: TeacherCache(n, num_views)) if num_views else (lambda n: None)
+        teach = FrozenTeacher(teacher, objective.teacher_layers, student.normalization, distill.teacher_precision, make_cache(len(splits.train)))
+        if unlabelled is not None:
+            teach_unlabelled = FrozenTeacher(teacher, objective.teacher_layers, student.normalization, distill.teacher_precision, make_cache(len(unlabelled)))
+    cq = distill.cross_quality if distill else None
+    test_degrade = Degrade(cq.resolution, cq.jpeg_quality) if cq and cq.degrade_test else None
+    test_loader = eval_loader(splits.eval, cfg.data.image_size, student.normalization, cfg.eval.batch_size, cfg.data.num_workers, test_degrade)
+    optimizer = build_optimizer(cfg, student, objective)
+    scheduler = build_scheduler(cfg, optimizer, len(loader))
+    checkpoint = run_dir / "last.pt"
+
+    def evaluate(epoch: int) -> dict[str, float]:
+        metrics = evaluate_embedder(student, test_loader, device, cfg.eval.ks, progress)
+        log.write("eval", epoch=epoch, split=splits.eval_name, **metrics)
+        return metrics
+
+    def save(epoch: int) -> None:
+        save_checkpoint(checkpoint, {
+            "model_config": to_dict(cfg.model),
+            "model_state": student.state_dict(),
+            "normalization": (student.normalization.mean, student.normalization.std),
+            "image_size": cfg.data.image_size,
+            "config": to_dict(cfg),
+            "epoch": epoch,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "objective": objective.state_dict(),
+        })
+
+    print(f"[{cfg.name}] {cfg.model.backbone} -> {cfg.model.dim}-d on {len(splits.train)} images "
+          f"/ {splits.train.num_classes} classes; evaluating on {len(splits.eval)} {splits.eval_name} images; device {device}")
+    for name, term in objective.terms.items():
+        print(f"[{cfg.name}] distillation term {name} (λ={objective.weights[name]}): {term}")
+    if cfg.eval.initial:
+        initial = evaluate(0)
+        print(f"[{cfg.name}] before training: " + _fmt(initial))
+
+    # The loop.
+    step, started, seen = 0, time.perf_counter(), 0
+    for epoch in range(cfg.train.epochs):
+        sampler.set_epoch(epoch)
+        view = epoch % distill.cache_views if distill and distill.cache_teacher else epoch
+        views.set_view(view)
+        if unlabelled_views is not None:
+            unlabelled_views.set_view(view)
+        student.train()
+        bar = tqdm(loader, desc=f"{cfg.name} epoch {epoch + 1}/{cfg.train.epochs}", leave=False, disable=not progress)
+        for student_images, teacher_images, batch_labels, indices, batch_views in bar:
+            student_images, teacher_images = student_images.to(device), teacher_images.to(device)
+            batch_labels = batch_labels.to(device)
+            teacher_out = teach(teacher_images, indices, batch_views) if teach else None
+            if unlabelled_stream is not None:
+                student_images, batch_labels, teacher_out = _add_unlabelled(
+                    student_images, batch_labels, teacher_out, next(unlabelled_stream), teach_unlabelled, device)
+            student_out = student(student_images, objective.student_layers)
+            parts = objective(student_out, batch_labels, teacher_out)
+            if not all_finite(parts):
+                values = {k: v.item() for k, v in parts.items()}
+                if cfg.train.nan_policy == "skip":
+                    log.write("skipped_step", epoch=epoch, step=step, **values)
+                    optimizer.zero_grad(set_to_none=True)
+                    continue
+                last = checkpoint if checkpoint.exists() else "none yet"
+                raise NonFiniteLossError(f"non-finite loss at step {step} (epoch {epoch + 1}): {values}; last good checkpoint: {last}")
+            optimizer.zero_grad(set_to_none=True)
+            parts["loss"].backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            seen += len(student_images)
+            if step % cfg.train.log_every == 0 or step == 1:
+                values = {k: round(v.item(), 5) for k, v in parts.items()}
+                bar.set_postfix(loss=values["loss"])
+                log.write("step", epoch=epoch, step=step, lr=scheduler.get_last_lr()[-1],
+                          images_per_s=seen / (time.perf_counter() - started), **values)
+        if cfg.eval.every_epochs and (epoch + 1) % cfg.eval.every_epochs == 0 and epoch + 1 < cfg.train.epochs:
+            print(f"[{cfg.name}] epoch {epoch + 1}: " + _fmt(evaluate(epoch + 1)))
+        save(epoch + 1)
+
+    train_seconds = time.perf_counter() - started
+    metrics = evaluate(cfg.train.epochs)
+    summary: dict[str, Any] = {
+        "name": cfg.name,
+        "split": splits.eval_name,
+        **metrics,
+        "train_seconds": round(train_seconds, 1),
+        "train_images_per_s": round(seen / max(train_seconds, 1e-9), 1),
+        "teacher_forward_images": teach.forward_passes if teach else 0,
+        "skipped_images": len(skipped),
+    }
+    if cfg.eval.initial:
+        summary["initial"] = initial
+    (run_dir / "summary.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
+    plot_training_curves(run_dir)
+    print(f"[{cfg.name}] done in {train_seconds:.0f} s: " + _fmt(metrics))
+    return RunResult(run_dir, metrics, checkpoint)
+
+
+def _add_unlabelled(images, labels, teacher_out, batch, teach_unlabelled, device):
+    """Append a batch of unlabelled images (label -1): they add only distillation terms."""
+    from embdistill.models.output import EmbedderOutput
+
+    u_student, u_teacher, u_labels, u_indices, u_views = batch
+    u_out = teach_unlabelled(u_teacher.to(device), u_indices, u_views)
+    merged = EmbedderOutput(
+        torch.cat([teacher_out.embedding, u_out.embedding]),
+        {k: torch.cat([v, u_out.features[k]]) for k, v in teacher_out.features.items()},
+    )
+    return torch.cat([images, u_student.to(device)]), torch.cat([labels, u_labels.to(device)]), merged
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k} {100 * v:.1f}" for k, v in metrics.items())

@@ -1,0 +1,295 @@
+"""Export an embedder for devices: ONNX or TorchScript, with its preprocessing written inside.
+
+A deployed model is useless without the exact preprocessing it was trained with
+(input size, resize, mean/std), so every exported file carries it: ONNX in
+``metadata_props`` plus a sidecar ``OUT.json``, TorchScript as the extra file
+``embdistill.json``. The exported graph takes a normalised N×3×S×S float tensor
+(any N) and returns the L2-normalised N×D embedding.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+import zipfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import embdistill
+from embdistill.data.transforms import Normalization, build_transform
+from embdistill.engine.checkpoint import embedder_from_checkpoint, load_checkpoint
+from embdistill.models.embedder import Embedder
+
+__all__ = [
+    "EXPORT_FORMATS",
+    "DeployError",
+    "EmbeddingOnly",
+    "ExportMetadata",
+    "ExportResult",
+    "default_export_path",
+    "eval_transform",
+    "export_checkpoint",
+    "export_onnx",
+    "export_torchscript",
+    "is_torchscript_file",
+    "metadata_from_checkpoint",
+    "read_onnx_metadata",
+    "read_torchscript_metadata",
+    "sidecar_path",
+]
+
+EXPORT_FORMATS = ("onnx", "torchscript")
+INPUT_NAME, OUTPUT_NAME = "image", "embedding"
+TORCHSCRIPT_EXTRA = "embdistill.json"
+DEFAULT_OPSET = 17
+RESIZE_RATIO = 256 / 224  # the eval transform's, see engine/loaders.py
+
+
+class DeployError(ValueError):
+    """Bad input to export / embed / index / search: the message names the file and what was expected."""
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """``model.onnx`` -> ``model.onnx.json``: the sidecar sits next to its file and keeps its full name."""
+    return Path(f"{path}.json")
+
+
+@dataclass(frozen=True)
+class ExportMetadata:
+    """The preprocessing and shape contract of an exported embedder."""
+
+    image_size: int
+    resize_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    embedding_dim: int
+    backbone: str
+    pooling: str
+    input_name: str = INPUT_NAME
+    output_name: str = OUTPUT_NAME
+    input_layout: str = "NCHW float32, RGB, resize shorter side to resize_size, centre crop image_size, (x/255 - mean) / std"
+    output_layout: str = "N x embedding_dim float32, L2-normalised"
+    source: str = ""
+    embdistill_version: str = embdistill.__version__
+
+    @property
+    def normalization(self) -> Normalization:
+        return Normalization(tuple(self.mean), tuple(self.std))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> ExportMetadata:
+        """Rebuild from stored metadata; ``where`` names the file in the error if a key is missing."""
+        names = {f.name for f in fields(cls)}
+        required = ("image_size", "resize_size", "mean", "std", "embedding_dim", "backbone", "pooling")
+        missing = [k for k in required if k not in data]
+        if missing:
+            raise DeployError(
+                f"{where}: embdistill metadata lacks {missing}; expected a file written by `embdistill export`"
+            )
+        try:
+            values = {k: v for k, v in data.items() if k in names}
+            values.update(
+                image_size=int(values["image_size"]),
+                resize_size=int(values["resize_size"]),
+                embedding_dim=int(values["embedding_dim"]),
+                mean=tuple(float(v) for v in values["mean"]),
+                std=tuple(float(v) for v in values["std"]),
+            )
+            Normalization(values["mean"], values["std"])  # 3 means, 3 positive stds
+            meta = cls(**values)
+        except (TypeError, ValueError) as err:
+            raise DeployError(f"{where}: malformed embdistill metadata ({err}): {data}") from err
+        return meta
+
+    def to_props(self) -> dict[str, str]:
+        """ONNX metadata_props are strings: plain strings as they are, everything else as JSON."""
+        return {k: v if isinstance(v, str) else json.dumps(v) for k, v in self.to_dict().items()}
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], where: str) -> ExportMetadata:
+        types = {f.name: f.type for f in fields(cls)}
+        return cls.from_dict({k: v if types[k] == "str" else json.loads(v) for k, v in props.items() if k in types}, where)
+
+
+def metadata_from_checkpoint(payload: dict[str, Any], model: Embedder, source: str = "") -> ExportMetadata:
+    size = int(payload["image_size"])
+    norm = model.normalization
+    if "normalization" in payload:
+        mean, std = payload["normalization"]
+        norm = Normalization(tuple(mean), tuple(std))
+    return ExportMetadata(
+        image_size=size,
+        resize_size=round(size * RESIZE_RATIO),
+        mean=tuple(float(m) for m in norm.mean),
+        std=tuple(float(s) for s in norm.std),
+        embedding_dim=int(model.dim),
+        backbone=str(payload["model_config"].get("backbone", "")),
+        pooling=str(model.pooling),
+        source=source,
+    )
+
+
+def eval_transform(meta: ExportMetadata):
+    """The PIL -> tensor transform the exported model expects (same as evaluation's)."""
+    return build_transform(False, meta.image_size, meta.normalization, resize_ratio=meta.resize_size / meta.image_size)
+
+
+class EmbeddingOnly(nn.Module):
+    """The embedder with a single tensor output: exporters and device runtimes want plain tensors."""
+
+    def __init__(self, embedder: Embedder) -> None:
+        super().__init__()
+        self.embedder = embedder
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.embedder(x).embedding
+
+
+def default_export_path(checkpoint: str | Path, fmt: str) -> Path:
+    """Next to the checkpoint: ``run/last.pt`` -> ``run/last.onnx`` or ``run/last.torchscript.pt``."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        path = path / "last.pt"
+    return path.with_suffix(".onnx" if fmt == "onnx" else ".torchscript.pt")
+
+
+def export_onnx(model: Embedder, meta: ExportMetadata, out: str | Path, opset: int = DEFAULT_OPSET) -> Path:
+    """ONNX with a dynamic batch axis, the metadata in ``metadata_props`` and in ``OUT.json``."""
+    import onnx
+
+    if opset < 17:
+        raise DeployError(f"ONNX opset must be >= 17, got {opset}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    wrapped = EmbeddingOnly(model).eval()
+    example = torch.zeros(2, 3, meta.image_size, meta.image_size)
+    # The dynamo exporter needs onnxscript, which is not a dependency; the TorchScript-based
+    # one (dynamo=False) handles these CNNs and is exact. Its deprecation notice is expected.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))
+        torch.onnx.export(
+            wrapped,
+            (example,),
+            str(out),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[meta.input_name],
+            output_names=[meta.output_name],
+            dynamic_axes={meta.input_name: {0: "batch"}, meta.output_name: {0: "batch"}},
+            do_constant_folding=True,
+        )
+    proto = onnx.load(str(out))
+    onnx.helper.set_model_props(proto, meta.to_props())
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(out))
+    sidecar_path(out).write_text(json.dumps({"format": "onnx", **meta.to_dict()}, indent=2) + "\n")
+    return out
+
+
+def export_torchscript(model: Embedder, meta: ExportMetadata, out: str | Path) -> Path:
+    """A traced TorchScript module; the metadata travels inside as ``embdistill.json``."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    wrapped = EmbeddingOnly(model).eval()
+    example = torch.zeros(2, 3, meta.image_size, meta.image_size)
+    extra = json.dumps({"format": "torchscript", **meta.to_dict()}, indent=2)
+    with warnings.catch_warnings():  # torch.jit is deprecated in favour of torch.export, still what mobile runtimes load
+        warnings.simplefilter("ignore", FutureWarning)
+        with torch.no_grad():
+            traced = torch.jit.trace(wrapped, example)
+        torch.jit.save(traced, str(out), _extra_files={TORCHSCRIPT_EXTRA: extra})
+    return out
+
+
+def read_onnx_metadata(path: str | Path) -> ExportMetadata:
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise DeployError(f"ONNX model {path} does not exist")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as err:
+        raise DeployError(f"{path}: cannot be read as an ONNX model ({type(err).__name__}: {err})") from err
+    props = {p.key: p.value for p in proto.metadata_props}
+    if "image_size" not in props and sidecar_path(path).is_file():
+        return ExportMetadata.from_dict(json.loads(sidecar_path(path).read_text()), str(sidecar_path(path)))
+    try:
+        return ExportMetadata.from_props(props, str(path))
+    except json.JSONDecodeError as err:
+        raise DeployError(f"{path}: malformed embdistill metadata_props ({err})") from err
+
+
+def is_torchscript_file(path: str | Path) -> bool:
+    """A TorchScript archive written by :func:`export_torchscript` (holds ``*/extra/embdistill.json``)."""
+    path = Path(path)
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(n.endswith(f"/extra/{TORCHSCRIPT_EXTRA}") for n in archive.namelist())
+
+
+def read_torchscript_metadata(path: str | Path) -> ExportMetadata:
+    path = Path(path)
+    if not is_torchscript_file(path):
+        raise DeployError(f"{path}: not a TorchScript file written by `embdistill export` (no extra/{TORCHSCRIPT_EXTRA})")
+    with zipfile.ZipFile(path) as archive:
+        name = next(n for n in archive.namelist() if n.endswith(f"/extra/{TORCHSCRIPT_EXTRA}"))
+        return ExportMetadata.from_dict(json.loads(archive.read(name)), f"{path}:{name}")
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    metadata: ExportMetadata
+    size_bytes: int
+    max_abs_diff: float | None  # exported vs PyTorch on a random batch; None if not checked
+
+
+def _check_against_pytorch(model: Embedder, path: Path, fmt: str, meta: ExportMetadata) -> float:
+    """Max |exported - PyTorch| on a random batch of 3: catches a broken export early, not a parity test."""
+    x = torch.randn(3, 3, meta.image_size, meta.image_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(x).embedding.numpy()
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = session.run([meta.output_name], {meta.input_name: x.numpy()})[0]
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
+        with torch.no_grad():
+            got = module(x).numpy()
+    return float(abs(got - expected).max())
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    fmt: str = "onnx",
+    out: str | Path | None = None,
+    *,
+    opset: int = DEFAULT_OPSET,
+    verify: bool = True,
+) -> ExportResult:
+    """Load a checkpoint (file or run directory), export its embedder in eval mode, and check it runs."""
+    if fmt not in EXPORT_FORMATS:
+        raise DeployError(f"unknown export format {fmt!r}; expected one of {EXPORT_FORMATS}")
+    payload = load_checkpoint(checkpoint)
+    model = embedder_from_checkpoint(payload).eval()
+    meta = metadata_from_checkpoint(payload, model, source=str(Path(checkpoint).resolve()))
+    out = Path(out) if out is not None else default_export_path(checkpoint, fmt)
+    if fmt == "onnx":
+        export_onnx(model, meta, out, opset)
+    else:
+        export_torchscript(model, meta, out)
+    diff = _check_against_pytorch(model, out, fmt, meta) if verify else None
+    return ExportResult(out, fmt, meta, out.stat().st_size, diff)

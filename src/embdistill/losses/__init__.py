@@ -1,0 +1,38 @@
+"""Metric losses (embeddings, labels) and distillation losses (student, teacher)."""
+from .distill import (
+    DISTILL_LOSSES,
+    AbsoluteTeacherLoss,
+    AttentionTransferLoss,
+    DarkRankLoss,
+    DistillationLoss,
+    HintLoss,
+    RelativeTeacherLoss,
+    RKDAngleLoss,
+    RKDDistanceLoss,
+    build_distill_loss,
+)
+from .metric import (
+    METRIC_LOSSES,
+    BatchHardTripletLoss,
+    PMLMetricLoss,
+    build_metric_loss,
+    pairwise_distances,
+)
+
+__all__ = [
+    "DISTILL_LOSSES",
+    "METRIC_LOSSES",
+    "AbsoluteTeacherLoss",
+    "AttentionTransferLoss",
+    "BatchHardTripletLoss",
+    "DarkRankLoss",
+    "DistillationLoss",
+    "HintLoss",
+    "PMLMetricLoss",
+    "RKDAngleLoss",
+    "RKDDistanceLoss",
+    "RelativeTeacherLoss",
+    "build_distill_loss",
+    "build_metric_loss",
+    "pairwise_distances",
+]

@@ -1,0 +1,340 @@
+"""Distillation losses: ``forward(student, teacher)`` on two ``EmbedderOutput`` -> scalar.
+
+Every loss treats the teacher as frozen: teacher tensors are detached inside the
+loss, so no gradient reaches the teacher whatever the caller forgot to freeze.
+Losses that read intermediate feature maps declare them in ``student_layers`` /
+``teacher_layers`` so the models return only those.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .metric import _build_registered, pairwise_distances
+
+if TYPE_CHECKING:  # importing embdistill.models at run time would pull in every backbone
+    from embdistill.models.output import EmbedderOutput
+
+
+class DistillationLoss(nn.Module):
+    """student/teacher EmbedderOutput -> scalar. Declares the feature maps it needs."""
+
+    student_layers: tuple[str, ...] = ()
+    teacher_layers: tuple[str, ...] = ()
+
+    def forward(self, student: EmbedderOutput, teacher: EmbedderOutput) -> Tensor:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """One line for the training log."""
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+
+def _embeddings(student: EmbedderOutput, teacher: EmbedderOutput) -> tuple[Tensor, Tensor]:
+    s, t = student.embedding, teacher.embedding.detach()
+    if s.shape[0] != t.shape[0]:
+        raise ValueError(f"student batch has {s.shape[0]} samples but teacher batch has {t.shape[0]}")
+    return s, t
+
+
+def _feature(output: EmbedderOutput, layer: str, role: str) -> Tensor:
+    if layer not in output.features:
+        raise ValueError(
+            f"{role} feature map {layer!r} is missing (got {sorted(output.features)}); "
+            f"ask the {role} model for the loss's {role}_layers"
+        )
+    return output.features[layer]
+
+
+def _zero(x: Tensor) -> Tensor:
+    """A zero that keeps the graph, for batches too small to hold any pair or triplet."""
+    return x.sum() * 0.0
+
+
+def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bring a (B, C, H, W) map to ``size``.
+
+    Shrinking uses adaptive average pooling, which sees every input pixel (no
+    aliasing); growing, or mixed cases, use bilinear interpolation.
+    """
+    h, w = x.shape[-2:]
+    if (h, w) == tuple(size):
+        return x
+    if h >= size[0] and w >= size[1]:
+        return F.adaptive_avg_pool2d(x, size)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def _off_diagonal(m: Tensor) -> Tensor:
+    """(B, B) -> (B, B-1): row q keeps every entry but (q, q)."""
+    b = m.shape[0]
+    eye = torch.eye(b, dtype=torch.bool, device=m.device)
+    return m[~eye].view(b, b - 1)
+
+
+class AbsoluteTeacherLoss(DistillationLoss):
+    """Yu et al. (CVPR 2019) absolute teacher: mean over the batch of ||f_s(x_i) - f_t(x_i)||_2.
+
+    The plain (not squared) L2 distance, as in the authors' code. It needs equal
+    embedding sizes; otherwise, with ``project=True``, a learned bias-free linear map
+    (then L2 normalisation) takes the student embedding to the teacher's size.
+    Give ``student_dim`` and ``teacher_dim`` so that map exists before the
+    optimizer is built; a mismatch found only at forward time is an error.
+    """
+
+    def __init__(self, student_dim: int | None = None, teacher_dim: int | None = None, project: bool = True) -> None:
+        super().__init__()
+        self.student_dim = student_dim
+        self.teacher_dim = teacher_dim
+        self.projection: nn.Linear | None = None
+        if student_dim is not None and teacher_dim is not None and student_dim != teacher_dim:
+            if not project:
+                raise ValueError(
+                    f"student embedding size {student_dim} != teacher embedding size {teacher_dim} "
+                    "and project=False: set project=True to learn a linear projection, "
+                    "or give both networks the same embedding size"
+                )
+            self.projection = nn.Linear(student_dim, teacher_dim, bias=False)
+
+    def forward(self, student: EmbedderOutput, teacher: EmbedderOutput) -> Tensor:
+        s, t = _embeddings(student, teacher)
+        for role, declared, actual in (
+            ("student", self.student_dim, s.shape[1]),
+            ("teacher", self.teacher_dim, t.shape[1]),
+        ):
+            if declared is not None and declared != actual:
+                raise ValueError(f"AbsoluteTeacherLoss was built for {role}_dim={declared} but got {actual}")
+        if self.projection is not None:
+            s = F.normalize(self.projection(s), dim=1)
+        elif s.shape[1] != t.shape[1]:
+            raise ValueError(
+                f"student embedding size {s.shape[1]} != teacher embedding size {t.shape[1]}: "
+                f"build AbsoluteTeacherLoss(student_dim={s.shape[1]}, teacher_dim={t.shape[1]}, project=True) "
+                "so a learned projection exists before the optimizer, or give both networks the same embedding size"
+            )
+        return torch.linalg.vector_norm(s - t, dim=1).mean()
+
+    def extra_repr(self) -> str:
+        if self.projection is None:
+            return "projection=None"
+        return (
+            f"projection=learned Linear({self.projection.in_features}->{self.projection.out_features}, "
+            "bias=False) + L2 norm on the student embedding"
+        )
+
+
+class RelativeTeacherLoss(DistillationLoss):
+    """Yu et al. (CVPR 2019) relative teacher: match the batch's pairwise distance matrices.
+
+    D_S and D_T are the (B, B) Euclidean distance matrices of the student and
+    teacher embeddings (taken as given: L2-normalised per ``EmbedderOutput``).
+
+    - ``"frobenius"``: ||D_S - D_T||_F, the authors' code exactly. It grows like B,
+      so its weight lambda must be re-tuned whenever the batch size changes.
+    - ``"mean"`` (default): the RMS over the B(B-1) off-diagonal pairs,
+      ||D_S - D_T||_F / sqrt(B(B-1)) (the diagonals are zero in both). Each pair
+      contributes on the same scale whatever B is, so lambda carries over between
+      batch sizes. To reuse a lambda from the paper at batch size B:
+      ``lambda_mean = lambda_paper * sqrt(B * (B - 1))``.
+    """
+
+    REDUCTIONS = ("mean", "frobenius")
+
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        if reduction not in self.REDUCTIONS:
+            raise ValueError(f"unknown reduction {reduction!r}; valid: {', '.join(self.REDUCTIONS)}")
+        self.reduction = reduction
+
+    def forward(self, student: EmbedderOutput, teacher: EmbedderOutput) -> Tensor:
+        s, t = _embeddings(student, teacher)
+        b = s.shape[0]
+        if b < 2:
+            return _zero(s)
+        frobenius = torch.linalg.vector_norm(pairwise_distances(s) - pairwise_distances(t))
+        if self.reduction == "frobenius":
+            return frobenius
+        return frobenius / math.sqrt(b * (b - 1))
+
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction!r}"
+
+
+class RKDDistanceLoss(DistillationLoss):
+    """Park et al. (CVPR 2019) RKD distance-wise loss.
+
+    Pairwise distances, each divided by its network's mean over the off-diagonal
+    pairs (scale-free, so student and teacher spaces may differ in size and
+    scale), compared with the Huber (smooth L1) loss averaged over those pairs.
+    The authors' code averages over all B^2 entries, diagonal zeros included, i.e.
+    their value is ours times (B - 1) / B.
+    """
+
+    def forward(self, student: EmbedderOutput, teacher: EmbedderOutput) -> Tensor:
+        s, t = _embeddings(student, teacher)
+        if s.shape[0] < 2:
+            return _zero(s)
+        d_s = _off_diagonal(pairwise_distances(s))
+        d_t = _off_diagonal(pairwise_distances(t))
+        return F.smooth_l1_loss(d_s / d_s.mean(), d_t / d_t.mean())
+
+
+def _triplet_cosines(x: Tensor) -> Tensor:
+    """(B, D) -> (B, B, B) whose [j, i, k] is cos of the angle at x_j between x_i - x_j and x_k - x_j."""
+    unit = F.normalize(x.unsqueeze(0) - x.unsqueeze(1), dim=2)
+    return unit @ unit.transpose(1, 2)
+
+
+class RKDAngleLoss(DistillationLoss):
+    """Park et al. (CVPR 2019) RKD angle-wise loss.
+
+    For every triplet of distinct samples (i, j, k), the cosine of the angle at j,
+    compared with the Huber loss averaged over the B(B-1)(B-2) triplets. The
+    authors' code averages over all B^3 entries, whose degenerate ones are equal in
+    both networks, i.e. their value is ours times (B-1)(B-2)/B^2. Memory O(B^2 D).
+    """
+
+    def forward(self, student: EmbedderOutput, teacher: EmbedderOutput) -> Tensor:
+        s, t = _embeddings(student, teacher)
+        b = s.shape[0]
+        if b < 3:
+            return _zero(s)
+        eye = torch.eye(b, dtype=torch.bool, device=s.device)
+        # indices [j, i, k]: keep i != j, k != j, i != k
+        distinct = ~(eye.unsqueeze(2) | eye.unsqueeze(1) | eye.unsqueeze(0))
+        return F.smooth_l1_loss(_triplet_cosines(s)[distinct], _triplet_cosines(t)[distinct])
+
+
+class DarkRankLoss(DistillationLoss):
+    """Chen, Wang & Zhang (AAAI 2018) DarkRank: transfer the teacher's similarity ranking.
+
+    Each sample is a query in turn; the other B-1 form its list, scored by
+    S(q, i) = -alpha * ||x_q - x_i||^beta.
+
+    - ``"listmle"`` (hard transfer, default): -log P(pi_T | student scores) under
+      Plackett-Luce, pi_T the teacher's order: sum_j [logsumexp_{k>=j} s_{pi_k} - s_{pi_j}].
+      Not zero when student equals teacher (a Plackett-Luce probability is < 1);
+      it keeps rewarding sharper student scores in the teacher's order.
+    - ``"listnet"`` (soft transfer): the paper's KL between the two permutation
+      distributions is intractable over (B-1)! orders, so we use ListNet's top-1
+      approximation (Cao et al., ICML 2007): KL(softmax(teacher) || softmax(student))
+      over each list. It is zero when the scores agree.
+
+    Both are summed over a list and averaged over queries, so they grow with B.
+    """
+
+    METHODS = ("listmle", "listnet")
+
+    def __init__(self, alpha: float = 3.0, beta: float = 3.0, method: str = "listmle") -> None:
+        super().__init__()
+        if method not in self.METHODS:
+            raise ValueError(f"unknown DarkRank method {method!r}; valid: {', '.join(self.METHODS)}")
+        self.alpha = alpha
+        self.beta = beta
+        self.method = method
+
+    def _scores(self, x: Tensor) -> Tensor:
+        return -self.alpha * _off_diagonal(pairwise_distances(x)).pow(self.beta)
+
+    def forward(self, student: EmbedderOutput, teacher: EmbedderOutput) -> Tensor:
+        s, t = _embeddings(student, teacher)
+        if s.shape[0] < 2:
+            return _zero(s)
+        scores_s, scores_t = self._scores(s), self._scores(t)
+        if self.method == "listnet":
+            return F.kl_div(
+                F.log_softmax(scores_s, dim=1), F.log_softmax(scores_t, dim=1), reduction="batchmean", log_target=True
+            )
+        order = scores_t.argsort(dim=1, descending=True, stable=True)
+        ordered = scores_s.gather(1, order)
+        tail_logsumexp = ordered.flip(1).logcumsumexp(dim=1).flip(1)
+        return (tail_logsumexp - ordered).sum(dim=1).mean()
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, beta={self.beta}, method={self.method!r}"
+
+
+class HintLoss(DistillationLoss):
+    """FitNets hint (Romero et al., ICLR 2015): regress a student feature map onto a teacher's.
+
+    A learned 1x1 convolution maps the student's channels to the teacher's; the
+    result is brought to the teacher's spatial size (average pooling when
+    shrinking, bilinear interpolation when growing) and compared by mean squared
+    error. The regressor is trained with the student.
+    """
+
+    def __init__(self, student_channels: int, teacher_channels: int, student_layer: str, teacher_layer: str) -> None:
+        super().__init__()
+        self.student_layers = (student_layer,)
+        self.teacher_layers = (teacher_layer,)
+        self.regressor = nn.Conv2d(student_channels, teacher_channels, kernel_size=1)
+
+    def forward(self, student: EmbedderOutput, teacher: EmbedderOutput) -> Tensor:
+        target = _feature(teacher, self.teacher_layers[0], "teacher").detach()
+        hint = self.regressor(_feature(student, self.student_layers[0], "student"))
+        return F.mse_loss(_resize(hint, target.shape[-2:]), target)
+
+    def extra_repr(self) -> str:
+        return f"student_layer={self.student_layers[0]!r}, teacher_layer={self.teacher_layers[0]!r}"
+
+
+class AttentionTransferLoss(DistillationLoss):
+    """Attention transfer (Zagoruyko & Komodakis, ICLR 2017) between paired layers.
+
+    Attention map Q = mean over channels of |A|^p, flattened and L2-normalised per
+    sample. Loss = mean over layer pairs of the batch mean of ||Q_s - Q_t||_2, the
+    paper's form: it lies in [0, 2] whatever the resolution. (The authors' code
+    uses mean((Q_s - Q_t)^2), i.e. ||.||^2 / (H W), and offsets the 1/(H W) with a
+    weight of 1000.) The student's attention map, computed at its own resolution,
+    is resized to the teacher's (pooling when shrinking, bilinear when growing);
+    resizing the one-channel map is C times cheaper than resizing the features.
+    """
+
+    def __init__(self, student_layers: Sequence[str], teacher_layers: Sequence[str], p: float = 2.0) -> None:
+        super().__init__()
+        if not student_layers or len(student_layers) != len(teacher_layers):
+            raise ValueError(
+                f"need one or more layer pairs; "
+                f"got {len(student_layers)} student and {len(teacher_layers)} teacher layers"
+            )
+        self.student_layers = tuple(student_layers)
+        self.teacher_layers = tuple(teacher_layers)
+        self.p = p
+
+    def _attention(self, features: Tensor) -> Tensor:
+        return features.abs().pow(self.p).mean(dim=1, keepdim=True)
+
+    def forward(self, student: EmbedderOutput, teacher: EmbedderOutput) -> Tensor:
+        losses = []
+        for s_layer, t_layer in zip(self.student_layers, self.teacher_layers):
+            a_t = self._attention(_feature(teacher, t_layer, "teacher").detach())
+            a_s = _resize(self._attention(_feature(student, s_layer, "student")), a_t.shape[-2:])
+            q_s = F.normalize(a_s.flatten(1), dim=1)
+            q_t = F.normalize(a_t.flatten(1), dim=1)
+            losses.append(torch.linalg.vector_norm(q_s - q_t, dim=1).mean())
+        return torch.stack(losses).mean()
+
+    def extra_repr(self) -> str:
+        pairs = ", ".join(f"{s}->{t}" for s, t in zip(self.student_layers, self.teacher_layers))
+        return f"layers=[{pairs}], p={self.p}"
+
+
+DISTILL_LOSSES: dict[str, type[DistillationLoss]] = {
+    "absolute": AbsoluteTeacherLoss,
+    "relative": RelativeTeacherLoss,
+    "rkd_distance": RKDDistanceLoss,
+    "rkd_angle": RKDAngleLoss,
+    "darkrank": DarkRankLoss,
+    "hint": HintLoss,
+    "attention": AttentionTransferLoss,
+}
+
+
+def build_distill_loss(name: str, **kwargs: Any) -> DistillationLoss:
+    """Build a registered distillation loss, e.g. ``build_distill_loss("relative", reduction="frobenius")``."""
+    return _build_registered("distillation", DISTILL_LOSSES, name, kwargs)

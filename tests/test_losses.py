@@ -1,0 +1,489 @@
+"""Metric and distillation losses: hand-computed values on tiny batches, plus invariants."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from pytorch_metric_learning.distances import LpDistance
+from pytorch_metric_learning.losses import TripletMarginLoss
+from pytorch_metric_learning.miners import BatchHardMiner
+from pytorch_metric_learning.reducers import MeanReducer
+
+from embdistill.losses import (
+    DISTILL_LOSSES,
+    METRIC_LOSSES,
+    AbsoluteTeacherLoss,
+    AttentionTransferLoss,
+    BatchHardTripletLoss,
+    DarkRankLoss,
+    DistillationLoss,
+    HintLoss,
+    RelativeTeacherLoss,
+    RKDAngleLoss,
+    RKDDistanceLoss,
+    build_distill_loss,
+    build_metric_loss,
+    pairwise_distances,
+)
+from embdistill.models.output import EmbedderOutput
+
+DT = torch.float64
+
+
+def t(rows: list[list[float]]) -> torch.Tensor:
+    return torch.tensor(rows, dtype=DT)
+
+
+def out(embedding: torch.Tensor, **features: torch.Tensor) -> EmbedderOutput:
+    return EmbedderOutput(embedding=embedding, features=features)
+
+
+def line(*xs: float) -> torch.Tensor:
+    """Points on the x axis of the plane."""
+    return t([[x, 0.0] for x in xs])
+
+
+def random_orthogonal(d: int, seed: int) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(d, d, dtype=DT, generator=torch.Generator().manual_seed(seed)))
+    return q
+
+
+def unit_batch(b: int, d: int, seed: int) -> torch.Tensor:
+    x = torch.randn(b, d, dtype=DT, generator=torch.Generator().manual_seed(seed))
+    return torch.nn.functional.normalize(x, dim=1)
+
+
+# Right triangle with sides 3, 4, 5 and an equilateral triangle of side 1.
+RIGHT = t([[0, 0], [3, 0], [0, 4]])
+EQUILATERAL = t([[0, 0], [1, 0], [0.5, math.sqrt(3) / 2]])
+
+
+# --------------------------------------------------------------------------- metric
+
+
+def test_pairwise_distances_by_hand_and_finite_grad_at_coincident_points() -> None:
+    assert torch.allclose(pairwise_distances(RIGHT), t([[0, 3, 4], [3, 0, 5], [4, 5, 0]]))
+    x = t([[1, 2], [1, 2], [0, 0]]).requires_grad_()
+    pairwise_distances(x).sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+# Four points on a line: labels 0 at x=0 and x=3, labels 1 at x=1 and x=5.
+#   anchor 0: hardest pos 3 (x=3), hardest neg 1 (x=1) -> 3 - 1 = 2
+#   anchor 3: hardest pos 3 (x=0), hardest neg 2 (x=1 or x=5) -> 1
+#   anchor 1: hardest pos 4 (x=5), hardest neg 1 (x=0) -> 3
+#   anchor 5: hardest pos 4 (x=1), hardest neg 2 (x=3) -> 2
+BH_X = line(0, 3, 1, 5)
+BH_Y = torch.tensor([0, 0, 1, 1])
+BH_DIFFS = [2.0, 1.0, 3.0, 2.0]
+
+
+@pytest.mark.parametrize("margin", [0.0, 0.5, -2.5])
+def test_batch_hard_triplet_by_hand(margin: float) -> None:
+    expected = sum(max(d + margin, 0.0) for d in BH_DIFFS) / 4  # margin -2.5: (0 + 0 + 0.5 + 0) / 4
+    assert BatchHardTripletLoss(margin=margin)(BH_X, BH_Y).item() == pytest.approx(expected)
+
+
+def test_batch_hard_triplet_soft_by_hand() -> None:
+    expected = sum(math.log1p(math.exp(d)) for d in BH_DIFFS) / 4
+    assert BatchHardTripletLoss(soft=True)(BH_X, BH_Y).item() == pytest.approx(expected)
+
+
+def test_batch_hard_triplet_skips_anchors_without_positive() -> None:
+    # A lone label-2 point far away: no positive, so it is not an anchor, and it is
+    # never the nearest negative of the others.
+    x = torch.cat([BH_X, line(10)])
+    y = torch.cat([BH_Y, torch.tensor([2])])
+    assert BatchHardTripletLoss()(x, y).item() == pytest.approx(sum(BH_DIFFS) / 4)
+
+
+def test_batch_hard_triplet_without_valid_anchor_is_a_graph_connected_zero() -> None:
+    x = BH_X.clone().requires_grad_()
+    loss = BatchHardTripletLoss()(x, torch.zeros(4, dtype=torch.long))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+def test_batch_hard_triplet_finite_grad_with_duplicate_points() -> None:
+    x = t([[1, 0], [1, 0], [0, 1], [0, 1]]).requires_grad_()
+    BatchHardTripletLoss(margin=0.2)(x, torch.tensor([0, 0, 1, 1])).backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def _pml_batch_hard(margin: float, smooth: bool) -> tuple[TripletMarginLoss, BatchHardMiner]:
+    # pml defaults that differ from ours, set explicitly: LpDistance normalises
+    # embeddings (in the miner too, which has its own distance), and
+    # TripletMarginLoss averages only the non-zero terms (AvgNonZeroReducer).
+    distance = LpDistance(normalize_embeddings=False)
+    loss = TripletMarginLoss(margin=margin, smooth_loss=smooth, reducer=MeanReducer(), distance=distance)
+    return loss, BatchHardMiner(distance=LpDistance(normalize_embeddings=False))
+
+
+@pytest.mark.parametrize(("margin", "soft"), [(0.0, False), (0.3, False), (0.0, True)])
+@pytest.mark.parametrize(
+    "labels",
+    [[0, 0, 1, 1, 2, 2, 0, 1], [0, 0, 1, 1, 2, 2, 3, 4]],  # the second has anchors without a positive
+    ids=["all-anchors-valid", "some-singletons"],
+)
+def test_batch_hard_triplet_matches_pml(margin: float, soft: bool, labels: list[int]) -> None:
+    x = 2.0 * torch.randn(8, 5, dtype=DT, generator=torch.Generator().manual_seed(0))  # not unit norm on purpose
+    y = torch.tensor(labels)
+    pml_loss, miner = _pml_batch_hard(margin, soft)
+    expected = pml_loss(x, y, miner(x, y))
+    assert BatchHardTripletLoss(margin=margin, soft=soft)(x, y).item() == pytest.approx(expected.item(), rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("batch_hard_triplet", {"margin": 0.1}),
+        ("triplet_margin", {}),
+        ("triplet_margin", {"miner": "batch_hard"}),
+        ("triplet_margin", {"miner": "semihard", "margin": 0.2}),
+        ("contrastive", {"neg_margin": 0.8}),
+        ("multi_similarity", {}),
+        ("multi_similarity", {"miner_epsilon": None}),
+        ("proxy_anchor", {"num_classes": 3, "embedding_size": 8}),
+    ],
+)
+def test_metric_registry_builds_losses_with_one_signature(name: str, kwargs: dict) -> None:
+    loss_fn = build_metric_loss(name, **kwargs)
+    x = unit_batch(9, 8, seed=1).float().requires_grad_()
+    loss = loss_fn(x, torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2]))
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_proxy_anchor_proxies_are_parameters() -> None:
+    assert sum(p.numel() for p in build_metric_loss("proxy_anchor", num_classes=3, embedding_size=8).parameters()) == 24
+
+
+def test_metric_registry_rejects_bad_names_and_arguments() -> None:
+    with pytest.raises(ValueError, match="'arcface'.*batch_hard_triplet.*multi_similarity"):
+        build_metric_loss("arcface")
+    with pytest.raises(ValueError, match="marginn.*margin, soft"):
+        build_metric_loss("batch_hard_triplet", marginn=0.1)
+    with pytest.raises(ValueError, match="num_classes, embedding_size"):
+        build_metric_loss("proxy_anchor")
+    with pytest.raises(ValueError, match="'semi'"):
+        build_metric_loss("triplet_margin", miner="semi")
+    assert set(METRIC_LOSSES) == {
+        "batch_hard_triplet",
+        "triplet_margin",
+        "contrastive",
+        "multi_similarity",
+        "proxy_anchor",
+    }
+
+
+# --------------------------------------------------------------- distillation
+
+
+def test_absolute_by_hand() -> None:
+    # ||(1,0)-(0,1)|| = sqrt(2), ||(0,1)-(0,1)|| = 0 -> mean sqrt(2)/2
+    loss = AbsoluteTeacherLoss()(out(t([[1, 0], [0, 1]])), out(t([[0, 1], [0, 1]])))
+    assert loss.item() == pytest.approx(math.sqrt(2) / 2)
+
+
+def test_absolute_projection_is_trainable_and_described() -> None:
+    loss_fn = AbsoluteTeacherLoss(student_dim=3, teacher_dim=2)
+    assert loss_fn.projection is not None and loss_fn.projection.weight.requires_grad
+    assert "projection=learned Linear(3->2" in loss_fn.describe()
+    assert "Linear(in_features=3, out_features=2, bias=False)" in repr(loss_fn)
+    student = out(torch.randn(6, 3, generator=torch.Generator().manual_seed(0)))
+    teacher = out(unit_batch(6, 2, seed=1).float())
+    first = loss_fn(student, teacher)
+    first.backward()
+    assert loss_fn.projection.weight.grad.abs().sum() > 0
+    optimizer = torch.optim.SGD(loss_fn.parameters(), lr=0.5)
+    for _ in range(20):
+        optimizer.zero_grad()
+        loss_fn(student, teacher).backward()
+        optimizer.step()
+    assert loss_fn(student, teacher).item() < first.item()
+
+
+def test_absolute_dimension_mismatch_errors() -> None:
+    with pytest.raises(ValueError, match="3 != teacher embedding size 2.*project=True"):
+        AbsoluteTeacherLoss(student_dim=3, teacher_dim=2, project=False)
+    assert AbsoluteTeacherLoss(student_dim=2, teacher_dim=2, project=False).projection is None
+    with pytest.raises(ValueError, match=r"student_dim=3, teacher_dim=2"):
+        AbsoluteTeacherLoss()(out(torch.ones(2, 3)), out(torch.ones(2, 2)))
+    with pytest.raises(ValueError, match="student_dim=4 but got 3"):
+        AbsoluteTeacherLoss(student_dim=4, teacher_dim=2)(out(torch.ones(2, 3)), out(torch.ones(2, 2)))
+
+
+def test_relative_by_hand() -> None:
+    # D_S sides 3, 4, 5; the teacher is the same triangle doubled: sides 6, 8, 10.
+    # Each off-diagonal difference appears twice: ||D_S - D_T||_F = sqrt(2 (9 + 16 + 25)) = 10.
+    student, teacher = out(RIGHT), out(2 * RIGHT)
+    assert RelativeTeacherLoss("frobenius")(student, teacher).item() == pytest.approx(10.0)
+    assert RelativeTeacherLoss()(student, teacher).item() == pytest.approx(10.0 / math.sqrt(3 * 2))
+
+
+def test_relative_frobenius_is_mean_times_sqrt_pairs() -> None:
+    student, teacher = out(unit_batch(7, 5, seed=0)), out(unit_batch(7, 9, seed=1))
+    mean = RelativeTeacherLoss("mean")(student, teacher).item()
+    assert RelativeTeacherLoss("frobenius")(student, teacher).item() == pytest.approx(mean * math.sqrt(7 * 6))
+
+
+def test_relative_mean_form_scale_under_batch_duplication() -> None:
+    # Stacking a batch twice multiplies every pair's count by 4 and adds B zero-difference
+    # (i, i') pairs: Frobenius exactly doubles, the mean form changes by
+    # sqrt(2(B-1)/(2B-1)), which tends to 1 as B grows.
+    b = 8
+    s, te = unit_batch(b, 5, seed=0), unit_batch(b, 6, seed=1)
+    twice = out(torch.cat([s, s])), out(torch.cat([te, te]))
+    frob = RelativeTeacherLoss("frobenius")
+    mean = RelativeTeacherLoss("mean")
+    assert frob(*twice).item() == pytest.approx(2 * frob(out(s), out(te)).item(), rel=1e-6)
+    ratio = mean(*twice).item() / mean(out(s), out(te)).item()
+    assert ratio == pytest.approx(math.sqrt(2 * (b - 1) / (2 * b - 1)), rel=1e-6)
+
+
+def test_rkd_distance_by_hand() -> None:
+    # Student 3-4-5 triangle: mean distance 4 -> normalised 0.75, 1, 1.25 (pairs 01, 02, 12).
+    # Teacher at x = 0, 1, 2: distances 1, 2, 1, mean 4/3 -> 0.75, 1.5, 0.75.
+    # Differences 0, -0.5, 0.5, all < 1 so Huber = x^2 / 2: (0 + 0.125 + 0.125) / 3.
+    loss = RKDDistanceLoss()(out(RIGHT), out(line(0, 1, 2)))
+    assert loss.item() == pytest.approx(0.25 / 3)
+
+
+def test_rkd_angle_by_hand() -> None:
+    # Student 3-4-5 triangle, cosines at the vertices (0,0), (3,0), (0,4): 0, 3/5, 4/5.
+    # Teacher equilateral: 0.5 everywhere. Each vertex heads 2 of the 6 distinct triplets.
+    # Differences -0.5, 0.1, 0.3 -> Huber x^2/2: 0.125, 0.005, 0.045.
+    loss = RKDAngleLoss()(out(RIGHT), out(EQUILATERAL))
+    assert loss.item() == pytest.approx((0.125 + 0.005 + 0.045) / 3)
+
+
+# DarkRank batch on a line: student at 0, 1, 3; teacher at 0, 2, 3.
+#   query 0: teacher distances (to 1, to 2) = (2, 3) -> order [1, 2]; student distances (1, 3)
+#   query 1: teacher (to 0, to 2) = (2, 1) -> order [2, 0];          student (1, 2)
+#   query 2: teacher (to 0, to 1) = (3, 1) -> order [1, 0];          student (3, 2)
+DR_STUDENT, DR_TEACHER = line(0, 1, 3), line(0, 2, 3)
+
+
+def _listmle_two(first: float, second: float) -> float:
+    """-log P(first before second) = logsumexp(first, second) - first (the last term is 0)."""
+    return math.log(math.exp(first) + math.exp(second)) - first
+
+
+def test_darkrank_listmle_by_hand() -> None:
+    # alpha = beta = 1: scores are minus distances, student scores in teacher order:
+    expected = (_listmle_two(-1, -3) + _listmle_two(-2, -1) + _listmle_two(-2, -3)) / 3
+    loss = DarkRankLoss(alpha=1.0, beta=1.0)(out(DR_STUDENT), out(DR_TEACHER))
+    assert loss.item() == pytest.approx(expected)
+    # alpha = beta = 2: scores -2 d^2 -> student distances 1, 2, 3 score -2, -8, -18.
+    expected = (_listmle_two(-2, -18) + _listmle_two(-8, -2) + _listmle_two(-8, -18)) / 3
+    loss = DarkRankLoss(alpha=2.0, beta=2.0)(out(DR_STUDENT), out(DR_TEACHER))
+    assert loss.item() == pytest.approx(expected)
+
+
+def _kl_two(p_scores: tuple[float, float], q_scores: tuple[float, float]) -> float:
+    """KL(softmax(p) || softmax(q)) over two items."""
+    p = [math.exp(v) / (math.exp(p_scores[0]) + math.exp(p_scores[1])) for v in p_scores]
+    q = [math.exp(v) / (math.exp(q_scores[0]) + math.exp(q_scores[1])) for v in q_scores]
+    return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+
+
+def test_darkrank_listnet_by_hand() -> None:
+    # alpha = beta = 1, per query (teacher scores, student scores) over the same two items:
+    expected = (_kl_two((-2, -3), (-1, -3)) + _kl_two((-2, -1), (-1, -2)) + _kl_two((-3, -1), (-3, -2))) / 3
+    loss = DarkRankLoss(alpha=1.0, beta=1.0, method="listnet")(out(DR_STUDENT), out(DR_TEACHER))
+    assert loss.item() == pytest.approx(expected)
+
+
+def test_darkrank_listmle_is_not_zero_at_equality() -> None:
+    # A Plackett-Luce probability is below 1 even for the right order: by design, not a bug.
+    x = out(unit_batch(5, 4, seed=0))
+    assert DarkRankLoss()(x, x).item() > 0
+
+
+def test_hint_by_hand() -> None:
+    loss_fn = HintLoss(1, 1, student_layer="s", teacher_layer="t")
+    with torch.no_grad():
+        loss_fn.regressor.weight.fill_(2.0)
+        loss_fn.regressor.bias.zero_()
+    loss_fn.double()
+    student = out(torch.zeros(1, 2, dtype=DT), s=t([[1, 2], [3, 4]]).view(1, 1, 2, 2))
+    # Same size: hint [[2, 4], [6, 8]] vs [[2, 4], [6, 9]] -> (0 + 0 + 0 + 1) / 4
+    same = out(torch.zeros(1, 2, dtype=DT), t=t([[2, 4], [6, 9]]).view(1, 1, 2, 2))
+    assert loss_fn(student, same).item() == pytest.approx(0.25)
+    # Teacher 1x1: the hint is average-pooled to mean(2, 4, 6, 8) = 5 vs 4 -> 1
+    smaller = out(torch.zeros(1, 2, dtype=DT), t=t([[4]]).view(1, 1, 1, 1))
+    assert loss_fn(student, smaller).item() == pytest.approx(1.0)
+    # Student 1x1 grown bilinearly to 2x2 is constant: [[2, 2], [2, 2]] vs [[2, 3], [4, 5]] -> (0+1+4+9)/4
+    tiny = out(torch.zeros(1, 2, dtype=DT), s=t([[1]]).view(1, 1, 1, 1))
+    larger = out(torch.zeros(1, 2, dtype=DT), t=t([[2, 3], [4, 5]]).view(1, 1, 2, 2))
+    assert loss_fn(tiny, larger).item() == pytest.approx(3.5)
+
+
+def test_hint_zero_with_identity_regressor_on_equal_features() -> None:
+    # A freshly initialised regressor is random, so the loss is zero at student == teacher
+    # only once the regressor is the identity.
+    loss_fn = HintLoss(3, 3, student_layer="a", teacher_layer="a")
+    feats = torch.randn(2, 3, 4, 4)
+    x = out(torch.zeros(2, 2), a=feats)
+    assert loss_fn(x, x).item() > 0
+    with torch.no_grad():
+        loss_fn.regressor.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
+        loss_fn.regressor.bias.zero_()
+    assert loss_fn(x, x).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_attention_by_hand() -> None:
+    # Student channels [[1,0],[0,0]] and [[-1,0],[0,0]]: mean |A|^2 = [[1,0],[0,0]] -> Q_s = (1, 0, 0, 0).
+    # Teacher both channels [[1,1],[0,0]]: Q_t = (1, 1, 0, 0) / sqrt(2).
+    # ||Q_s - Q_t||^2 = (1 - 1/sqrt2)^2 + 1/2 = 2 - sqrt2.
+    s_map = t([[1, 0], [0, 0], [-1, 0], [0, 0]]).view(1, 2, 2, 2)
+    t_map = t([[1, 1], [0, 0], [1, 1], [0, 0]]).view(1, 2, 2, 2)
+    emb = torch.zeros(1, 2, dtype=DT)
+    loss_fn = AttentionTransferLoss(["s"], ["t"])
+    assert loss_fn(out(emb, s=s_map), out(emb, t=t_map)).item() == pytest.approx(math.sqrt(2 - math.sqrt(2)))
+    # A second pair that matches exactly (a constant 4x4 student map pooled to the teacher's
+    # constant 2x2) halves the mean over pairs.
+    two = AttentionTransferLoss(["s", "s2"], ["t", "t2"])
+    student = out(emb, s=s_map, s2=torch.ones(1, 3, 4, 4, dtype=DT))
+    teacher = out(emb, t=t_map, t2=torch.ones(1, 5, 2, 2, dtype=DT))
+    loss = two(student, teacher)
+    assert loss.item() == pytest.approx(math.sqrt(2 - math.sqrt(2)) / 2)
+
+
+def test_attention_p1_uses_absolute_values() -> None:
+    # p = 1: mean |A| = [[1, 0], [0, 0]] for the student as for the teacher -> 0
+    emb = torch.zeros(1, 2, dtype=DT)
+    s_map = t([[-2, 0], [0, 0]]).view(1, 1, 2, 2)
+    t_map = t([[3, 0], [0, 0]]).view(1, 1, 2, 2)
+    loss = AttentionTransferLoss(["x"], ["x"], p=1)(out(emb, x=s_map), out(emb, x=t_map))
+    assert loss.item() == pytest.approx(0.0)
+
+
+# --------------------------------------------------------- shared invariants
+
+B, D_S, D_T = 6, 5, 7
+FEATURE_KWARGS = {
+    "hint": {"student_channels": 4, "teacher_channels": 6, "student_layer": "s1", "teacher_layer": "t1"},
+    "attention": {"student_layers": ["s1", "s2"], "teacher_layers": ["t1", "t2"]},
+}
+
+
+def make_loss(name: str, same_dims: bool = False) -> DistillationLoss:
+    if name == "absolute":
+        return build_distill_loss(name, student_dim=D_T if same_dims else D_S, teacher_dim=D_T).double()
+    return build_distill_loss(name, **FEATURE_KWARGS.get(name, {})).double()
+
+
+def make_pair(seed: int, requires_grad: bool = True, same_dims: bool = False) -> tuple[EmbedderOutput, EmbedderOutput]:
+    g = torch.Generator().manual_seed(seed)
+
+    def leaf(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, dtype=DT, generator=g).requires_grad_(requires_grad)
+
+    s_emb = torch.nn.functional.normalize(torch.randn(B, D_T if same_dims else D_S, dtype=DT, generator=g), dim=1)
+    t_emb = torch.nn.functional.normalize(torch.randn(B, D_T, dtype=DT, generator=g), dim=1)
+    student = out(s_emb.requires_grad_(requires_grad), s1=leaf(B, 4, 8, 8), s2=leaf(B, 3, 2, 2))
+    teacher = out(t_emb.requires_grad_(requires_grad), t1=leaf(B, 6, 4, 4), t2=leaf(B, 5, 4, 4))
+    return student, teacher
+
+
+def student_inputs(loss_fn: DistillationLoss, student: EmbedderOutput) -> list[torch.Tensor]:
+    """The student tensors a loss reads: its declared feature maps, else the embedding."""
+    return [student.features[k] for k in loss_fn.student_layers] or [student.embedding]
+
+
+@pytest.mark.parametrize("name", sorted(DISTILL_LOSSES))
+def test_gradients_reach_student_and_never_teacher(name: str) -> None:
+    loss_fn = make_loss(name)
+    student, teacher = make_pair(seed=3)
+    loss_fn(student, teacher).backward()
+    for x in student_inputs(loss_fn, student):
+        assert x.grad is not None and x.grad.abs().sum() > 0 and torch.isfinite(x.grad).all()
+    for x in [teacher.embedding, *teacher.features.values()]:
+        assert x.grad is None
+
+
+ZERO_AT_EQUALITY = ["absolute", "relative", "rkd_distance", "rkd_angle", "attention"]
+
+
+@pytest.mark.parametrize("name", ZERO_AT_EQUALITY)
+def test_zero_and_finite_gradient_when_student_equals_teacher(name: str) -> None:
+    loss_fn = make_loss(name, same_dims=True)
+    _, teacher = make_pair(seed=4, same_dims=True)
+    student = out(
+        teacher.embedding.detach().clone().requires_grad_(),
+        s1=teacher.features["t1"].detach().clone().requires_grad_(),
+        s2=teacher.features["t2"].detach().clone().requires_grad_(),
+    )
+    loss = loss_fn(student, teacher)
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    loss.backward()
+    for x in student_inputs(loss_fn, student):
+        assert torch.isfinite(x.grad).all()
+
+
+def test_darkrank_listnet_zero_at_equality() -> None:
+    x = out(unit_batch(6, 4, seed=0))
+    assert DarkRankLoss(method="listnet")(x, x).item() == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    "loss_fn",
+    [
+        RelativeTeacherLoss("mean"),
+        RelativeTeacherLoss("frobenius"),
+        RKDDistanceLoss(),
+        RKDAngleLoss(),
+        DarkRankLoss(),
+        DarkRankLoss(method="listnet"),
+    ],
+    ids=["relative-mean", "relative-frobenius", "rkd_distance", "rkd_angle", "darkrank-listmle", "darkrank-listnet"],
+)
+def test_relational_losses_ignore_rotations_of_either_space(loss_fn: DistillationLoss) -> None:
+    s, te = unit_batch(B, D_S, seed=5), unit_batch(B, D_T, seed=6)
+    base = loss_fn(out(s), out(te)).item()
+    rotated = loss_fn(out(s @ random_orthogonal(D_S, 7)), out(te @ random_orthogonal(D_T, 8))).item()
+    assert base > 0
+    assert rotated == pytest.approx(base, rel=1e-6)
+
+
+def test_student_and_teacher_batches_must_match() -> None:
+    with pytest.raises(ValueError, match="3 samples but teacher batch has 2"):
+        RelativeTeacherLoss()(out(unit_batch(3, 2, 0)), out(unit_batch(2, 2, 1)))
+
+
+def test_missing_feature_map_is_named() -> None:
+    student, teacher = make_pair(seed=0)
+    loss_fn = make_loss("hint")
+    assert (loss_fn.student_layers, loss_fn.teacher_layers) == (("s1",), ("t1",))
+    with pytest.raises(ValueError, match="teacher feature map 't1' is missing"):
+        loss_fn(student, out(teacher.embedding))
+
+
+def test_tiny_batches_give_graph_connected_zero() -> None:
+    s = unit_batch(2, 3, seed=0).requires_grad_()
+    loss = RKDAngleLoss()(out(s), out(unit_batch(2, 3, seed=1)))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert s.grad is not None
+
+
+def test_distill_registry_and_validation() -> None:
+    assert set(DISTILL_LOSSES) == {"absolute", "relative", "rkd_distance", "rkd_angle", "darkrank", "hint", "attention"}
+    assert DistillationLoss.student_layers == () and make_loss("relative").student_layers == ()
+    assert isinstance(build_distill_loss("relative", reduction="frobenius"), RelativeTeacherLoss)
+    with pytest.raises(ValueError, match="'fitnet'.*absolute.*attention"):
+        build_distill_loss("fitnet")
+    with pytest.raises(ValueError, match="reducton.*valid: reduction"):
+        build_distill_loss("relative", reducton="mean")
+    with pytest.raises(ValueError, match="student_channels, teacher_channels, student_layer, teacher_layer"):
+        build_distill_loss("hint")
+    with pytest.raises(ValueError, match="'sum'"):
+        RelativeTeacherLoss("sum")
+    with pytest.raises(ValueError, match="'listwise'"):
+        DarkRankLoss(method="listwise")
+    with pytest.raises(ValueError, match="1 student and 2 teacher"):
+        AttentionTransferLoss(["a"], ["b", "c"])
