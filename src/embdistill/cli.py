@@ -17,18 +17,27 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", help="YAML experiment config (see configs/)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.epochs=5 model.dim=128")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an interrupted run from RUN_DIR/last.pt with RUN_DIR/config.yaml (overrides apply on top)")
 
 
 def cmd_train(args: argparse.Namespace, distill: bool) -> int:
     from embdistill.config import load_config
+    from embdistill.engine.resume import Interrupted, resume_config
     from embdistill.engine.train import run
 
-    cfg = load_config(args.config, args.overrides)
+    if args.resume and args.config:
+        raise ConfigError("--resume RUN_DIR reads RUN_DIR/config.yaml: leave out --config")
+    cfg = resume_config(args.resume, args.overrides) if args.resume else load_config(args.config, args.overrides)
     if distill and (cfg.distill is None or not cfg.distill.teacher):
         raise ConfigError("distill needs a teacher checkpoint: set distill.teacher=PATH (a run of `embdistill train`)")
     if not distill and cfg.distill is not None:
         raise ConfigError("this config has a `distill` section: run it with `embdistill distill`")
-    result = run(cfg, progress=not args.no_progress)
+    try:
+        result = run(cfg, progress=not args.no_progress, resume=bool(args.resume))
+    except Interrupted as stop:  # SIGINT/SIGTERM: a checkpoint was saved
+        print(f"embdistill {args.command}: {stop}", file=sys.stderr)
+        return stop.exit_code
     print(json.dumps({"run_dir": str(result.run_dir), **result.metrics}, indent=2))
     return 0
 
@@ -106,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetError, CheckpointError, WeightsError) as err:
         print(f"embdistill {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop, or a second one inside it
+        print(f"embdistill {args.command}: aborted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

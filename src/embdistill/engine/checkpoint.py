@@ -40,6 +40,14 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
         os.close(dir_fd)
 
 
+def remove_partial_writes(directory: str | Path) -> list[Path]:
+    """Delete the temporary files of checkpoint writes that were killed (SIGKILL) before their rename."""
+    stale = sorted(Path(directory).glob(".*.pt.*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():

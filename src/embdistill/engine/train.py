@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import math
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,10 +19,12 @@ from torch import nn
 from tqdm import tqdm
 
 from embdistill.config import ExperimentConfig, to_dict
+from embdistill.data.datasets import DatasetError, ImageList
 from embdistill.data.transforms import Degrade
-from embdistill.engine.checkpoint import checkpoint_normalization, embedder_from_checkpoint, load_checkpoint, save_checkpoint
+from embdistill.engine.checkpoint import check_teacher, embedder_from_checkpoint, load_checkpoint, save_checkpoint
 from embdistill.engine.evaluate import evaluate_embedder
 from embdistill.engine.loaders import eval_loader, hidden_label_mask, image_cache, load_splits, train_loader, unlabelled_items
+from embdistill.engine.resume import BatchStream, StopSignals, TrainState, resume_checkpoint, start_fresh
 from embdistill.engine.runlog import RunLog
 from embdistill.engine.teacher import FrozenTeacher, TeacherCache
 from embdistill.losses.distill import build_distill_loss
@@ -111,29 +112,40 @@ def build_scheduler(cfg: ExperimentConfig, optimizer: torch.optim.Optimizer, ste
 
 
 def load_teacher(cfg: ExperimentConfig, device: torch.device) -> Embedder:
-    payload = load_checkpoint(cfg.distill.teacher)
-    teacher = embedder_from_checkpoint(payload).to(device)
-    if payload["image_size"] != cfg.data.image_size:
-        print(f"note: teacher was trained at {payload['image_size']} px, distilling at {cfg.data.image_size} px")
-    assert teacher.normalization == checkpoint_normalization(payload)
-    return teacher
+    """The frozen teacher, checked against ``distill.teacher_backbone``/``teacher_dim``/``strict_teacher``."""
+    d = cfg.distill
+    payload = load_checkpoint(d.teacher)
+    teacher = embedder_from_checkpoint(payload)
+    for note in check_teacher(payload, d.teacher, teacher, backbone=d.teacher_backbone, dim=d.teacher_dim,
+                              image_size=cfg.data.image_size, strict_image_size=d.strict_teacher):
+        print(f"[{cfg.name}] note: {note}")
+    return teacher.to(device)
 
 
-def _forever(loader) -> Iterator:
-    while True:
-        yield from loader
+def check_pk_classes(train: ImageList, labels: np.ndarray) -> None:
+    """P×K batches need a positive pair in every class: name the classes with a single image."""
+    counts = np.bincount(labels[labels >= 0], minlength=train.num_classes)
+    single = [train.class_names[c] for c in np.flatnonzero(counts == 1)]
+    if single:
+        raise DatasetError(f"{train.name}: class(es) {', '.join(single[:10])}{' ...' if len(single) > 10 else ''} "
+                           "have only 1 training image; P×K batches need at least 2 per class. Add images "
+                           "or remove the class from the dataset's metadata")
 
 
-def run(cfg: ExperimentConfig, progress: bool = True) -> RunResult:
-    """Train (and distil, if configured), evaluate, and leave everything in ``cfg.run_dir``."""
+def run(cfg: ExperimentConfig, progress: bool = True, resume: bool = False) -> RunResult:
+    """Train (and distil, if configured), evaluate, and leave everything in ``cfg.run_dir``.
+
+    ``resume=True`` continues from ``cfg.run_dir/last.pt`` when there is one (see
+    engine/resume.py) and starts afresh otherwise.
+    """
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    payload = resume_checkpoint(cfg) if resume else None
+    if payload is None:
+        start_fresh(cfg)
     log = RunLog(run_dir)
 
     # Data and networks.
@@ -149,6 +161,7 @@ def run(cfg: ExperimentConfig, progress: bool = True) -> RunResult:
     semi = distill.semi_supervised if distill else None
     hidden = hidden_label_mask(splits.train, semi.hide_label_fraction, cfg.seed) if semi and not semi.folder else None
     labels = np.where(hidden, -1, splits.train.labels) if hidden is not None else splits.train.labels
+    check_pk_classes(splits.train, labels)
     cache = image_cache(cfg.data, splits.train)
     loader, views, sampler = train_loader(cfg, splits.train, student.normalization, labels, cache)
     unlabelled_stream = None
@@ -157,9 +170,7 @@ def run(cfg: ExperimentConfig, progress: bool = True) -> RunResult:
         from embdistill.engine.loaders import unlabelled_loader
 
         unlabelled_views, u_loader = unlabelled_loader(cfg, unlabelled, student.normalization, cache)
-        unlabelled_stream = _forever(u_loader)
-    else:
-        unlabelled_views = None
+        unlabelled_stream = BatchStream(unlabelled_views, u_loader.batch_size, cfg.seed, cfg.data.num_workers)
     teach = teach_unlabelled = None
     if teacher is not None:
         num_views = distill.cache_views if distill.cache_teacher else 0
@@ -173,91 +184,104 @@ def run(cfg: ExperimentConfig, progress: bool = True) -> RunResult:
     optimizer = build_optimizer(cfg, student, objective)
     scheduler = build_scheduler(cfg, optimizer, len(loader))
     checkpoint = run_dir / "last.pt"
+    state = TrainState(run_dir, student, optimizer, scheduler, objective, sampler,
+                       {"train": teach, "unlabelled": teach_unlabelled}, unlabelled_stream)
 
     def evaluate(epoch: int) -> dict[str, float]:
         metrics = evaluate_embedder(student, test_loader, device, cfg.eval.ks, progress)
         log.write("eval", epoch=epoch, split=splits.eval_name, **metrics)
         return metrics
 
-    def save(epoch: int) -> None:
+    def save() -> None:
         save_checkpoint(checkpoint, {
             "model_config": to_dict(cfg.model),
             "model_state": student.state_dict(),
             "normalization": (student.normalization.mean, student.normalization.std),
             "image_size": cfg.data.image_size,
             "config": to_dict(cfg),
-            "epoch": epoch,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "objective": objective.state_dict(),
+            **state.state_dict(),  # epoch, step, optimizer, scheduler, objective, and what resuming needs
         })
 
     print(f"[{cfg.name}] {cfg.model.backbone} -> {cfg.model.dim}-d on {len(splits.train)} images "
           f"/ {splits.train.num_classes} classes; evaluating on {len(splits.eval)} {splits.eval_name} images; device {device}")
     for name, term in objective.terms.items():
         print(f"[{cfg.name}] distillation term {name} (λ={objective.weights[name]}): {term}")
-    if cfg.eval.initial:
-        initial = evaluate(0)
-        print(f"[{cfg.name}] before training: " + _fmt(initial))
+    if payload is not None:
+        state.load_state_dict(payload)
+        print(f"[{cfg.name}] resuming from {checkpoint} after step {state.step} (epoch {state.epoch + 1}, batch {state.batch})")
+    elif cfg.eval.initial:
+        state.initial = evaluate(0)
+        print(f"[{cfg.name}] before training: " + _fmt(state.initial))
 
-    # The loop.
-    step, started, seen = 0, time.perf_counter(), 0
-    for epoch in range(cfg.train.epochs):
-        sampler.set_epoch(epoch)
-        view = epoch % distill.cache_views if distill and distill.cache_teacher else epoch
-        views.set_view(view)
-        if unlabelled_views is not None:
-            unlabelled_views.set_view(view)
-        student.train()
-        bar = tqdm(loader, desc=f"{cfg.name} epoch {epoch + 1}/{cfg.train.epochs}", leave=False, disable=not progress)
-        for student_images, teacher_images, batch_labels, indices, batch_views in bar:
-            student_images, teacher_images = student_images.to(device), teacher_images.to(device)
-            batch_labels = batch_labels.to(device)
-            teacher_out = teach(teacher_images, indices, batch_views) if teach else None
+    # The loop. SIGINT/SIGTERM: finish the step, checkpoint, raise Interrupted.
+    state.start_clock()
+    with StopSignals() as stop:
+        for epoch in range(state.epoch, cfg.train.epochs):
+            sampler.set_epoch(epoch)
+            view = epoch % distill.cache_views if distill and distill.cache_teacher else epoch
+            views.set_view(view)
             if unlabelled_stream is not None:
-                student_images, batch_labels, teacher_out = _add_unlabelled(
-                    student_images, batch_labels, teacher_out, next(unlabelled_stream), teach_unlabelled, device)
-            student_out = student(student_images, objective.student_layers)
-            parts = objective(student_out, batch_labels, teacher_out)
-            if not all_finite(parts):
-                values = {k: v.item() for k, v in parts.items()}
-                if cfg.train.nan_policy == "skip":
-                    log.write("skipped_step", epoch=epoch, step=step, **values)
-                    optimizer.zero_grad(set_to_none=True)
-                    continue
-                last = checkpoint if checkpoint.exists() else "none yet"
-                raise NonFiniteLossError(f"non-finite loss at step {step} (epoch {epoch + 1}): {values}; last good checkpoint: {last}")
-            optimizer.zero_grad(set_to_none=True)
-            parts["loss"].backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            seen += len(student_images)
-            if step % cfg.train.log_every == 0 or step == 1:
-                values = {k: round(v.item(), 5) for k, v in parts.items()}
-                bar.set_postfix(loss=values["loss"])
-                log.write("step", epoch=epoch, step=step, lr=scheduler.get_last_lr()[-1],
-                          images_per_s=seen / (time.perf_counter() - started), **values)
-        if cfg.eval.every_epochs and (epoch + 1) % cfg.eval.every_epochs == 0 and epoch + 1 < cfg.train.epochs:
-            print(f"[{cfg.name}] epoch {epoch + 1}: " + _fmt(evaluate(epoch + 1)))
-        save(epoch + 1)
+                unlabelled_stream.set_view(view)
+            student.train()
+            bar = tqdm(state.batches(loader), desc=f"{cfg.name} epoch {epoch + 1}/{cfg.train.epochs}",
+                       total=len(loader), initial=state.batch, leave=False, disable=not progress)
+            for student_images, teacher_images, batch_labels, indices, batch_views in bar:
+                student_images, teacher_images = student_images.to(device), teacher_images.to(device)
+                batch_labels = batch_labels.to(device)
+                teacher_out = teach(teacher_images, indices, batch_views) if teach else None
+                if unlabelled_stream is not None:
+                    student_images, batch_labels, teacher_out = _add_unlabelled(
+                        student_images, batch_labels, teacher_out, next(unlabelled_stream), teach_unlabelled, device)
+                student_out = student(student_images, objective.student_layers)
+                parts = objective(student_out, batch_labels, teacher_out)
+                if not all_finite(parts):
+                    values = {k: v.item() for k, v in parts.items()}
+                    if cfg.train.nan_policy == "skip":
+                        log.write("skipped_step", epoch=epoch, step=state.step, **values)
+                        state.skipped_steps += 1
+                        optimizer.zero_grad(set_to_none=True)
+                        continue
+                    last = checkpoint if checkpoint.exists() else "none yet"
+                    raise NonFiniteLossError(f"non-finite loss at step {state.step} (epoch {epoch + 1}): {values}; last good checkpoint: {last}")
+                optimizer.zero_grad(set_to_none=True)
+                parts["loss"].backward()
+                optimizer.step()
+                scheduler.step()
+                state.step += 1
+                state.seen += len(student_images)
+                if state.step % cfg.train.log_every == 0 or state.step == 1:
+                    values = {k: round(v.item(), 5) for k, v in parts.items()}
+                    bar.set_postfix(loss=values["loss"])
+                    log.write("step", epoch=epoch, step=state.step, lr=scheduler.get_last_lr()[-1],
+                              images_per_s=state.seen / state.seconds, **values)
+                if stop.signum or state.checkpoint_due(cfg.train.checkpoint_every, len(loader)):
+                    save()
+                    stop.raise_if_requested(cfg, state)
+            state.end_epoch()
+            if cfg.eval.every_epochs and (epoch + 1) % cfg.eval.every_epochs == 0 and epoch + 1 < cfg.train.epochs:
+                print(f"[{cfg.name}] epoch {epoch + 1}: " + _fmt(evaluate(epoch + 1)))
+            save()
+            stop.raise_if_requested(cfg, state)
 
-    train_seconds = time.perf_counter() - started
+    train_seconds = state.seconds
     metrics = evaluate(cfg.train.epochs)
     summary: dict[str, Any] = {
         "name": cfg.name,
         "split": splits.eval_name,
         **metrics,
         "train_seconds": round(train_seconds, 1),
-        "train_images_per_s": round(seen / max(train_seconds, 1e-9), 1),
+        "train_images_per_s": round(state.seen / max(train_seconds, 1e-9), 1),
         "teacher_forward_images": teach.forward_passes if teach else 0,
         "skipped_images": len(skipped),
+        "skipped_steps": state.skipped_steps,
     }
-    if cfg.eval.initial:
-        summary["initial"] = initial
+    if state.initial is not None:
+        summary["initial"] = state.initial
     (run_dir / "summary.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
     plot_training_curves(run_dir)
     print(f"[{cfg.name}] done in {train_seconds:.0f} s: " + _fmt(metrics))
+    if skipped or state.skipped_steps:
+        print(f"[{cfg.name}] skipped {len(skipped)} unreadable image(s) and {state.skipped_steps} non-finite step(s)")
     return RunResult(run_dir, metrics, checkpoint)
 
 

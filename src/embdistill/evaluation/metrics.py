@@ -108,10 +108,21 @@ def retrieval_metrics(
             # ||q - g||^2 = ||q||^2 + ||g||^2 - 2<q, g>; for a fixed query, ranking by
             # <q, g> - ||g||^2 / 2 (higher is nearer) is the same order.
             gallery_offset = 0.5 * (gallery * gallery).sum(dim=1)
-        ranks = _Ranks.build(
-            queries, q_labels, gallery, gallery_labels, gallery_offset, same_set,
-            max_k=max(ks, default=0), rank_list=map_at_r or r_precision,
-        )
+        owner, scores = _positive_scores(queries, q_labels, gallery, gallery_labels, gallery_offset, same_set)
+        if same_set:
+            # Renumber items by their lowest positive score. Then in blocks above the diagonal
+            # the row queries hold the lower thresholds, so one comparison serves both sides.
+            lowest = torch.full((len(queries),), torch.inf, device=scores.device)
+            order = torch.argsort(lowest.scatter_reduce_(0, owner, scores, reduce="amin"))
+            new_index = torch.empty_like(order)
+            new_index[order] = torch.arange(len(order), device=order.device)
+            owner = new_index[owner]
+            queries = gallery = gallery[order]
+            q_labels = gallery_labels = gallery_labels[order]
+            if gallery_offset is not None:
+                gallery_offset = gallery_offset[order]
+        ranks = _Ranks.create(owner, scores, q_labels, gallery_labels,
+                              max_k=max(ks, default=0), rank_list=map_at_r or r_precision)
         _scan_blocks(ranks, queries, gallery, gallery_offset, same_set, chunk_size)
         return ranks.summarize(ks, map_at_r, r_precision)
 
@@ -181,63 +192,22 @@ class _Ranks:
     offsets_cpu: list[int]
 
     @classmethod
-    def build(
-        cls, queries: Tensor, q_labels: Tensor, gallery: Tensor, g_labels: Tensor,
-        gallery_offset: Tensor | None, same_set: bool, *, max_k: int, rank_list: bool,
-    ) -> _Ranks:
-        device = queries.device
-        q_order = torch.argsort(q_labels, stable=True)
-        g_order = q_order if same_set else torch.argsort(g_labels, stable=True)
-        classes, q_count = torch.unique_consecutive(q_labels[q_order], return_counts=True)
-        q_start = torch.cumsum(q_count, 0) - q_count
-        g_sorted = g_labels[g_order]
-        g_start = torch.searchsorted(g_sorted, classes)
-        g_count = torch.searchsorted(g_sorted, classes, right=True) - g_start
-        n_positives = g_count - int(same_set)
-
-        size = torch.empty(len(queries), dtype=torch.int64, device=device)
-        size[q_order] = torch.repeat_interleave(n_positives, q_count)
-        offsets = torch.zeros(len(queries) + 1, dtype=torch.int64, device=device)
-        torch.cumsum(size, 0, out=offsets[1:])
-        offsets_cpu = offsets.tolist()
-        n_pairs = offsets_cpu[-1]
-        owner = torch.repeat_interleave(torch.arange(len(queries), device=device), size, output_size=n_pairs)
-
-        # Score the positives class by class, one bmm per (queries, gallery items) shape.
-        scores = torch.empty(n_pairs, dtype=torch.float32, device=device)
-        width = int(g_count.max()) + 1 if len(classes) else 1
-        shape_of_class = torch.where(n_positives > 0, q_count * width + g_count, -1)
-        for shape in torch.unique(shape_of_class).tolist():
-            if shape < 0:
-                continue
-            a, b = divmod(shape, width)
-            j = torch.arange(b, device=device)
-            if same_set:  # skip self: the diagonal of each class's a x a block
-                keep = j[None, :] != j[:a, None]
-                local = j[None, :] - (j[None, :] > j[:a, None]).long()
-            else:
-                keep = torch.ones(a, b, dtype=torch.bool, device=device)
-                local = j.expand(a, b)
-            per_part = max(1, _PAIR_SCORE_ELEMENTS // ((a + b) * queries.shape[1] + a * b))
-            for part in torch.nonzero(shape_of_class == shape).squeeze(1).split(per_part):
-                qi = q_order[q_start[part, None] + torch.arange(a, device=device)]
-                gi = g_order[g_start[part, None] + j]
-                block = torch.bmm(queries[qi], gallery[gi].transpose(1, 2))
-                if gallery_offset is not None:
-                    block -= gallery_offset[gi][:, None, :]
-                slot = offsets[qi][:, :, None] + local
-                scores[slot[:, keep]] = block[:, keep]
-
+    def create(cls, owner: Tensor, scores: Tensor, q_labels: Tensor, g_labels: Tensor, *,
+               max_k: int, rank_list: bool) -> _Ranks:
+        """From each (query, positive) pair's query index and score, in any order."""
+        device = scores.device
         keys, order = torch.sort(_score_keys(owner, scores))
-        scores = scores[order]  # the sort only permutes within each query's group
+        owner, scores = owner[order], scores[order]
+        offsets = torch.searchsorted(owner, torch.arange(len(q_labels) + 1, device=device))
+        size = offsets[1:] - offsets[:-1]
 
-        position = torch.arange(n_pairs, device=device) - offsets[owner] + 1  # 1 = lowest positive
+        position = torch.arange(len(keys), device=device) - offsets[owner] + 1  # 1 = lowest positive
         # Positive j from the top (j = R - position + 1) ranks j + c with c negatives ahead:
         # a hit for MAP@R and R-Precision iff c < position; the top one is a Recall@K hit
         # iff c < K. Beyond those counts the exact number no longer matters.
         needed = position if rank_list else torch.zeros_like(position)
         needed = torch.where(position == size[owner], torch.clamp(needed, min=max_k), needed)
-        return cls(q_labels, g_labels, offsets, owner, scores, keys, needed, torch.zeros_like(keys), offsets_cpu)
+        return cls(q_labels, g_labels, offsets, owner, scores, keys, needed, torch.zeros_like(keys), offsets.tolist())
 
     def count(self, query: Tensor, item: Tensor, score: Tensor) -> None:
         """Bin negatives at the highest positive of their query that they tie or beat."""
@@ -286,6 +256,46 @@ class _Ranks:
         return out
 
 
+def _positive_scores(
+    queries: Tensor, q_labels: Tensor, gallery: Tensor, g_labels: Tensor, gallery_offset: Tensor | None,
+    same_set: bool,
+) -> tuple[Tensor, Tensor]:
+    """Query index and score of every (query, positive) pair, class by class.
+
+    Classes with the same number of queries and gallery items share one bmm.
+    """
+    device = queries.device
+    q_order = torch.argsort(q_labels, stable=True)
+    g_order = q_order if same_set else torch.argsort(g_labels, stable=True)
+    classes, q_count = torch.unique_consecutive(q_labels[q_order], return_counts=True)
+    q_start = torch.cumsum(q_count, 0) - q_count
+    g_sorted = g_labels[g_order]
+    g_start = torch.searchsorted(g_sorted, classes)
+    g_count = torch.searchsorted(g_sorted, classes, right=True) - g_start
+
+    owners, scores = [], []
+    width = int(g_count.max()) + 1 if len(classes) else 1
+    shape_of_class = torch.where(g_count > int(same_set), q_count * width + g_count, -1)
+    for shape in torch.unique(shape_of_class).tolist():
+        if shape < 0:
+            continue
+        a, b = divmod(shape, width)
+        i, j = torch.arange(a, device=device), torch.arange(b, device=device)
+        keep = i[:, None] != j[None, :] if same_set else torch.ones(a, b, dtype=torch.bool, device=device)
+        per_part = max(1, _PAIR_SCORE_ELEMENTS // ((a + b) * queries.shape[1] + a * b))
+        for part in torch.nonzero(shape_of_class == shape).squeeze(1).split(per_part):
+            qi = q_order[q_start[part, None] + i]
+            gi = g_order[g_start[part, None] + j]
+            block = torch.bmm(queries[qi], gallery[gi].transpose(1, 2))
+            if gallery_offset is not None:
+                block -= gallery_offset[gi][:, None, :]
+            owners.append(qi[:, :, None].expand_as(block)[:, keep])  # same_set: self left out
+            scores.append(block[:, keep])
+    if not owners:
+        return torch.zeros(0, dtype=torch.int64, device=device), torch.zeros(0, device=device)
+    return torch.cat([o.reshape(-1) for o in owners]), torch.cat([s.reshape(-1) for s in scores])
+
+
 class _Candidates:
     """(query, gallery item, score) triples that passed a threshold, counted in batches."""
 
@@ -309,47 +319,59 @@ class _Candidates:
 def _scan_blocks(
     ranks: _Ranks, queries: Tensor, gallery: Tensor, gallery_offset: Tensor | None, same_set: bool, chunk: int,
 ) -> None:
-    """Stream the score matrix in blocks and count each query's negatives that matter."""
+    """Stream the score matrix in blocks and count each query's negatives that matter.
+
+    Thresholds only filter: a lower one lets more candidates through, and counting sorts
+    them out exactly. So thresholds may be stale or loosened to save passes over a block.
+    """
     n_q, n_g = len(queries), len(gallery)
     device = queries.device
     threshold = ranks.thresholds(0, n_q)
     block_buf = torch.empty(min(chunk, n_q) * min(chunk, n_g), device=device)
-    # Masks are made a slab of rows at a time: small buffers, and bounded index tensors
-    # when nearly everything passes (untrained embeddings).
     slab_rows = max(1, _SLAB_ELEMENTS // min(chunk, n_g))
     mask_buf = torch.zeros(_round_up(slab_rows * min(chunk, n_g), 8), dtype=torch.bool, device=device)
-    col_mask_buf = torch.empty_like(mask_buf)
+    two_masks = same_set and gallery_offset is not None
+    col_mask_buf = torch.empty_like(mask_buf) if two_masks else None
     candidates = _Candidates(ranks, limit=_COUNT_BATCH)
 
+    work_since_refresh = 0
     for i0, i1, j0, j1 in _tiles(n_q, n_g, chunk, same_set):
         use_cols = same_set and j0 != i0
-        if not _any_finite(threshold[i0:i1], threshold[j0:j1] if use_cols else None):
+        row_thr, col_thr = threshold[i0:i1], threshold[j0:j1] if use_cols else None
+        if not _any_finite(row_thr, col_thr):
             continue
         rows, cols = i1 - i0, j1 - j0
         block = torch.mm(queries[i0:i1], gallery[j0:j1].T, out=block_buf[: rows * cols].view(rows, cols))
-        row_scores = block if gallery_offset is None else block - gallery_offset[j0:j1]
-        col_scores = row_scores
-        if use_cols and gallery_offset is not None:
-            # As columns: query j0 + c against gallery item i0 + r, the same inner product.
-            col_scores = block - gallery_offset[i0:i1, None]
+        if gallery_offset is None:
+            row_scores = col_scores = block
+            if use_cols:
+                # Query j0 + c sees gallery item i0 + r with the same score. Items are ordered
+                # so that columns mostly have the higher thresholds: this rarely loosens.
+                row_thr = torch.minimum(row_thr, col_thr.min())
+        else:
+            row_scores = block - gallery_offset[j0:j1]
+            col_scores = block - gallery_offset[i0:i1, None] if use_cols else block
 
         for r0 in range(0, rows, slab_rows):
             r1 = min(r0 + slab_rows, rows)
             n = (r1 - r0) * cols
-            mask = torch.ge(row_scores[r0:r1], threshold[i0 + r0 : i0 + r1, None],
-                            out=mask_buf[:n].view(r1 - r0, cols))
-            if use_cols:
-                mask |= torch.ge(col_scores[r0:r1], threshold[None, j0:j1], out=col_mask_buf[:n].view(r1 - r0, cols))
+            mask = torch.ge(row_scores[r0:r1], row_thr[r0:r1, None], out=mask_buf[:n].view(r1 - r0, cols))
+            if use_cols and two_masks:
+                mask |= torch.ge(col_scores[r0:r1], col_thr[None, :], out=col_mask_buf[:n].view(r1 - r0, cols))
             mask_buf[n : _round_up(n, 8)] = False
             for flat in _true_indices(mask_buf[: _round_up(n, 8)]).split(_COUNT_BATCH):
                 r, c = flat // cols + r0, flat % cols
                 candidates.add(r + i0, c + j0, row_scores[r, c])
                 if use_cols:
                     candidates.add(c + j0, r + i0, col_scores[r, c])
-        candidates.flush()
-        threshold[i0:i1] = ranks.thresholds(i0, i1)
-        if use_cols:
-            threshold[j0:j1] = ranks.thresholds(j0, j1)
+
+        # Refresh thresholds about once per stripe of blocks, not after every block.
+        work_since_refresh += rows * cols
+        if work_since_refresh >= chunk * n_g // 2:
+            candidates.flush()
+            threshold = ranks.thresholds(0, n_q)
+            work_since_refresh = 0
+    candidates.flush()
 
 
 def _tiles(n_q: int, n_g: int, chunk: int, same_set: bool) -> Iterator[tuple[int, int, int, int]]:
