@@ -8,7 +8,7 @@ Times, each in a fresh subprocess so that peak RSS is per task:
          k="max_bin_count", the query set is its own reference, self excluded)
   floor  one 60,502 x 60,502 x 512 float32 product in blocks (torch.mm, results discarded)
   nmi    embdistill.evaluation.nmi_kmeans (faiss k-means, one cluster per class)
-  idle   load the data and stop: the memory every task pays before doing anything
+  idle   import torch, load the data and stop: the memory every task pays anyway
 
 The data is synthetic and clustered (not SOP): 12 super-class directions, class centres
 around them, items = centre + isotropic noise, L2-normalised; class sizes 2..12 with SOP's
@@ -121,6 +121,7 @@ def spawn(task: str, data: Path, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--worker", task, "--data", str(data), "--threads", str(args.threads),
            "--chunk-size", str(args.chunk_size), "--nmi-niter", str(args.nmi_niter)]
     out_file = data / f"{task}.json"
+    load_before = round(os.getloadavg()[0], 2)
     with open(data / f"{task}.log", "w") as log:
         proc = subprocess.Popen(cmd + ["--result", str(out_file)], stdout=log, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
@@ -129,6 +130,7 @@ def spawn(task: str, data: Path, args: argparse.Namespace) -> dict:
         raise RuntimeError(f"{task} failed:\n{(data / f'{task}.log').read_text()[-3000:]}")
     record = json.loads(out_file.read_text())
     record["peak_rss_mb"] = usage.ru_maxrss / 1024  # Linux reports KiB
+    record["loadavg_1min_before"] = load_before
     print(f"  {task:6s} {record['seconds']:8.2f} s   peak RSS {record['peak_rss_mb']:7.0f} MB", flush=True)
     return record
 
@@ -156,6 +158,7 @@ def summarize(runs: dict[str, list[dict]], extra: dict[str, dict], meta: dict) -
         **meta,
         "seconds_median": median,
         "seconds_all": {task: [r["seconds"] for r in runs[task]] for task in runs},
+        "loadavg_1min_before_each": {task: [r["loadavg_1min_before"] for r in runs[task]] for task in runs},
         "peak_rss_mb": {task: max(r["peak_rss_mb"] for r in runs[task]) for task in runs}
         | {task: rec["peak_rss_mb"] for task, rec in extra.items()},
         "ratios": {"ours/pml": median["ours"] / median["pml"], "ours/floor": median["ours"] / median["floor"],

@@ -206,6 +206,18 @@ def test_numpy_and_string_labels() -> None:
     assert retrieval_metrics(x.numpy(), names) == retrieval_metrics(x, y)
 
 
+def test_restores_global_torch_settings() -> None:
+    x, y = gaussian(30, 4, 5, seed=0)
+    threads, precision = torch.get_num_threads(), torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        retrieval_metrics(x, y)
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(precision)
+    assert torch.get_num_threads() == threads
+
+
 def test_rejects_bad_input() -> None:
     x, y = gaussian(10, 4, 3, seed=0)
     with pytest.raises(ValueError):

@@ -31,6 +31,8 @@ def cmd_train(args: argparse.Namespace, distill: bool) -> int:
     cfg = resume_config(args.resume, args.overrides) if args.resume else load_config(args.config, args.overrides)
     if distill and (cfg.distill is None or not cfg.distill.teacher):
         raise ConfigError("distill needs a teacher checkpoint: set distill.teacher=PATH (a run of `embdistill train`)")
+    if distill and not cfg.distill.terms:
+        raise ConfigError("distill.terms is empty: name at least one term, e.g. distill.terms=[{name: relative}]")
     if not distill and cfg.distill is not None:
         raise ConfigError("this config has a `distill` section: run it with `embdistill distill`")
     try:
@@ -58,6 +60,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     print(json.dumps(metrics, indent=2))
+    run_dir = Path(args.checkpoint)
+    if (run_dir / "config.yaml").is_file():  # a run directory: refresh its stats and retrieval grid too
+        from embdistill.report import write_run_report
+
+        write_run_report(run_dir, progress=not args.no_progress)
     return 0
 
 

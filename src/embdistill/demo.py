@@ -13,6 +13,7 @@ from pathlib import Path
 from embdistill.config import ConfigError, load_config
 from embdistill.data.datasets import DATASET_URLS, DatasetError
 from embdistill.engine.train import RunResult, run
+from embdistill.report import write_report
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "cub100"
 STEPS = [  # (config file, needs the teacher)
@@ -58,6 +59,8 @@ def run_demo(data: Path, output: Path, progress: bool = True) -> list[dict]:
     print("\n" + table)
     (output / "results.md").write_text(table + "\n")
     (output / "results.json").write_text(json.dumps(rows, indent=2))
+    report = write_report([r.run_dir for r in results.values()], out_dir=output, progress=progress)
+    print(f"report with Recall@K curves and retrieval grids: {report}")
     return rows
 
 

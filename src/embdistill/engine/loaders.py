@@ -127,7 +127,8 @@ def unlabelled_items(cfg: ExperimentConfig, train: ImageList, hidden: np.ndarray
         paths = tuple(sorted(p.resolve() for p in root.rglob("*") if p.suffix.lower() in exts))
         if not paths:
             raise DatasetError(f"distill.semi_supervised.folder {root} holds no images ({sorted(exts)})")
-        return ImageList(paths=paths, labels=np.full(len(paths), -1, dtype=np.int64), class_names=(), name=f"unlabelled:{root}")
+        # One placeholder class; the loader hands these images out with label -1.
+        return ImageList(paths=paths, labels=np.zeros(len(paths), dtype=np.int64), class_names=("unlabelled",), name=f"unlabelled:{root}")
     if hidden is None or not hidden.any():
         raise DatasetError("distill.semi_supervised needs `folder` or a hide_label_fraction > 0")
     return train.subset(np.flatnonzero(hidden))

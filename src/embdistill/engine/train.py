@@ -22,16 +22,18 @@ from embdistill.config import ExperimentConfig, to_dict
 from embdistill.data.datasets import DatasetError, ImageList
 from embdistill.data.transforms import Degrade
 from embdistill.engine.checkpoint import check_teacher, embedder_from_checkpoint, load_checkpoint, save_checkpoint
-from embdistill.engine.evaluate import evaluate_embedder
+from embdistill.engine.evaluate import embed_loader, evaluate_embedder
 from embdistill.engine.loaders import eval_loader, hidden_label_mask, image_cache, load_splits, train_loader, unlabelled_items
 from embdistill.engine.resume import BatchStream, StopSignals, TrainState, resume_checkpoint, start_fresh
 from embdistill.engine.runlog import RunLog
 from embdistill.engine.teacher import FrozenTeacher, TeacherCache
+from embdistill.evaluation.metrics import retrieval_metrics
 from embdistill.losses.distill import build_distill_loss
 from embdistill.losses.metric import build_metric_loss
 from embdistill.losses.objective import Objective, all_finite
 from embdistill.models.embedder import Embedder, create_embedder
 from embdistill.plots import plot_training_curves
+from embdistill.report import save_test_embeddings, write_run_report
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -264,14 +266,17 @@ def run(cfg: ExperimentConfig, progress: bool = True, resume: bool = False) -> R
             stop.raise_if_requested(cfg, state)
 
     train_seconds = state.seconds
-    metrics = evaluate(cfg.train.epochs)
+    embeddings, eval_labels = embed_loader(student, test_loader, device, progress)
+    metrics = retrieval_metrics(embeddings, eval_labels, ks=cfg.eval.ks)
+    log.write("eval", epoch=cfg.train.epochs, split=splits.eval_name, **metrics)
+    save_test_embeddings(run_dir, embeddings, eval_labels, splits.eval.paths, splits.eval.class_names)
     summary: dict[str, Any] = {
         "name": cfg.name,
         "split": splits.eval_name,
         **metrics,
         "train_seconds": round(train_seconds, 1),
         "train_images_per_s": round(state.seen / max(train_seconds, 1e-9), 1),
-        "teacher_forward_images": teach.forward_passes if teach else 0,
+        "teacher_forward_images": sum(t.forward_passes for t in (teach, teach_unlabelled) if t is not None),
         "skipped_images": len(skipped),
         "skipped_steps": state.skipped_steps,
     }
@@ -279,6 +284,7 @@ def run(cfg: ExperimentConfig, progress: bool = True, resume: bool = False) -> R
         summary["initial"] = state.initial
     (run_dir / "summary.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
     plot_training_curves(run_dir)
+    write_run_report(run_dir, device=cfg.device, progress=progress)  # stats.json, retrieval_grid.png
     print(f"[{cfg.name}] done in {train_seconds:.0f} s: " + _fmt(metrics))
     if skipped or state.skipped_steps:
         print(f"[{cfg.name}] skipped {len(skipped)} unreadable image(s) and {state.skipped_steps} non-finite step(s)")

@@ -11,9 +11,11 @@ a positive is fixed by how many negatives score at least as high. So we
 3. turn those bins into ranks at the end.
 
 When the gallery is the query set, the matrix is symmetric: only blocks on and above the
-diagonal are multiplied, and each serves the queries of its rows and of its columns. Once
-a positive is certainly a miss (enough negatives ahead of it), its threshold moves up to
-the next positive, and blocks whose queries are all settled are skipped.
+diagonal are multiplied, and each serves the queries of its rows and of its columns (items
+are renumbered by their lowest positive score, so one comparison per block serves both).
+Once a positive is certainly a miss (enough negatives ahead of it), its threshold moves up
+to the next positive, and blocks whose queries are all settled are skipped. Cost: half the
+matmul of the full matrix plus work per negative that outscores a query's lowest positive.
 
 Conventions (the same as pytorch-metric-learning's ``AccuracyCalculator`` and Musgrave et
 al., "A Metric Learning Reality Check", 2020):
@@ -44,12 +46,11 @@ Metric = Literal["cosine", "euclidean"]
 
 DEFAULT_CHUNK_CPU = 4096
 DEFAULT_CHUNK_CUDA = 16384
-# Elements per mask slab: few large passes, since each parallel region costs a thread
-# barrier, which hurts on busy machines.
+# Elements per mask slab: a whole default CPU block, so a block costs few ops.
 _SLAB_ELEMENTS = 1 << 24
 # Candidates per counting batch: bounds the index tensors even when almost every negative
 # outranks some positive (e.g. untrained embeddings).
-_COUNT_BATCH = 1 << 22
+_COUNT_BATCH = 1 << 21
 _PAIR_SCORE_ELEMENTS = 1 << 22
 # Diagonal blocks of a symmetric matrix are split down to this side (smaller matmuls are slower).
 _MIN_DIAGONAL_TILE = 1024
@@ -72,9 +73,11 @@ def retrieval_metrics(
     ``embeddings``/``labels`` are the gallery; without ``query_*`` they are also the
     queries (leave-one-out). ``metric="cosine"`` L2-normalises and ranks by inner product;
     ``"euclidean"`` ranks by L2 distance. Work runs on the embeddings' device.
-    ``chunk_size`` is the block side of the similarity matrix: the work memory is about
-    4 * chunk_size**2 bytes (12 for euclidean) plus ~40 bytes per (query, positive) pair;
-    the default suits the device.
+    ``chunk_size`` is the block side of the similarity matrix; besides a copy of the
+    embeddings, work memory is about 5 * chunk_size**2 bytes (14 for euclidean) plus ~40
+    bytes per (query, positive) pair. The default suits the device.
+    During the call, float32 matmul precision is "highest" and, on CPU, torch runs on one
+    intra-op thread outside the matmuls; both are restored on return.
     Returns ``{"recall@K": ..., "map@r": ..., "r_precision": ...}``.
     """
     if (query_embeddings is None) != (query_labels is None):
@@ -98,33 +101,54 @@ def retrieval_metrics(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
 
-    with torch.no_grad():
-        if metric == "cosine":
-            gallery = torch.nn.functional.normalize(gallery, dim=1)
-            queries = gallery if same_set else torch.nn.functional.normalize(queries, dim=1)
-            # Ranking by <q, g> is all cosine needs.
-            gallery_offset = None
-        else:
-            # ||q - g||^2 = ||q||^2 + ||g||^2 - 2<q, g>; for a fixed query, ranking by
-            # <q, g> - ||g||^2 / 2 (higher is nearer) is the same order.
-            gallery_offset = 0.5 * (gallery * gallery).sum(dim=1)
-        owner, scores = _positive_scores(queries, q_labels, gallery, gallery_labels, gallery_offset, same_set)
-        if same_set:
-            # Renumber items by their lowest positive score. Then in blocks above the diagonal
-            # the row queries hold the lower thresholds, so one comparison serves both sides.
-            lowest = torch.full((len(queries),), torch.inf, device=scores.device)
-            order = torch.argsort(lowest.scatter_reduce_(0, owner, scores, reduce="amin"))
-            new_index = torch.empty_like(order)
-            new_index[order] = torch.arange(len(order), device=order.device)
-            owner = new_index[owner]
-            queries = gallery = gallery[order]
-            q_labels = gallery_labels = gallery_labels[order]
-            if gallery_offset is not None:
-                gallery_offset = gallery_offset[order]
-        ranks = _Ranks.create(owner, scores, q_labels, gallery_labels,
-                              max_k=max(ks, default=0), rank_list=map_at_r or r_precision)
-        _scan_blocks(ranks, queries, gallery, gallery_offset, same_set, chunk_size)
-        return ranks.summarize(ks, map_at_r, r_precision)
+    # Full float32 products (no TF32), for exact ranks. On CPU, only the block matmuls use
+    # the caller's intra-op threads and the light element-wise and index work runs on one:
+    # each such op is short, and with several OpenMP threads it ends at a barrier where, on
+    # a busy machine, waiting cost 5-10x the op itself.
+    precision, mm_threads = torch.get_float32_matmul_precision(), torch.get_num_threads()
+    torch.set_float32_matmul_precision("highest")
+    if not gallery.is_cuda:
+        torch.set_num_threads(1)
+    try:
+        return _retrieval_metrics(queries, q_labels, gallery, gallery_labels, same_set, ks, map_at_r, r_precision,
+                                  chunk_size, metric, mm_threads)
+    finally:
+        torch.set_float32_matmul_precision(precision)
+        torch.set_num_threads(mm_threads)
+
+
+@torch.no_grad()
+def _retrieval_metrics(
+    queries: Tensor, q_labels: Tensor, gallery: Tensor, gallery_labels: Tensor, same_set: bool, ks: list[int],
+    map_at_r: bool, r_precision: bool, chunk_size: int, metric: Metric, mm_threads: int,
+) -> dict[str, float]:
+    if metric == "cosine":
+        gallery = torch.nn.functional.normalize(gallery, dim=1)
+        queries = gallery if same_set else torch.nn.functional.normalize(queries, dim=1)
+        gallery_offset = None  # ranking by <q, g> is all cosine needs
+    else:
+        # ||q - g||^2 = ||q||^2 + ||g||^2 - 2<q, g>: for a fixed query, ranking by
+        # <q, g> - ||g||^2 / 2 (higher is nearer) is the same order.
+        gallery_offset = 0.5 * (gallery * gallery).sum(dim=1)
+
+    owner, scores = _positive_scores(queries, q_labels, gallery, gallery_labels, gallery_offset, same_set)
+    if same_set:
+        # Renumber items by their lowest positive score. Then in blocks above the diagonal
+        # the row queries hold the lower thresholds, so one comparison serves both sides.
+        lowest = torch.full((len(queries),), torch.inf, device=scores.device)
+        order = torch.argsort(lowest.scatter_reduce_(0, owner, scores, reduce="amin"))
+        new_index = torch.empty_like(order)
+        new_index[order] = torch.arange(len(order), device=order.device)
+        owner = new_index[owner]
+        queries = gallery = gallery[order]
+        q_labels = gallery_labels = gallery_labels[order]
+        if gallery_offset is not None:
+            gallery_offset = gallery_offset[order]
+
+    ranks = _Ranks.create(owner, scores, q_labels, gallery_labels,
+                          max_k=max(ks, default=0), rank_list=map_at_r or r_precision)
+    _scan_blocks(ranks, queries, gallery, gallery_offset, same_set, chunk_size, mm_threads)
+    return ranks.summarize(ks, map_at_r, r_precision)
 
 
 def nmi_kmeans(embeddings: ArrayLike, labels: ArrayLike | Sequence[int], *, seed: int = 0, niter: int = 20) -> float:
@@ -318,6 +342,7 @@ class _Candidates:
 
 def _scan_blocks(
     ranks: _Ranks, queries: Tensor, gallery: Tensor, gallery_offset: Tensor | None, same_set: bool, chunk: int,
+    mm_threads: int,
 ) -> None:
     """Stream the score matrix in blocks and count each query's negatives that matter.
 
@@ -341,7 +366,7 @@ def _scan_blocks(
         if not _any_finite(row_thr, col_thr):
             continue
         rows, cols = i1 - i0, j1 - j0
-        block = torch.mm(queries[i0:i1], gallery[j0:j1].T, out=block_buf[: rows * cols].view(rows, cols))
+        block = _matmul(queries[i0:i1], gallery[j0:j1].T, block_buf[: rows * cols].view(rows, cols), mm_threads)
         if gallery_offset is None:
             row_scores = col_scores = block
             if use_cols:
@@ -372,6 +397,17 @@ def _scan_blocks(
             threshold = ranks.thresholds(0, n_q)
             work_since_refresh = 0
     candidates.flush()
+
+
+def _matmul(a: Tensor, b: Tensor, out: Tensor, threads: int) -> Tensor:
+    if a.is_cuda:
+        return torch.mm(a, b, out=out)
+    light_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return torch.mm(a, b, out=out)
+    finally:
+        torch.set_num_threads(light_threads)
 
 
 def _tiles(n_q: int, n_g: int, chunk: int, same_set: bool) -> Iterator[tuple[int, int, int, int]]:
