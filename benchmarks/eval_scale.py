@@ -203,8 +203,8 @@ def markdown(report: dict) -> str:
         *(f"| {label} | {s[key]:.1f} | {rss[key]:.0f} |" for label, key in rows),
     ]
     if report["nmi_seconds"] is not None:
-        lines.append(f"| NMI: `nmi_kmeans`, faiss k-means {report['n_classes']:,} clusters, niter={report['nmi_niter']}, "
-                     f"1 run | {report['nmi_seconds']:.1f} | {rss['nmi']:.0f} |")
+        lines.append(f"| NMI: `nmi_kmeans`, faiss k-means, {report['n_classes']:,} clusters, "
+                     f"niter={report['nmi_niter']}, 1 run | {report['nmi_seconds']:.1f} | {rss['nmi']:.0f} |")
     r, mt = report["ratios"], report["metrics"]
     lines += [
         "",

@@ -28,7 +28,7 @@ from embdistill.engine.runlog import read_log
 from embdistill.engine.train import run
 from embdistill.models.embedder import ModelConfig, create_embedder
 
-STUDENT = REPO / "configs" / "cub100" / "student.yaml"
+STUDENT = REPO / "configs" / "cub100" / "mobilenet025.yaml"
 METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision")
 RESUMABLE = {"train.checkpoint_every": 1, "train.epochs": 2, "train.batches_per_epoch": 3}
 pytestmark = pytest.mark.slow

@@ -134,7 +134,7 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     out = tmp_path_factory.mktemp("runs")
     dirs = []
     for name, dim, held_out in (("a", 64, 0), ("b", 32, 3)):
-        cfg = load_config(REPO / "configs/cub100/student.yaml", [
+        cfg = load_config(REPO / "configs/cub100/mobilenet025.yaml", [
             "train.epochs=1", "train.batches_per_epoch=2", "data.image_size=64", "eval.batch_size=64",
             f"output_dir={out}", "data.cache_images=false", f"name={name}", f"data.root={CUB100}",
             f"model.dim={dim}", "device=cpu", f"data.validation_classes={held_out}",

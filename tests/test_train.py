@@ -19,7 +19,7 @@ from embdistill.engine.loaders import hidden_label_mask, load_splits, train_load
 from embdistill.engine.runlog import read_log
 from embdistill.engine.train import NonFiniteLossError, run
 
-STUDENT = REPO / "configs" / "cub100" / "student.yaml"
+STUDENT = REPO / "configs" / "cub100" / "mobilenet025.yaml"
 pytestmark = pytest.mark.slow
 
 
