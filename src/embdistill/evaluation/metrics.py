@@ -34,6 +34,7 @@ al., "A Metric Learning Reality Check", 2020):
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -53,7 +54,7 @@ _SLAB_ELEMENTS = 1 << 24
 _COUNT_BATCH = 1 << 21
 _PAIR_SCORE_ELEMENTS = 1 << 22
 # Diagonal blocks of a symmetric matrix are split down to this side (smaller matmuls are slower).
-_MIN_DIAGONAL_TILE = 1024
+_MIN_DIAGONAL_TILE = 2048
 
 
 def retrieval_metrics(
@@ -77,7 +78,7 @@ def retrieval_metrics(
     embeddings, work memory is about 5 * chunk_size**2 bytes (14 for euclidean) plus ~40
     bytes per (query, positive) pair. The default suits the device.
     During the call, float32 matmul precision is "highest" and, on CPU, torch runs on one
-    intra-op thread outside the matmuls; both are restored on return.
+    intra-op thread outside the matmuls; both settings are restored on return.
     Returns ``{"recall@K": ..., "map@r": ..., "r_precision": ...}``.
     """
     if (query_embeddings is None) != (query_labels is None):
@@ -102,25 +103,25 @@ def retrieval_metrics(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
 
     # Full float32 products (no TF32), for exact ranks. On CPU, only the block matmuls use
-    # the caller's intra-op threads and the light element-wise and index work runs on one:
-    # each such op is short, and with several OpenMP threads it ends at a barrier where, on
-    # a busy machine, waiting cost 5-10x the op itself.
-    precision, mm_threads = torch.get_float32_matmul_precision(), torch.get_num_threads()
+    # the caller's intra-op threads and the rest runs on one: those ops are short and
+    # memory-bound, and with several OpenMP threads each ends at a barrier where, on a busy
+    # machine, waiting cost more than the op (measured 5-10x with 2 threads under load).
+    precision, threads = torch.get_float32_matmul_precision(), torch.get_num_threads()
     torch.set_float32_matmul_precision("highest")
     if not gallery.is_cuda:
         torch.set_num_threads(1)
     try:
         return _retrieval_metrics(queries, q_labels, gallery, gallery_labels, same_set, ks, map_at_r, r_precision,
-                                  chunk_size, metric, mm_threads)
+                                  chunk_size, metric, threads)
     finally:
         torch.set_float32_matmul_precision(precision)
-        torch.set_num_threads(mm_threads)
+        torch.set_num_threads(threads)
 
 
 @torch.no_grad()
 def _retrieval_metrics(
     queries: Tensor, q_labels: Tensor, gallery: Tensor, gallery_labels: Tensor, same_set: bool, ks: list[int],
-    map_at_r: bool, r_precision: bool, chunk_size: int, metric: Metric, mm_threads: int,
+    map_at_r: bool, r_precision: bool, chunk_size: int, metric: Metric, matmul_threads: int,
 ) -> dict[str, float]:
     if metric == "cosine":
         gallery = torch.nn.functional.normalize(gallery, dim=1)
@@ -147,7 +148,7 @@ def _retrieval_metrics(
 
     ranks = _Ranks.create(owner, scores, q_labels, gallery_labels,
                           max_k=max(ks, default=0), rank_list=map_at_r or r_precision)
-    _scan_blocks(ranks, queries, gallery, gallery_offset, same_set, chunk_size, mm_threads)
+    _scan_blocks(ranks, queries, gallery, gallery_offset, same_set, chunk_size, matmul_threads)
     return ranks.summarize(ks, map_at_r, r_precision)
 
 
@@ -328,9 +329,12 @@ class _Candidates:
         self.parts: list[tuple[Tensor, Tensor, Tensor]] = []
         self.size = 0
 
-    def add(self, query: Tensor, item: Tensor, score: Tensor) -> None:
-        self.parts.append((query, item, score))
-        self.size += len(query)
+    def add(self, query: Tensor, item: Tensor, score: Tensor, threshold: Tensor) -> None:
+        # A loosened mask lets through what this query's own threshold rejects: drop it
+        # here, cheaper than in counting.
+        keep = score >= threshold[query]
+        self.parts.append((query[keep], item[keep], score[keep]))
+        self.size += len(self.parts[-1][0])
         if self.size >= self.limit:
             self.flush()
 
@@ -342,7 +346,7 @@ class _Candidates:
 
 def _scan_blocks(
     ranks: _Ranks, queries: Tensor, gallery: Tensor, gallery_offset: Tensor | None, same_set: bool, chunk: int,
-    mm_threads: int,
+    matmul_threads: int,
 ) -> None:
     """Stream the score matrix in blocks and count each query's negatives that matter.
 
@@ -366,7 +370,8 @@ def _scan_blocks(
         if not _any_finite(row_thr, col_thr):
             continue
         rows, cols = i1 - i0, j1 - j0
-        block = _matmul(queries[i0:i1], gallery[j0:j1].T, block_buf[: rows * cols].view(rows, cols), mm_threads)
+        with _intra_op_threads(matmul_threads):
+            block = torch.mm(queries[i0:i1], gallery[j0:j1].T, out=block_buf[: rows * cols].view(rows, cols))
         if gallery_offset is None:
             row_scores = col_scores = block
             if use_cols:
@@ -386,9 +391,9 @@ def _scan_blocks(
             mask_buf[n : _round_up(n, 8)] = False
             for flat in _true_indices(mask_buf[: _round_up(n, 8)]).split(_COUNT_BATCH):
                 r, c = flat // cols + r0, flat % cols
-                candidates.add(r + i0, c + j0, row_scores[r, c])
+                candidates.add(r + i0, c + j0, row_scores[r, c], threshold)
                 if use_cols:
-                    candidates.add(c + j0, r + i0, col_scores[r, c])
+                    candidates.add(c + j0, r + i0, col_scores[r, c], threshold)
 
         # Refresh thresholds about once per stripe of blocks, not after every block.
         work_since_refresh += rows * cols
@@ -399,15 +404,14 @@ def _scan_blocks(
     candidates.flush()
 
 
-def _matmul(a: Tensor, b: Tensor, out: Tensor, threads: int) -> Tensor:
-    if a.is_cuda:
-        return torch.mm(a, b, out=out)
-    light_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
+@contextmanager
+def _intra_op_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
     try:
-        return torch.mm(a, b, out=out)
+        yield
     finally:
-        torch.set_num_threads(light_threads)
+        torch.set_num_threads(before)
 
 
 def _tiles(n_q: int, n_g: int, chunk: int, same_set: bool) -> Iterator[tuple[int, int, int, int]]:
@@ -438,8 +442,8 @@ def _upper_triangle(start: int, stop: int, chunk: int) -> Iterator[tuple[int, in
 def _true_indices(mask: Tensor) -> Tensor:
     """Flat indices of True in a 1-D bool mask of length divisible by 8.
 
-    Candidates are sparse, so scan 8 bytes per element first: much cheaper than nonzero()
-    on every byte.
+    Candidates are sparse, so scanning the mask as int64 words first is much cheaper than
+    nonzero() on every byte.
     """
     words = torch.nonzero(mask.view(torch.int64)).squeeze(1)
     word, byte = torch.nonzero(mask.view(-1, 8)[words], as_tuple=True)
