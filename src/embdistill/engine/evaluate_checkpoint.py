@@ -5,8 +5,6 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
 from embdistill.data.datasets import load_dataset
 from embdistill.data.transforms import Degrade
 from embdistill.engine.checkpoint import embedder_from_checkpoint, load_checkpoint
@@ -50,5 +48,4 @@ def evaluate_checkpoint(
     out_dir = ckpt if ckpt.is_dir() else ckpt.parent
     suffix = f"_degraded{degrade_resolution or ''}q{degrade_jpeg_quality or ''}" if degrade else ""
     (out_dir / f"eval_{dataset}_{split}{suffix}.json").write_text(json.dumps(result, indent=2))
-    torch.set_grad_enabled(True)
     return result

@@ -23,7 +23,15 @@ from embdistill.data.datasets import DatasetError, ImageList
 from embdistill.data.transforms import Degrade
 from embdistill.engine.checkpoint import check_teacher, embedder_from_checkpoint, load_checkpoint, save_checkpoint
 from embdistill.engine.evaluate import embed_loader, evaluate_embedder
-from embdistill.engine.loaders import eval_loader, hidden_label_mask, image_cache, load_splits, train_loader, unlabelled_items
+from embdistill.engine.loaders import (
+    eval_loader,
+    hidden_label_mask,
+    image_cache,
+    load_splits,
+    train_loader,
+    unlabelled_items,
+    unlabelled_loader,
+)
 from embdistill.engine.resume import BatchStream, StopSignals, TrainState, resume_checkpoint, start_fresh
 from embdistill.engine.runlog import RunLog
 from embdistill.engine.teacher import FrozenTeacher, TeacherCache
@@ -32,6 +40,7 @@ from embdistill.losses.distill import build_distill_loss
 from embdistill.losses.metric import build_metric_loss
 from embdistill.losses.objective import Objective, all_finite
 from embdistill.models.embedder import Embedder, create_embedder
+from embdistill.models.output import EmbedderOutput
 from embdistill.plots import plot_training_curves
 from embdistill.report import save_test_embeddings, write_run_report
 
@@ -169,8 +178,6 @@ def run(cfg: ExperimentConfig, progress: bool = True, resume: bool = False) -> R
     unlabelled_stream = None
     unlabelled = unlabelled_items(cfg, splits.train, hidden)
     if unlabelled is not None:
-        from embdistill.engine.loaders import unlabelled_loader
-
         unlabelled_views, u_loader = unlabelled_loader(cfg, unlabelled, student.normalization, cache)
         unlabelled_stream = BatchStream(unlabelled_views, u_loader.batch_size, cfg.seed, cfg.data.num_workers)
     teach = teach_unlabelled = None
@@ -293,8 +300,6 @@ def run(cfg: ExperimentConfig, progress: bool = True, resume: bool = False) -> R
 
 def _add_unlabelled(images, labels, teacher_out, batch, teach_unlabelled, device):
     """Append a batch of unlabelled images (label -1): they add only distillation terms."""
-    from embdistill.models.output import EmbedderOutput
-
     u_student, u_teacher, u_labels, u_indices, u_views = batch
     u_out = teach_unlabelled(u_teacher.to(device), u_indices, u_views)
     merged = EmbedderOutput(
