@@ -69,6 +69,12 @@ def hidden_label_mask(train: ImageList, fraction: float, seed: int) -> np.ndarra
     return np.isin(train.labels, hidden)
 
 
+def student_degrade(cfg: ExperimentConfig) -> Degrade | None:
+    """Cross-quality distillation: what the student sees instead of the teacher's clean image."""
+    cq = cfg.distill.cross_quality if cfg.distill else None
+    return Degrade(cq.resolution, cq.jpeg_quality) if cq else None
+
+
 def train_loader(
     cfg: ExperimentConfig,
     items: ImageList,
@@ -77,15 +83,13 @@ def train_loader(
     cache: DecodedImageCache | None = None,
 ) -> tuple[DataLoader, ViewDataset, PKSampler]:
     """Class-balanced P×K batches of augmented views; ``labels`` < 0 are excluded from the batches."""
-    cq = cfg.distill.cross_quality if cfg.distill else None
-    degrade = Degrade(cq.resolution, cq.jpeg_quality) if cq else None
     images = ImageDataset(items, cache=cache)
     labels = items.labels if labels is None else labels
     views = ViewDataset(
         images,
         build_transform(True, cfg.data.image_size, normalization),
         seed=cfg.seed,
-        degrade=degrade,
+        degrade=student_degrade(cfg),
         labels=torch.from_numpy(np.array(labels)),
     )
     labelled = np.flatnonzero(labels >= 0)
@@ -147,27 +151,14 @@ def eval_loader(
     return DataLoader(ImageDataset(items, transform, cache=cache), batch_size=batch_size, num_workers=num_workers)
 
 
-def unlabelled_loader(
+def unlabelled_views(
     cfg: ExperimentConfig, items: ImageList, normalization: Normalization, cache: DecodedImageCache | None
-) -> tuple[ViewDataset, DataLoader]:
-    """Random batches of unlabelled views, drawn with a seeded generator."""
-    assert cfg.distill is not None and cfg.distill.semi_supervised is not None
-    cq = cfg.distill.cross_quality
-    degrade = Degrade(cq.resolution, cq.jpeg_quality) if cq else None
-    views = ViewDataset(
+) -> ViewDataset:
+    """Augmented views of the unlabelled images (label -1); ``resume.BatchStream`` batches them."""
+    return ViewDataset(
         ImageDataset(items, cache=cache),
         build_transform(True, cfg.data.image_size, normalization),
         seed=cfg.seed + 1,
-        degrade=degrade,
+        degrade=student_degrade(cfg),
         labels=torch.full((len(items),), -1, dtype=torch.long),
     )
-    generator = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(
-        views,
-        batch_size=cfg.distill.semi_supervised.unlabelled_per_batch,
-        shuffle=True,
-        drop_last=True,
-        generator=generator,
-        num_workers=cfg.data.num_workers,
-    )
-    return views, loader

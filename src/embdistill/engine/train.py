@@ -30,7 +30,7 @@ from embdistill.engine.loaders import (
     load_splits,
     train_loader,
     unlabelled_items,
-    unlabelled_loader,
+    unlabelled_views,
 )
 from embdistill.engine.resume import BatchStream, StopSignals, TrainState, resume_checkpoint, start_fresh
 from embdistill.engine.runlog import RunLog
@@ -178,8 +178,8 @@ def run(cfg: ExperimentConfig, progress: bool = True, resume: bool = False) -> R
     unlabelled_stream = None
     unlabelled = unlabelled_items(cfg, splits.train, hidden)
     if unlabelled is not None:
-        unlabelled_views, u_loader = unlabelled_loader(cfg, unlabelled, student.normalization, cache)
-        unlabelled_stream = BatchStream(unlabelled_views, u_loader.batch_size, cfg.seed, cfg.data.num_workers)
+        unlabelled_stream = BatchStream(unlabelled_views(cfg, unlabelled, student.normalization, cache),
+                                        semi.unlabelled_per_batch, cfg.seed, cfg.data.num_workers)
     teach = teach_unlabelled = None
     if teacher is not None:
         num_views = distill.cache_views if distill.cache_teacher else 0
