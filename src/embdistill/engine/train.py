@@ -20,7 +20,6 @@ from tqdm import tqdm
 
 from embdistill.config import ExperimentConfig, to_dict
 from embdistill.data.datasets import DatasetError, ImageList
-from embdistill.data.transforms import Degrade
 from embdistill.engine.checkpoint import check_teacher, embedder_from_checkpoint, load_checkpoint, save_checkpoint
 from embdistill.engine.evaluate import embed_loader, evaluate_embedder
 from embdistill.engine.loaders import (
@@ -28,6 +27,7 @@ from embdistill.engine.loaders import (
     hidden_label_mask,
     image_cache,
     load_splits,
+    student_degrade,
     train_loader,
     unlabelled_items,
     unlabelled_views,
@@ -188,7 +188,7 @@ def run(cfg: ExperimentConfig, progress: bool = True, resume: bool = False) -> R
         if unlabelled is not None:
             teach_unlabelled = FrozenTeacher(teacher, objective.teacher_layers, student.normalization, distill.teacher_precision, make_cache(len(unlabelled)))
     cq = distill.cross_quality if distill else None
-    test_degrade = Degrade(cq.resolution, cq.jpeg_quality) if cq and cq.degrade_test else None
+    test_degrade = student_degrade(cfg) if cq and cq.degrade_test else None
     test_loader = eval_loader(splits.eval, cfg.data.image_size, student.normalization, cfg.eval.batch_size, cfg.data.num_workers, test_degrade)
     optimizer = build_optimizer(cfg, student, objective)
     scheduler = build_scheduler(cfg, optimizer, len(loader))
