@@ -1,4 +1,8 @@
-"""``embdistill`` command line: train, distill, evaluate, demo."""
+"""``embdistill`` command line: train, distill, evaluate, demo.
+
+``train`` and ``distill`` run data-parallel when started by torchrun:
+``torchrun --nproc_per_node 4 -m embdistill distill --config ...``.
+"""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +27,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_train(args: argparse.Namespace, distill: bool) -> int:
     from embdistill.config import load_config
+    from embdistill.engine.distributed import is_main
     from embdistill.engine.resume import Interrupted, resume_config
     from embdistill.engine.train import run
 
@@ -40,7 +45,8 @@ def cmd_train(args: argparse.Namespace, distill: bool) -> int:
     except Interrupted as stop:  # SIGINT/SIGTERM: a checkpoint was saved
         print(f"embdistill {args.command}: {stop}", file=sys.stderr)
         return stop.exit_code
-    print(json.dumps({"run_dir": str(result.run_dir), **result.metrics}, indent=2))
+    if is_main():  # under torchrun every process gets here; one prints
+        print(json.dumps({"run_dir": str(result.run_dir), **result.metrics}, indent=2))
     return 0
 
 

@@ -36,6 +36,23 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
+    """How the student (or teacher) is trained.
+
+    Under ``torchrun`` every process draws its own P×K batch (no class is shared
+    between processes in a step), so the global batch is ``processes × P × K``.
+    ``gather_global_batch`` (default true) makes the metric loss and the
+    batch-level distillation terms (relative, RKD, DarkRank) see the global batch,
+    so N processes give the loss and gradients of one process with N times the
+    batch; false keeps each process's loss to its own batch (no gathering, but a
+    different objective). Per-image terms (absolute, hint, attention) are local
+    either way.
+
+    ``precision``: ``bf16`` runs the student's forward pass under bf16 autocast (the
+    losses stay fp32); ``auto`` means bf16 on CUDA and fp32 on the CPU.
+    ``channels_last``: NHWC memory layout for the networks and their inputs, faster
+    convolutions on GPUs; ``auto`` means on for CUDA, off on the CPU.
+    """
+
     epochs: int = 30
     classes_per_batch: int = 4  # P, paper: 4
     images_per_class: int = 8  # K, paper: 8
@@ -51,6 +68,9 @@ class TrainConfig:
     log_every: int = 10  # steps
     nan_policy: str = "stop"  # stop | skip (skipped batches are counted in summary.yaml)
     checkpoint_every: int = 0  # also checkpoint every N steps mid-epoch (0: only at epoch ends)
+    gather_global_batch: bool = True  # multi-process: batch-level losses see every process's images (exact)
+    precision: str = "auto"  # auto | fp32 | bf16 (student forward under autocast; auto: bf16 on CUDA)
+    channels_last: bool | str = "auto"  # auto | true | false (auto: on for CUDA)
 
 
 @dataclass

@@ -81,8 +81,13 @@ def train_loader(
     normalization: Normalization,
     labels: np.ndarray | None = None,
     cache: DecodedImageCache | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> tuple[DataLoader, ViewDataset, PKSampler]:
-    """Class-balanced P×K batches of augmented views; ``labels`` < 0 are excluded from the batches."""
+    """Class-balanced P×K batches of augmented views; ``labels`` < 0 are excluded from the batches.
+
+    With ``world_size`` processes, this one's share of each global step (see PKSampler).
+    """
     images = ImageDataset(items, cache=cache)
     labels = items.labels if labels is None else labels
     views = ViewDataset(
@@ -98,6 +103,8 @@ def train_loader(
         cfg.train.classes_per_batch,
         cfg.train.images_per_class,
         seed=cfg.seed,
+        rank=rank,
+        world_size=world_size,
         batches_per_epoch=cfg.train.batches_per_epoch,
     )
     batches = _Reindexed(sampler, labelled)

@@ -129,8 +129,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 class TrainState:
     """Where a run stands (the counters the loop advances) and the stateful objects it trains with."""
 
-    def __init__(self, run_dir: Path, model, optimizer, scheduler, objective, sampler, teachers=None, stream=None) -> None:
+    def __init__(self, run_dir: Path, model, optimizer, scheduler, objective, sampler, teachers=None, stream=None,
+                 writes: bool = True) -> None:
         self.run_dir = run_dir
+        self.writes = writes  # False on ranks other than 0: they neither write nor truncate the run's files
         self.model, self.optimizer, self.scheduler, self.objective = model, optimizer, scheduler, objective
         self.sampler = sampler
         self.teachers = {name: t for name, t in (teachers or {}).items() if t is not None}
@@ -183,6 +185,7 @@ class TrainState:
             "objective": self.objective.state_dict(),
             "resume": {
                 "sampler": {**self.sampler.state_dict(), "epoch": self.epoch, "batch_index": self.batch},
+                "world_size": self.sampler.world_size,
                 "step": self.step,
                 "seen": self.seen,
                 "skipped_steps": self.skipped_steps,
@@ -198,6 +201,11 @@ class TrainState:
     def load_state_dict(self, payload: dict[str, Any]) -> None:
         """Put a checkpoint back: weights, optimizer, schedule, sampler position, RNG, caches, log."""
         state = payload["resume"]
+        saved_world = state.get("world_size", 1)
+        if saved_world != self.sampler.world_size:
+            raise CheckpointError(f"cannot resume {self.run_dir}: it was trained by {saved_world} process(es), this run has "
+                                  f"{self.sampler.world_size}; the P×K batches depend on it, so resume with "
+                                  f"{saved_world} (torchrun --nproc_per_node {saved_world} for more than one)")
         self.model.load_state_dict(payload["model_state"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
@@ -209,7 +217,8 @@ class TrainState:
         if self.stream is not None:
             self.stream.load_state_dict(state["stream"])
         self._load_teacher_caches(state["teachers"])
-        _truncate_log(self.run_dir / "metrics.jsonl", state["log_bytes"])
+        if self.writes:
+            _truncate_log(self.run_dir / "metrics.jsonl", state["log_bytes"])
 
     def _save_teacher_caches(self) -> dict[str, Any]:
         caches = {name: t.cache for name, t in self.teachers.items() if t.cache is not None}
@@ -258,13 +267,16 @@ class BatchStream:
 
     Pass ``p`` is a permutation drawn from ``(seed, p)``; the stream restarts its
     DataLoader when the view changes, so loader workers always load the current view.
+    With ``world_size`` processes, rank ``r`` takes the pass's batches r, r + world_size, ...
+    so that no image is in two processes' batches of one step.
     """
 
-    def __init__(self, views, batch_size: int, seed: int, num_workers: int = 0) -> None:
-        if len(views) < batch_size:
+    def __init__(self, views, batch_size: int, seed: int, num_workers: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        if len(views) < batch_size * world_size:
             raise DatasetError(f"{len(views)} unlabelled images are fewer than one batch of {batch_size} "
-                               "(distill.semi_supervised.unlabelled_per_batch)")
+                               f"(distill.semi_supervised.unlabelled_per_batch) for each of {world_size} process(es)")
         self.views, self.batch_size, self.seed, self.num_workers = views, batch_size, seed, num_workers
+        self.rank, self.world_size = rank, world_size
         self.epoch = self.batch = 0  # pass number, batches consumed in it
         self._iterator: Iterator | None = None
 
@@ -277,7 +289,7 @@ class BatchStream:
         return self
 
     def __next__(self):
-        if self.batch == len(self.views) // self.batch_size:  # the pass is used up
+        if self.batch == len(self.views) // (self.batch_size * self.world_size):  # the pass is used up
             self.epoch, self.batch, self._iterator = self.epoch + 1, 0, None
         if self._iterator is None:
             self._iterator = self._start()
@@ -286,7 +298,9 @@ class BatchStream:
 
     def _start(self) -> Iterator:
         order = torch.randperm(len(self.views), generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
-        batches = order[: len(order) // self.batch_size * self.batch_size].view(-1, self.batch_size)[self.batch:].tolist()
+        per_pass = len(order) // (self.batch_size * self.world_size)
+        batches = order[: per_pass * self.batch_size * self.world_size].view(-1, self.batch_size)
+        batches = batches[self.rank::self.world_size][self.batch:].tolist()
         loader = DataLoader(self.views, batch_sampler=batches, num_workers=self.num_workers,
                             generator=torch.Generator().manual_seed(self.seed))  # leaves torch's global RNG alone
         return iter(loader)
@@ -332,6 +346,11 @@ class StopSignals:
                   "(press Ctrl-C again to abort at once)", file=sys.stderr, flush=True)
         except RuntimeError:  # interrupted a write to stderr
             pass
+
+    def adopt(self, signum: int | None) -> None:
+        """Stop as if ``signum`` had arrived here too (another process received it)."""
+        if signum is not None and self.signum is None:
+            self.signum = signum
 
     def raise_if_requested(self, cfg: ExperimentConfig, state: TrainState) -> None:
         """After the checkpoint: stop, saying how to resume."""

@@ -10,10 +10,13 @@ from typing import Any
 class RunLog:
     """Appends one JSON object per line to ``metrics.jsonl``; every line carries its ``kind``."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, enabled: bool = True) -> None:
         self.path = run_dir / "metrics.jsonl"
+        self.enabled = enabled  # False on data-parallel ranks other than 0: one process writes the log
 
     def write(self, kind: str, **values: Any) -> None:
+        if not self.enabled:
+            return
         record = {"kind": kind, **{k: _plain(v) for k, v in values.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")

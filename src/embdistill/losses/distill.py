@@ -26,6 +26,7 @@ class DistillationLoss(nn.Module):
 
     student_layers: tuple[str, ...] = ()
     teacher_layers: tuple[str, ...] = ()
+    batch_level: bool = False  # compares samples with each other: under data parallelism it needs the global batch
 
     def forward(self, student: EmbedderOutput, teacher: EmbedderOutput) -> Tensor:
         raise NotImplementedError
@@ -143,6 +144,7 @@ class RelativeTeacherLoss(DistillationLoss):
       ``lambda_mean = lambda_paper * sqrt(B * (B - 1))``.
     """
 
+    batch_level = True
     REDUCTIONS = ("mean", "frobenius")
 
     def __init__(self, reduction: str = "mean") -> None:
@@ -175,6 +177,8 @@ class RKDDistanceLoss(DistillationLoss):
     their value is ours times (B - 1) / B.
     """
 
+    batch_level = True
+
     def forward(self, student: EmbedderOutput, teacher: EmbedderOutput) -> Tensor:
         s, t = _embeddings(student, teacher)
         if s.shape[0] < 2:
@@ -198,6 +202,8 @@ class RKDAngleLoss(DistillationLoss):
     authors' code averages over all B^3 entries, whose degenerate ones are equal in
     both networks, i.e. their value is ours times (B-1)(B-2)/B^2. Memory O(B^2 D).
     """
+
+    batch_level = True
 
     def forward(self, student: EmbedderOutput, teacher: EmbedderOutput) -> Tensor:
         s, t = _embeddings(student, teacher)
@@ -228,6 +234,7 @@ class DarkRankLoss(DistillationLoss):
     Both are summed over a list and averaged over queries, so they grow with B.
     """
 
+    batch_level = True
     METHODS = ("listmle", "listnet")
 
     def __init__(self, alpha: float = 3.0, beta: float = 3.0, method: str = "listmle") -> None:

@@ -17,3 +17,7 @@ class EmbedderOutput:
 
     embedding: Tensor
     features: dict[str, Tensor] = field(default_factory=dict)
+
+    def float(self) -> EmbedderOutput:
+        """In fp32 (after a bf16 autocast forward pass), so that the losses are computed in fp32."""
+        return EmbedderOutput(self.embedding.float(), {k: v.float() for k, v in self.features.items()})
