@@ -180,7 +180,7 @@ def _run(cfg: ExperimentConfig, world: World, device: torch.device, progress: bo
         (run_dir / "skipped_images.txt").write_text("".join(f"{path}\t{why}\n" for path, why in skipped))
         say(f"[{cfg.name}] skipped {len(skipped)} unreadable image(s), listed in {run_dir / 'skipped_images.txt'}")
     student = create_embedder(cfg.model).to(device, memory_format=layout)
-    teacher = load_teacher(cfg, device).to(memory_format=layout) if cfg.distill else None
+    teacher = load_teacher(cfg, device).to(memory_format=layout) if cfg.distill and cfg.distill.terms else None
     gather = world.gather if world.distributed and cfg.train.gather_global_batch else None
     objective = build_objective(cfg, student, teacher, gather).to(device)
     world.broadcast_parameters(objective)
@@ -247,7 +247,7 @@ def _run(cfg: ExperimentConfig, world: World, device: torch.device, progress: bo
     with StopSignals() as stop:
         for epoch in range(state.epoch, cfg.train.epochs):
             sampler.set_epoch(epoch)
-            view = epoch % distill.cache_views if distill and distill.cache_teacher else epoch
+            view = epoch % distill.cache_views if teacher is not None and distill.cache_teacher else epoch
             views.set_view(view)
             if unlabelled_stream is not None:
                 unlabelled_stream.set_view(view)
