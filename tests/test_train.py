@@ -172,6 +172,24 @@ def test_cross_quality_student_sees_degraded_copies_of_the_same_crop(tmp_path, c
     assert (result.run_dir / "last.pt").is_file()
 
 
+def test_teacher_sees_the_same_crop_at_its_own_size(tmp_path, cub100, teacher_ckpt):
+    cfg = _distill(tmp_path, cub100, teacher_ckpt, "hires", "[{name: relative}]", "distill.teacher_image_size=96")
+    splits = load_splits(cfg.data)
+    loader, _, _ = train_loader(cfg, splits.train, embedder_normalization())
+    student, teacher, *_ = next(iter(loader))
+    assert teacher.shape[-2:] == (96, 96) and student.shape[-2:] == (64, 64)
+    shrunk = torch.nn.functional.interpolate(teacher, size=(64, 64), mode="bilinear", antialias=True, align_corners=False)
+    torch.testing.assert_close(student, shrunk)
+    result = run(cfg, progress=False)
+    assert (result.run_dir / "last.pt").is_file()
+
+
+def test_teacher_image_size_below_the_students_is_an_error(tmp_path, cub100, teacher_ckpt):
+    cfg = _distill(tmp_path, cub100, teacher_ckpt, "lores", "[{name: relative}]", "distill.teacher_image_size=32")
+    with pytest.raises(ValueError, match=r"distill.teacher_image_size.*>= data.image_size \(64\).*32"):
+        train_loader(cfg, load_splits(cfg.data).train, embedder_normalization())
+
+
 def test_loader_workers_give_the_same_batches(tmp_path, cub100):
     cfg0 = load_config(STUDENT, tiny_overrides(tmp_path, cub100, "w0"))
     cfg2 = load_config(STUDENT, tiny_overrides(tmp_path, cub100, "w2", **{"data.num_workers": 2}))

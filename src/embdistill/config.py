@@ -103,6 +103,9 @@ class DistillConfig:
     terms: list[DistillTermConfig] = field(default_factory=list)
     cache_teacher: bool = True  # compute teacher outputs once per fixed augmented view
     cache_views: int = 4  # number of fixed views per image when caching
+    # The teacher sees each augmented crop at this size, the student the same crop resized to
+    # data.image_size: a big teacher keeps its resolution while a phone student runs small.
+    teacher_image_size: int | None = None  # None: data.image_size
     teacher_precision: str = "fp32"  # fp32 | bf16
     semi_supervised: SemiSupervisedConfig | None = None
     cross_quality: CrossQualityConfig | None = None

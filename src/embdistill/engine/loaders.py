@@ -51,11 +51,19 @@ def load_splits(data: DataConfig, skipped: list[tuple[Path, str]] | None = None)
     return Splits(train.class_subset(keep), train.class_subset(held), "validation")
 
 
-def image_cache(data: DataConfig, items: ImageList) -> DecodedImageCache | None:
-    """Decoded images at the working resolution, filled before loader workers fork."""
+def view_size(cfg: ExperimentConfig) -> int:
+    """Size of the augmented training crops: the teacher's (``distill.teacher_image_size``) if larger."""
+    teacher = cfg.distill.teacher_image_size if cfg.distill else None
+    if teacher is not None and (isinstance(teacher, bool) or not isinstance(teacher, int) or teacher < cfg.data.image_size):
+        raise ValueError(f"distill.teacher_image_size must be an int >= data.image_size ({cfg.data.image_size}), got {teacher!r}")
+    return teacher or cfg.data.image_size
+
+
+def image_cache(data: DataConfig, items: ImageList, size: int | None = None) -> DecodedImageCache | None:
+    """Decoded images at the working resolution (``size``, default data.image_size), filled before loader workers fork."""
     if not data.cache_images:
         return None
-    cache = DecodedImageCache(size=round(data.image_size * RESIZE_RATIO))
+    cache = DecodedImageCache(size=round((size or data.image_size) * RESIZE_RATIO))
     cache.fill(items.paths, num_workers=max(1, data.num_workers))
     return cache
 
@@ -92,10 +100,11 @@ def train_loader(
     labels = items.labels if labels is None else labels
     views = ViewDataset(
         images,
-        build_transform(True, cfg.data.image_size, normalization),
+        build_transform(True, view_size(cfg), normalization),
         seed=cfg.seed,
         degrade=student_degrade(cfg),
         labels=torch.from_numpy(np.array(labels)),
+        student_size=cfg.data.image_size,
     )
     labelled = np.flatnonzero(labels >= 0)
     sampler = PKSampler(
@@ -164,8 +173,9 @@ def unlabelled_views(
     """Augmented views of the unlabelled images (label -1); ``resume.BatchStream`` batches them."""
     return ViewDataset(
         ImageDataset(items, cache=cache),
-        build_transform(True, cfg.data.image_size, normalization),
+        build_transform(True, view_size(cfg), normalization),
         seed=cfg.seed + 1,
         degrade=student_degrade(cfg),
         labels=torch.full((len(items),), -1, dtype=torch.long),
+        student_size=cfg.data.image_size,
     )

@@ -32,6 +32,7 @@ from embdistill.engine.loaders import (
     train_loader,
     unlabelled_items,
     unlabelled_views,
+    view_size,
 )
 from embdistill.engine.precision import autocast_dtype, memory_format
 from embdistill.engine.resume import BatchStream, StopSignals, TrainState, resume_checkpoint, start_fresh
@@ -133,7 +134,7 @@ def load_teacher(cfg: ExperimentConfig, device: torch.device) -> Embedder:
     payload = load_checkpoint(d.teacher)
     teacher = embedder_from_checkpoint(payload)
     for note in check_teacher(payload, d.teacher, teacher, backbone=d.teacher_backbone, dim=d.teacher_dim,
-                              image_size=cfg.data.image_size, strict_image_size=d.strict_teacher):
+                              image_size=d.teacher_image_size or cfg.data.image_size, strict_image_size=d.strict_teacher):
         print(f"[{cfg.name}] note: {note}")
     return teacher.to(device)
 
@@ -189,7 +190,7 @@ def _run(cfg: ExperimentConfig, world: World, device: torch.device, progress: bo
     hidden = hidden_label_mask(splits.train, semi.hide_label_fraction, cfg.seed) if semi and not semi.folder else None
     labels = np.where(hidden, -1, splits.train.labels) if hidden is not None else splits.train.labels
     check_pk_classes(splits.train, labels)
-    cache = image_cache(cfg.data, splits.train)
+    cache = image_cache(cfg.data, splits.train, view_size(cfg))
     loader, views, sampler = train_loader(cfg, splits.train, student.normalization, labels, cache, world.rank, world.size)
     unlabelled_stream = None
     unlabelled = unlabelled_items(cfg, splits.train, hidden)

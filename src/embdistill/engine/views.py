@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from embdistill.data.datasets import ImageDataset
@@ -26,7 +27,8 @@ class ViewDataset(Dataset):
 
     ``teacher_image`` is the same tensor as ``student_image`` unless ``degrade`` is
     set (cross-quality distillation): then the student gets the degraded copy, cut
-    by the very same crop. ``set_view`` is called before each epoch; DataLoader
+    by the very same crop. With ``student_size`` smaller than the transform's
+    output, the student gets that crop resized (antialiased) to ``student_size``. ``set_view`` is called before each epoch; DataLoader
     workers receive the dataset afresh at every epoch, so they see the new view.
     """
 
@@ -37,12 +39,14 @@ class ViewDataset(Dataset):
         seed: int,
         degrade: Callable | None = None,
         labels: Tensor | None = None,
+        student_size: int | None = None,
     ) -> None:
         self.images = images
         self.transform = transform
         self.seed = seed
         self.degrade = degrade
         self.labels = labels  # overrides the dataset's labels (-1 marks an unlabelled image)
+        self.student_size = student_size
         self.view = 0
 
     def set_view(self, view: int) -> None:
@@ -61,6 +65,9 @@ class ViewDataset(Dataset):
         label = int(self.images.items.labels[index])
         teacher_image = self._augment(image, index)
         student_image = teacher_image if self.degrade is None else self._augment(self.degrade(image), index)
+        if self.student_size is not None and student_image.shape[-2:] != (self.student_size, self.student_size):
+            student_image = F.interpolate(student_image[None], size=(self.student_size,) * 2, mode="bilinear",
+                                          antialias=True, align_corners=False)[0]
         if self.labels is not None:
             label = int(self.labels[index])
         return student_image, teacher_image, label, index, self.view
