@@ -51,9 +51,10 @@ def run_demo(data: Path, output: Path, progress: bool = True) -> list[dict]:
             teacher_ckpt = result.checkpoint
             initial = json.loads(json.dumps(_read_summary(result.run_dir).get("initial", {})))
             if initial:
-                rows.append(_row("teacher, pretrained (not fine-tuned)", cfg.model.backbone, initial, None))
+                rows.append(_row("teacher, pretrained (not fine-tuned)", cfg.model.backbone, cfg.data.image_size, initial, None))
         summary = _read_summary(result.run_dir)
-        rows.append(_row(cfg.name, cfg.model.backbone + _width(cfg.model.backbone_args), result.metrics, summary.get("train_seconds")))
+        rows.append(_row(cfg.name, cfg.model.backbone + _width(cfg.model.backbone_args), cfg.data.image_size,
+                         result.metrics, summary.get("train_seconds")))
     minutes = (time.perf_counter() - started) / 60
     table = _table(rows, minutes)
     print("\n" + table)
@@ -74,18 +75,18 @@ def _width(args: dict) -> str:
     return f"-{args['width']}" if "width" in args else ""
 
 
-def _row(name: str, model: str, metrics: dict, seconds: float | None) -> dict:
-    return {"run": name, "model": model, **{k: round(100 * v, 1) for k, v in metrics.items()}, "train_s": seconds}
+def _row(name: str, model: str, image_size: int, metrics: dict, seconds: float | None) -> dict:
+    return {"run": name, "model": model, "image_size": image_size, **{k: round(100 * v, 1) for k, v in metrics.items()}, "train_s": seconds}
 
 
 def _table(rows: list[dict], minutes: float) -> str:
     keys = ["recall@1", "recall@2", "recall@4", "recall@8", "map@r"]
     lines = [
-        "| run | network | R@1 | R@2 | R@4 | R@8 | MAP@R | train s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | network | px | R@1 | R@2 | R@4 | R@8 | MAP@R | train s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        cells = [r["run"], r["model"], *(f"{r[k]:.1f}" for k in keys), "-" if r["train_s"] is None else f"{r['train_s']:.0f}"]
+        cells = [r["run"], r["model"], str(r["image_size"]), *(f"{r[k]:.1f}" for k in keys), "-" if r["train_s"] is None else f"{r['train_s']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append(f"\n42 unseen CUB species (2,474 images), every image a query; whole demo {minutes:.1f} min.")
     return "\n".join(lines)
