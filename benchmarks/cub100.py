@@ -158,7 +158,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "minutes": round((time.perf_counter() - started) / 60, 1),
         "seeds": args.seeds,
         "teacher_image_size": teacher_size,
-        "student_image_size": load_config(CONFIGS / STUDENTS[0].config, base).data.image_size,
+        "student_image_size": ordered[0].config["data"]["image_size"],
         "teacher": {**teacher, "config": to_dict(teacher_cfg)},
         "rows": [{"student": r.student, "method": r.method.key, "label": r.method.label, "seeds": r.method.seeds,
                   "compare_to": r.method.compare_to, "runs": r.runs, "config": r.config} for r in ordered],

@@ -86,7 +86,7 @@ class FrozenTeacher:
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             output = self.model(x, self.layers)
         self.forward_passes += len(images)
-        return EmbedderOutput(output.embedding.float(), {k: v.float() for k, v in output.features.items()})
+        return output.float()
 
 
 def _first_occurrences(keys: Tensor, mask: Tensor) -> Tensor:
