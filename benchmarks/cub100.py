@@ -32,6 +32,7 @@ import yaml
 from embdistill.config import ExperimentConfig, load_config, to_dict
 from embdistill.engine.train import run
 from embdistill.plots import plot_training_curves
+from embdistill.report import write_run_report
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "cub100" / "benchmark"
@@ -103,6 +104,7 @@ def _run_cached(cfg: ExperimentConfig) -> dict:
         print(f"[bench] reusing {cfg.run_dir}")
     else:
         run(cfg, progress=False)
+        write_run_report(cfg.run_dir, device=cfg.device)  # stats.json, loss curve, retrieval grid
     summary = yaml.safe_load(summary_path.read_text())
     stats = json.loads((cfg.run_dir / "stats.json").read_text())
     return {
@@ -163,6 +165,18 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "rows": [{"student": r.student, "method": r.method.key, "label": r.method.label, "seeds": r.method.seeds,
                   "compare_to": r.method.compare_to, "runs": r.runs, "config": r.config} for r in ordered],
     }
+
+
+def repo_relative(value):
+    """``value`` with every absolute path rewritten relative to the repository (run_dir, data.root,
+    distill.teacher, output_dir), so the committed results name no directory of the machine they ran on."""
+    if isinstance(value, dict):
+        return {k: repo_relative(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [repo_relative(v) for v in value]
+    if isinstance(value, str) and value.startswith("/"):
+        return Path(os.path.relpath(value, ROOT)).as_posix()
+    return value
 
 
 # ----------------------------------------------------------------------------- tables and plots
@@ -286,12 +300,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         result = run_benchmark(args)
     results.mkdir(parents=True, exist_ok=True)
+    result = repo_relative(result)
     (results / "cub100.json").write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(result)
     (results / "cub100.md").write_text(table)
     plot_recall(result, docs / "bench_cub100_recall_at_1.png")
     curves = next(r for r in result["rows"] if r["method"] == "relative")["runs"][0]["run_dir"]
-    plot_training_curves(Path(curves), docs / "bench_cub100_training_curves.png")
+    plot_training_curves(ROOT / curves, docs / "bench_cub100_training_curves.png")  # run_dir: relative to the repository
     print(table)
     return 0
 

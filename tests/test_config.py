@@ -64,7 +64,7 @@ data: {image_size: 128, cache_images: true}
 train:
   epochs: 10
   lr: 1.0e-3
-  metric_loss_args: {margin: 0.2, p: 2}
+  metric_loss_args: {margin: 0.2, soft: true}
 """)
     write(tmp_path / "mid.yaml", """
 _base_: base.yaml
@@ -81,7 +81,7 @@ data: {image_size: 64}
     assert cfg.seed == 1  # from the root of the chain
     assert cfg.data.image_size == 64 and cfg.data.cache_images is True  # nested dicts merge
     assert cfg.train.epochs == 5 and cfg.train.lr == 1e-3  # mid overrides base, base fills in
-    assert cfg.train.metric_loss_args == {"margin": 0.0, "p": 2}
+    assert cfg.train.metric_loss_args == {"margin": 0.0, "soft": True}
     assert "_base_" not in read_yaml(child)
 
 
@@ -113,7 +113,7 @@ def test_invalid_yaml(tmp_path):
 
 
 def test_overrides_parse_yaml_values(tmp_path):
-    path = write(tmp_path / "c.yaml", "train: {epochs: 3, lr: 0.5}\nmodel: {backbone: resnet34}\n")
+    path = write(tmp_path / "c.yaml", "train: {epochs: 3, lr: 0.5}\nmodel: {backbone: mobilenet_v2}\n")
     cfg = load_config(path, [
         "train.epochs=7",
         "train.lr=1e-4",
@@ -134,7 +134,7 @@ def test_overrides_parse_yaml_values(tmp_path):
     assert cfg.train.batches_per_epoch is None
     assert cfg.data.cache_images is True and cfg.data.image_size == 96
     assert cfg.eval.ks == [1, 5]
-    assert cfg.model.pretrained is False and cfg.model.backbone == "resnet34"  # file value kept
+    assert cfg.model.pretrained is False and cfg.model.backbone == "mobilenet_v2"  # file value kept
     assert cfg.model.backbone_args == {"width": 0.25}
     assert cfg.name == "over"
     assert load_config(None, ["model.pretrained=weights/mine.pth"]).model.pretrained == "weights/mine.pth"

@@ -23,7 +23,7 @@ from conftest import REPO, tiny_overrides
 from embdistill.cli import main
 from embdistill.config import load_config, to_dict
 from embdistill.engine.checkpoint import check_teacher, load_checkpoint, remove_partial_writes, save_checkpoint
-from embdistill.engine.resume import Interrupted
+from embdistill.engine.signals import Interrupted
 from embdistill.engine.runlog import read_log
 from embdistill.engine.train import run
 from embdistill.models.embedder import ModelConfig, create_embedder

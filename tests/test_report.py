@@ -14,6 +14,7 @@ from PIL import Image
 from torch import nn
 
 from embdistill import plots, report
+from embdistill.engine.eval_cache import EMBEDDINGS_FILE
 from embdistill.modelstats import count_mflops, count_parameters, cpu_throughput
 
 CUB100 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cub100"
@@ -179,11 +180,11 @@ def test_report_on_two_real_runs(two_runs: list[Path], tmp_path: Path) -> None:
         )
 
     # -o elsewhere: links are relative to the report, and the cached embeddings are reused.
-    mtime = (two_runs[0] / report.EMBEDDINGS_FILE).stat().st_mtime_ns
+    mtime = (two_runs[0] / EMBEDDINGS_FILE).stat().st_mtime_ns
     other = report.write_report(two_runs, tmp_path / "elsewhere", device="cpu")
     link = Path(os.path.relpath(two_runs[0] / "retrieval_grid.png", other.parent)).as_posix()
     assert link.startswith("../") and f"({link})" in other.read_text()
-    assert (two_runs[0] / report.EMBEDDINGS_FILE).stat().st_mtime_ns == mtime
+    assert (two_runs[0] / EMBEDDINGS_FILE).stat().st_mtime_ns == mtime
 
 
 @pytest.mark.slow
@@ -195,6 +196,11 @@ def test_test_embeddings_cache_and_run_report(two_runs: list[Path]) -> None:
     assert np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-4)
     _, held_out_labels, _ = report.test_embeddings(two_runs[1], device="cpu")
     assert len(np.unique(held_out_labels)) == 3
+    # Embedded again by the report, the evaluation set is the trainer's: same images, order and embeddings.
+    (run_dir / EMBEDDINGS_FILE).unlink()
+    again, again_labels, again_paths = report.test_embeddings(run_dir, device="cpu")
+    np.testing.assert_allclose(again, emb, atol=1e-5)
+    assert np.array_equal(again_labels, labels) and again_paths == paths
     stats = report.write_run_report(run_dir, device="cpu")
     on_disk = json.loads((run_dir / report.STATS_FILE).read_text())
     assert on_disk == stats

@@ -11,13 +11,14 @@ import yaml
 
 from conftest import REPO, tiny_overrides
 from embdistill.cli import main
-from embdistill.config import load_config
+from embdistill.config import ConfigError, load_config
 from embdistill.data.transforms import Degrade
 from embdistill.engine.checkpoint import embedder_from_checkpoint, load_checkpoint
 from embdistill.engine.evaluate_checkpoint import evaluate_checkpoint
 from embdistill.engine.loaders import hidden_label_mask, load_splits, train_loader
 from embdistill.engine.runlog import read_log
 from embdistill.engine.train import NonFiniteLossError, run
+from embdistill.report import write_run_report
 
 STUDENT = REPO / "configs" / "cub100" / "mobilenet025.yaml"
 pytestmark = pytest.mark.slow
@@ -39,7 +40,11 @@ def _distill(tmp_path: Path, cub100: Path, teacher: Path, name: str, terms: str,
 def test_train_writes_a_complete_run_dir(tmp_path, cub100):
     result = run(load_config(STUDENT, tiny_overrides(tmp_path, cub100, "alone")), progress=False)
     run_dir = result.run_dir
-    for name in ("config.yaml", "metrics.jsonl", "summary.yaml", "last.pt", "loss_curve.png"):
+    for name in ("config.yaml", "metrics.jsonl", "summary.yaml", "last.pt", "test_embeddings.npz"):
+        assert (run_dir / name).is_file(), name
+    assert not (run_dir / "loss_curve.png").exists()  # pictures are the caller's step after training
+    write_run_report(run_dir, device="cpu")
+    for name in ("loss_curve.png", "stats.json", "retrieval_grid.png"):
         assert (run_dir / name).is_file(), name
     records = read_log(run_dir)
     assert [r["step"] for r in records if r["kind"] == "step"] == [1, 2]
@@ -96,7 +101,7 @@ def test_absolute_teacher_with_different_sizes_learns_a_projection(tmp_path, cub
 
 def test_absolute_teacher_without_projection_names_the_sizes(tmp_path, cub100, teacher_ckpt):
     cfg = _distill(tmp_path, cub100, teacher_ckpt, "bad", "[{name: absolute, args: {project: false}}]", **{"model.dim": 32})
-    with pytest.raises(ValueError, match="32.*64|64.*32"):
+    with pytest.raises(ConfigError, match=r"distill.terms\[0\] \(absolute\): .*(32.*64|64.*32)"):
         run(cfg, progress=False)
 
 
@@ -185,9 +190,8 @@ def test_teacher_sees_the_same_crop_at_its_own_size(tmp_path, cub100, teacher_ck
 
 
 def test_teacher_image_size_below_the_students_is_an_error(tmp_path, cub100, teacher_ckpt):
-    cfg = _distill(tmp_path, cub100, teacher_ckpt, "lores", "[{name: relative}]", "distill.teacher_image_size=32")
-    with pytest.raises(ValueError, match=r"distill.teacher_image_size.*>= data.image_size \(64\).*32"):
-        train_loader(cfg, load_splits(cfg.data).train, embedder_normalization())
+    with pytest.raises(ConfigError, match=r"distill.teacher_image_size.*>= data.image_size \(64\).*32"):
+        _distill(tmp_path, cub100, teacher_ckpt, "lores", "[{name: relative}]", "distill.teacher_image_size=32")
 
 
 def test_loader_workers_give_the_same_batches(tmp_path, cub100):

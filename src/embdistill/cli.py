@@ -28,8 +28,10 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace, distill: bool) -> int:
     from embdistill.config import load_config
     from embdistill.engine.distributed import is_main
-    from embdistill.engine.resume import Interrupted, resume_config
+    from embdistill.engine.rundir import resume_config
+    from embdistill.engine.signals import Interrupted
     from embdistill.engine.train import run
+    from embdistill.report import write_run_report
 
     if args.resume and args.config:
         raise ConfigError("--resume RUN_DIR reads RUN_DIR/config.yaml: leave out --config")
@@ -45,8 +47,24 @@ def cmd_train(args: argparse.Namespace, distill: bool) -> int:
     except Interrupted as stop:  # SIGINT/SIGTERM: a checkpoint was saved
         print(f"embdistill {args.command}: {stop}", file=sys.stderr)
         return stop.exit_code
-    if is_main():  # under torchrun every process gets here; one prints
+    if is_main():  # under torchrun every process gets here; one draws and prints
+        write_run_report(result.run_dir, device=cfg.device, progress=not args.no_progress)  # curves, stats, grid
         print(json.dumps({"run_dir": str(result.run_dir), **result.metrics}, indent=2))
+    return 0
+
+
+def cmd_bank(args: argparse.Namespace) -> int:
+    import time
+
+    from embdistill.config import load_config
+    from embdistill.engine.bank import fill_bank_for_config
+
+    cfg = load_config(args.config, args.overrides)
+    started = time.perf_counter()
+    path, bank = fill_bank_for_config(cfg, progress=not args.no_progress)
+    views, images, dim = bank.embeddings.shape
+    print(json.dumps({"bank": str(path), "views": views, "images": images, "dim": dim,
+                      "seconds": round(time.perf_counter() - started, 1)}, indent=2))
     return 0
 
 
@@ -93,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=lambda a: cmd_train(a, distill=True))
 
+    p = sub.add_parser("bank", help="run a frozen teacher once over the fixed views of every training image and "
+                                    "store its embeddings in distill.bank, for every later run to read")
+    p.add_argument("--config", "-c", required=True, help="a distillation config (distill.teacher, distill.bank)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_bank)
+
     p = sub.add_parser("evaluate", help="Recall@K / MAP@R of a checkpoint on a dataset's test classes")
     p.add_argument("checkpoint", help="a checkpoint file or a run directory (uses its last.pt)")
     p.add_argument("--dataset", help="dataset reader (default: the checkpoint's)")
@@ -120,13 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from embdistill.data.datasets import DatasetError
+    from embdistill.engine.bank import BankError
     from embdistill.engine.checkpoint import CheckpointError
     from embdistill.models.weights import WeightsError
 
     try:
         return args.func(args)
-    except (ConfigError, DatasetError, CheckpointError, WeightsError) as err:
-        print(f"embdistill {args.command}: error: {err}", file=sys.stderr)
+    except (ConfigError, DatasetError, CheckpointError, WeightsError, BankError) as err:
+        message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())  # one line, e.g. YAML's
+        print(f"embdistill {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C outside the training loop, or a second one inside it
         print(f"embdistill {args.command}: aborted", file=sys.stderr)

@@ -2,17 +2,26 @@
 
 Every run is described by one ``ExperimentConfig``. YAML files may name a ``_base_``
 file (relative to themselves) whose values they override; ``key.sub=value``
-arguments override both. Unknown keys and values of the wrong type are errors
-that name the key, so a typo never silently falls back to a default.
+arguments override both.
+
+Everything is checked here, when the config is read, before any work starts:
+unknown keys, values of the wrong type, values outside a fixed set of choices
+(the ``Literal`` fields), names looked up in a registry (dataset, backbone, metric
+and distillation losses, and those losses' arguments), and the device string. Each
+failure is one :class:`ConfigError` naming the key, the value and what is valid,
+so a typo never silently falls back to a default or surfaces as a traceback later.
 """
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import re
 import types
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 import yaml
 
@@ -23,9 +32,16 @@ class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names the key."""
 
 
+Schedule = Literal["cosine", "step", "constant"]
+NanPolicy = Literal["stop", "skip"]
+Precision = Literal["auto", "fp32", "bf16"]
+TeacherPrecision = Literal["fp32", "bf16"]
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
 @dataclass
 class DataConfig:
-    dataset: str = "cub200"  # cub200 | cars196 | sop | folder
+    dataset: str = "cub200"  # a reader of data/datasets.py DATASETS: cub200 | cars196 | sop | folder
     root: str = "../shared/data/cub100"
     image_size: int = 224
     num_workers: int = 2
@@ -60,22 +76,23 @@ class TrainConfig:
     lr: float = 1e-4  # head learning rate (Adam)
     backbone_lr_mult: float = 0.1  # backbone lr = lr * this
     weight_decay: float = 5e-4
-    schedule: str = "cosine"  # cosine | step | constant
+    schedule: Schedule = "cosine"
     step_epochs: list[int] = field(default_factory=list)  # for schedule=step: decay x0.1 at these
     warmup_epochs: float = 0.0
-    metric_loss: str = "batch_hard_triplet"
+    metric_loss: str = "batch_hard_triplet"  # a name in losses/metric.py METRIC_LOSSES
     metric_loss_args: dict[str, Any] = field(default_factory=dict)
     log_every: int = 10  # steps
-    nan_policy: str = "stop"  # stop | skip (skipped batches are counted in summary.yaml)
+    collapse_spread: float = 0.05  # warn when an epoch's mean batch embedding spread falls below this
+    nan_policy: NanPolicy = "stop"  # skip: skipped batches are counted in summary.yaml
     checkpoint_every: int = 0  # also checkpoint every N steps mid-epoch (0: only at epoch ends)
     gather_global_batch: bool = True  # multi-process: batch-level losses see every process's images (exact)
-    precision: str = "auto"  # auto | fp32 | bf16 (student forward under autocast; auto: bf16 on CUDA)
-    channels_last: bool | str = "auto"  # auto | true | false (auto: on for CUDA)
+    precision: Precision = "auto"  # student forward under autocast; auto: bf16 on CUDA
+    channels_last: bool | Literal["auto"] = "auto"  # auto: on for CUDA
 
 
 @dataclass
 class DistillTermConfig:
-    name: str  # absolute | relative | rkd_distance | rkd_angle | darkrank | hint | attention
+    name: str  # a name in losses/distill.py DISTILL_LOSSES: absolute | relative | rkd_distance | rkd_angle | darkrank | hint | attention
     weight: float = 1.0
     args: dict[str, Any] = field(default_factory=dict)
 
@@ -102,11 +119,17 @@ class DistillConfig:
     strict_teacher: bool = False  # a teacher trained at another image size is an error, not a note
     terms: list[DistillTermConfig] = field(default_factory=list)
     cache_teacher: bool = True  # compute teacher outputs once per fixed augmented view
-    cache_views: int = 4  # number of fixed views per image when caching
+    cache_views: int = 4  # number of fixed views per image when caching (and in the bank)
+    # The fixed views are seeded by this, not by the run's seed: every seed of a row sees the same
+    # views, so they can share one teacher bank.
+    view_seed: int = 0
+    # A file of the teacher's embeddings of every (image, view), filled once (`embdistill bank`, or the
+    # first run that names it) and read by every later run; refused if made for other inputs.
+    bank: str | None = None
     # The teacher sees each augmented crop at this size, the student the same crop resized to
     # data.image_size: a big teacher keeps its resolution while a phone student runs small.
     teacher_image_size: int | None = None  # None: data.image_size
-    teacher_precision: str = "fp32"  # fp32 | bf16
+    teacher_precision: TeacherPrecision = "fp32"
     semi_supervised: SemiSupervisedConfig | None = None
     cross_quality: CrossQualityConfig | None = None
 
@@ -138,12 +161,19 @@ class ExperimentConfig:
 
 
 def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return ", ".join(repr(c) for c in typing.get_args(tp))
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp`` and build nested dataclasses."""
     origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if any(value == c and type(value) is type(c) for c in choices):  # True is not 1
+            return value
+        raise ConfigError(f"{key}: expected one of {_type_name(tp)}, got {value!r}")
     if origin in (Union, types.UnionType):
         options = typing.get_args(tp)
         if value is None and type(None) in options:
@@ -261,7 +291,93 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def from_dict(values: dict[str, Any]) -> ExperimentConfig:
-    return _build(ExperimentConfig, values)
+    """Build and check a config (types, choices, registry names); raises ConfigError naming the key."""
+    cfg = _build(ExperimentConfig, values)
+    validate(cfg)
+    return cfg
+
+
+# --------------------------------------------------------------------------- checks beyond types
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    """Check what types alone cannot: registry names, call arguments, the device, value ranges.
+
+    The registries are imported here, not at module level, so that reading a config
+    stays importable without torch models (and without an import circle).
+    """
+    from embdistill.data.datasets import DATASETS
+    from embdistill.losses.distill import DISTILL_LOSSES
+    from embdistill.losses.metric import METRIC_LOSSES
+
+    if not DEVICE_PATTERN.fullmatch(cfg.device):
+        raise ConfigError(f"device: expected auto, cpu, cuda, cuda:N or mps, got {cfg.device!r}")
+    _check_name("data.dataset", "dataset", cfg.data.dataset, DATASETS)
+    _check_backbone("model.backbone", cfg.model.backbone, "model.backbone_args", cfg.model.backbone_args)
+    _check_name("train.metric_loss", "metric loss", cfg.train.metric_loss, METRIC_LOSSES)
+    _check_call("train.metric_loss_args", f"metric loss {cfg.train.metric_loss!r}",
+                METRIC_LOSSES[cfg.train.metric_loss], cfg.train.metric_loss_args)
+    d = cfg.distill
+    if d is None:
+        return
+    if d.teacher_backbone is not None:
+        _check_backbone("distill.teacher_backbone", d.teacher_backbone)
+    for i, term in enumerate(d.terms):
+        key = f"distill.terms[{i}]"
+        _check_name(f"{key}.name", "distillation loss", term.name, DISTILL_LOSSES)
+        loss = DISTILL_LOSSES[term.name]
+        _check_call(f"{key}.args", f"distillation loss {term.name!r}", loss, term.args, provided=loss.NETWORK_ARGS)
+    if d.teacher_image_size is not None and d.teacher_image_size < cfg.data.image_size:
+        raise ConfigError(f"distill.teacher_image_size: expected an int >= data.image_size ({cfg.data.image_size}), "
+                          f"got {d.teacher_image_size}")
+    if d.cache_teacher and d.cache_views < 1:
+        raise ConfigError(f"distill.cache_views: expected >= 1 with distill.cache_teacher, got {d.cache_views}")
+    semi = d.semi_supervised
+    if semi is not None and not 0.0 <= semi.hide_label_fraction < 1.0:
+        raise ConfigError(f"distill.semi_supervised.hide_label_fraction: expected a value in [0, 1), got {semi.hide_label_fraction}")
+
+
+def _check_name(key: str, what: str, name: str, registry: Mapping[str, Any], extra: str = "") -> None:
+    if name not in registry:
+        raise ConfigError(f"{key}: unknown {what} {name!r}; valid: {', '.join(sorted(registry))}{extra}")
+
+
+def _check_backbone(key: str, name: str, args_key: str = "", args: dict[str, Any] | None = None) -> None:
+    """A registered backbone with arguments its builder accepts, or ``timm/<a model timm knows>``."""
+    from embdistill.models.registry import backbone_builder, list_backbones
+
+    if name.startswith("timm/"):
+        import timm
+
+        if not timm.is_model(name.removeprefix("timm/")):
+            raise ConfigError(f"{key}: timm has no model {name.removeprefix('timm/')!r} (timm.list_models() lists them)")
+        return
+    builder = backbone_builder(name)
+    if builder is None:
+        raise ConfigError(f"{key}: unknown backbone {name!r}; valid: {', '.join(list_backbones())} or timm/<any timm model>")
+    if args is not None:
+        _check_call(args_key, f"backbone {name!r}", builder, args, provided=("pretrained",))
+
+
+def _check_call(key: str, what: str, fn: Callable[..., Any], args: dict[str, Any], provided: tuple[str, ...] = ()) -> None:
+    """``args`` must be keyword arguments ``fn`` accepts, of the types it declares, with every required one
+    given (``provided``: filled in by the caller, e.g. sizes read off the networks)."""
+    target = fn.__init__ if inspect.isclass(fn) else fn
+    params = {name: p for name, p in inspect.signature(fn).parameters.items()
+              if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # an annotation that does not resolve: check names only
+        hints = {}
+    for name, value in args.items():
+        if name not in params:
+            valid = [n for n in params if n not in provided]
+            raise ConfigError(f"{key}.{name}: not an argument of {what}; valid: {', '.join(valid) or '(none)'}")
+        if name in hints:
+            _coerce(value, hints[name], f"{key}.{name}")
+    missing = [n for n, p in params.items() if p.default is inspect.Parameter.empty and n not in args and n not in provided]
+    if missing:
+        raise ConfigError(f"{key}: {what} needs argument(s) {', '.join(missing)}")
 
 
 def to_dict(config: Any) -> dict[str, Any]:

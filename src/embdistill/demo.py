@@ -13,7 +13,7 @@ from pathlib import Path
 from embdistill.config import ConfigError, load_config
 from embdistill.data.datasets import DATASET_URLS, DatasetError
 from embdistill.engine.train import RunResult, run
-from embdistill.report import write_report
+from embdistill.report import write_report, write_run_report
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "cub100"
 STEPS = [  # (config file, needs the teacher)
@@ -46,6 +46,7 @@ def run_demo(data: Path, output: Path, progress: bool = True) -> list[dict]:
             overrides.append(f"distill.teacher={teacher_ckpt}")
         cfg = load_config(CONFIG_DIR / filename, overrides)
         result = run(cfg, progress=progress)
+        write_run_report(result.run_dir, device=cfg.device, progress=progress)
         results[cfg.name] = result
         if filename == "teacher.yaml":
             teacher_ckpt = result.checkpoint

@@ -1,8 +1,9 @@
-"""``embdistill export | embed | index | search``: the model on a device and a searchable gallery.
+"""``embdistill export | embed | index | search | serve``: the model on a device and a searchable gallery.
 
-The commands are thin: the work lives in :mod:`embdistill.export` and :mod:`embdistill.search`,
-imported when a command runs, because `embdistill` builds every parser on each call and
-those modules pull in torch, timm, onnx and faiss (seconds).
+The commands are thin: the work lives in :mod:`embdistill.export`, :mod:`embdistill.quantize`,
+:mod:`embdistill.search` and :mod:`embdistill.serve`, imported when a command runs, because
+`embdistill` builds every parser on each call and those modules pull in torch, timm, onnx,
+faiss and the web framework (seconds). The choices come from :mod:`embdistill.formats`.
 """
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-EXPORT_FORMATS = ("onnx", "torchscript")  # = embdistill.export.EXPORT_FORMATS (a test checks)
-INDEX_KINDS = ("flat", "ivf", "hnsw")  # = embdistill.search.INDEX_KINDS
+from embdistill.formats import EXPORT_FORMATS, INDEX_KINDS, QUANTIZE_MODES, DeployError
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -24,8 +24,6 @@ def _reports_errors(fn: Command) -> Command:
 
     @functools.wraps(fn)
     def wrapper(args: argparse.Namespace) -> int:
-        from embdistill.export import DeployError
-
         try:
             return fn(args)
         except DeployError as err:
@@ -39,12 +37,23 @@ def _reports_errors(fn: Command) -> Command:
 def cmd_export(args: argparse.Namespace) -> int:
     from embdistill.export import export_checkpoint
 
-    result = export_checkpoint(args.checkpoint, args.format, args.output, opset=args.opset, verify=not args.no_verify)
+    settings = None
+    if args.calibration_images is not None and not args.quantize:
+        raise DeployError("--calibration-images only applies with --quantize int8")
+    if args.quantize and args.calibration_images is not None:
+        from embdistill.quantize import DEFAULT_SETTINGS
+
+        settings = DEFAULT_SETTINGS.with_(images=args.calibration_images)
+    result = export_checkpoint(
+        args.checkpoint, args.format, args.output, opset=args.opset, verify=not args.no_verify,
+        quantize=args.quantize, calibration=args.calibration, quant_settings=settings,
+    )
     report = {
         "path": str(result.path),
         "format": result.format,
         "size_mb": round(result.size_bytes / 2**20, 3),
         "max_abs_diff_vs_pytorch": result.max_abs_diff,
+        **({"min_cosine_vs_pytorch": result.min_cosine, "quantization": result.quantization} if result.quantization else {}),
         **result.metadata.to_dict(),
     }
     if result.format == "onnx":
@@ -95,6 +104,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+@_reports_errors
+def cmd_serve(args: argparse.Namespace) -> int:
+    from embdistill.serve import run_server
+
+    return run_server(
+        args.gallery, args.compare, host=args.host, port=args.port, k=args.k, max_upload_mb=args.max_upload_mb,
+        model=args.model, compare_model=args.compare_model, name=args.name, compare_name=args.compare_name,
+        threads=args.threads,
+    )
+
+
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a checkpoint's embedder to ONNX or TorchScript, preprocessing in its metadata")
     p.add_argument("checkpoint", help="a checkpoint file or a run directory (uses its last.pt)")
@@ -102,6 +122,11 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", "-o", type=Path, help="default: next to the checkpoint, last.onnx / last.torchscript.pt")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
     p.add_argument("--no-verify", action="store_true", help="skip running the export once against PyTorch")
+    p.add_argument("--quantize", choices=QUANTIZE_MODES,
+                   help="int8: static post-training quantization (ONNX only), default output last.int8.onnx")
+    p.add_argument("--calibration", type=Path, metavar="DIR",
+                   help="--quantize: training images to calibrate on (default: the checkpoint's training split)")
+    p.add_argument("--calibration-images", type=int, metavar="N", help="--quantize: how many calibration images (default 256)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("embed", help="embed every image under a folder into an .npy (+ .files.txt)")
@@ -134,3 +159,17 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="checkpoint or .onnx (default: the one the index was embedded with)")
     p.add_argument("--output", "-o", type=Path, help="write a PNG grid of the query and its results")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("serve", help="a local web page: drop a photo, see its nearest gallery images (needs the serve extra)")
+    p.add_argument("gallery", help="index from `embdistill index` (or embeddings .npy from `embdistill embed`)")
+    p.add_argument("--compare", metavar="GALLERY", help="a second gallery (e.g. the teacher's), shown side by side")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("-k", type=int, default=8, help="neighbours shown by default (the page can change it)")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="larger uploads are refused with 413")
+    p.add_argument("--model", help="model for GALLERY (default: the one it was embedded with)")
+    p.add_argument("--compare-model", help="model for --compare (default: the one it was embedded with)")
+    p.add_argument("--name", help="title of GALLERY's column (default: its model's run directory name)")
+    p.add_argument("--compare-name", help="title of the --compare column")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
+    p.set_defaults(func=cmd_serve)

@@ -5,6 +5,10 @@ A deployed model is useless without the exact preprocessing it was trained with
 ``metadata_props`` plus a sidecar ``OUT.json``, TorchScript as the extra file
 ``embdistill.json``. The exported graph takes a normalised N×3×S×S float tensor
 (any N) and returns the L2-normalised N×D embedding.
+
+``quantize="int8"`` (``embdistill export --quantize int8``) writes a statically
+quantized ONNX file with the same metadata plus a ``quantization`` record; the
+quantization itself lives in :mod:`embdistill.quantize`.
 """
 from __future__ import annotations
 
@@ -15,12 +19,14 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 import embdistill
 from embdistill.data.transforms import Normalization, build_transform
 from embdistill.engine.checkpoint import embedder_from_checkpoint, load_checkpoint
+from embdistill.formats import EXPORT_FORMATS, QUANTIZE_MODES, DeployError  # re-exported: defined here before
 from embdistill.models.embedder import Embedder
 
 __all__ = [
@@ -30,6 +36,7 @@ __all__ = [
     "ExportMetadata",
     "ExportResult",
     "default_export_path",
+    "default_quantized_path",
     "eval_transform",
     "export_checkpoint",
     "export_onnx",
@@ -41,15 +48,10 @@ __all__ = [
     "sidecar_path",
 ]
 
-EXPORT_FORMATS = ("onnx", "torchscript")
 INPUT_NAME, OUTPUT_NAME = "image", "embedding"
 TORCHSCRIPT_EXTRA = "embdistill.json"
 DEFAULT_OPSET = 17
 RESIZE_RATIO = 256 / 224  # the eval transform's, see engine/loaders.py
-
-
-class DeployError(ValueError):
-    """Bad input to export / embed / index / search: the message names the file and what was expected."""
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -250,26 +252,38 @@ class ExportResult:
     format: str
     metadata: ExportMetadata
     size_bytes: int
-    max_abs_diff: float | None  # exported vs PyTorch on a random batch; None if not checked
+    max_abs_diff: float | None  # exported vs PyTorch on a random batch (fp32) or on calibration images (int8); None if not checked
+    min_cosine: float | None = None  # int8: lowest cosine between its embeddings and PyTorch's on calibration images
+    quantization: dict[str, Any] | None = None  # int8: the settings and calibration images, as in the metadata
 
 
-def _check_against_pytorch(model: Embedder, path: Path, fmt: str, meta: ExportMetadata) -> float:
-    """Max |exported - PyTorch| on a random batch of 3: catches a broken export early, not a parity test."""
-    x = torch.randn(3, 3, meta.image_size, meta.image_size, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        expected = model(x).embedding.numpy()
+def _run_exported(path: Path, fmt: str, meta: ExportMetadata, x: Tensor) -> np.ndarray:
     if fmt == "onnx":
         import onnxruntime as ort
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        got = session.run([meta.output_name], {meta.input_name: x.numpy()})[0]
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            module = torch.jit.load(str(path), map_location="cpu")
-        with torch.no_grad():
-            got = module(x).numpy()
-    return float(abs(got - expected).max())
+        return session.run([meta.output_name], {meta.input_name: x.numpy()})[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torch.jit.load(str(path), map_location="cpu")
+    with torch.no_grad():
+        return module(x).numpy()
+
+
+def _check_against_pytorch(model: Embedder, path: Path, fmt: str, meta: ExportMetadata, x: Tensor | None = None) -> tuple[float, float]:
+    """(max |exported - PyTorch|, min cosine) on ``x`` (default: a random batch of 3): catches a broken export
+    early, not a parity test."""
+    if x is None:
+        x = torch.randn(3, 3, meta.image_size, meta.image_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(x).embedding.numpy()
+    got = _run_exported(path, fmt, meta, x)
+    return float(abs(got - expected).max()), float((got * expected).sum(axis=1).min())
+
+
+def default_quantized_path(checkpoint: str | Path, mode: str) -> Path:
+    """``run/last.pt`` -> ``run/last.int8.onnx``."""
+    return default_export_path(checkpoint, "onnx").with_suffix(f".{mode}.onnx")
 
 
 def export_checkpoint(
@@ -279,17 +293,59 @@ def export_checkpoint(
     *,
     opset: int = DEFAULT_OPSET,
     verify: bool = True,
+    quantize: str | None = None,
+    calibration: str | Path | None = None,
+    quant_settings: Any = None,
 ) -> ExportResult:
-    """Load a checkpoint (file or run directory), export its embedder in eval mode, and check it runs."""
+    """Load a checkpoint (file or run directory), export its embedder in eval mode, and check it runs.
+
+    ``quantize="int8"`` (ONNX only) writes a statically quantized model instead, calibrated
+    on training images (``calibration`` folder, else the checkpoint's dataset): see
+    :mod:`embdistill.quantize`; ``quant_settings`` overrides its defaults.
+    """
     if fmt not in EXPORT_FORMATS:
         raise DeployError(f"unknown export format {fmt!r}; expected one of {EXPORT_FORMATS}")
+    if quantize is not None and quantize not in QUANTIZE_MODES:
+        raise DeployError(f"unknown quantization {quantize!r}; expected one of {QUANTIZE_MODES}")
+    if quantize is not None and fmt != "onnx":
+        raise DeployError(f"--quantize {quantize} needs --format onnx (got {fmt}): TorchScript export stays fp32")
+    if quantize is None and calibration is not None:
+        raise DeployError("--calibration only applies with --quantize int8")
     payload = load_checkpoint(checkpoint)
     model = embedder_from_checkpoint(payload).eval()
     meta = metadata_from_checkpoint(payload, model, source=str(Path(checkpoint).resolve()))
+    if quantize is not None:
+        return _export_quantized(checkpoint, payload, model, meta, quantize, out, opset, verify, calibration, quant_settings)
     out = Path(out) if out is not None else default_export_path(checkpoint, fmt)
     if fmt == "onnx":
         export_onnx(model, meta, out, opset)
     else:
         export_torchscript(model, meta, out)
-    diff = _check_against_pytorch(model, out, fmt, meta) if verify else None
+    diff = _check_against_pytorch(model, out, fmt, meta)[0] if verify else None
     return ExportResult(out, fmt, meta, out.stat().st_size, diff)
+
+
+def _export_quantized(
+    checkpoint: str | Path, payload: dict[str, Any], model: Embedder, meta: ExportMetadata, mode: str,
+    out: str | Path | None, opset: int, verify: bool, calibration: str | Path | None, settings: Any,
+) -> ExportResult:
+    """fp32 ONNX in a temporary folder, then quantized into ``out`` with the metadata (and the settings) kept."""
+    import tempfile
+
+    from embdistill import quantize as q
+
+    settings = settings or q.DEFAULT_SETTINGS
+    out = Path(out) if out is not None else default_quantized_path(checkpoint, mode)
+    images, described = q.calibration_images(payload, settings.images, calibration, where=f"checkpoint {checkpoint}")
+    reader = q.ImageCalibrationReader(images, meta.input_name, meta, settings.batch_size)
+    record = q.quantization_record(settings, mode, described)
+    with tempfile.TemporaryDirectory(prefix="embdistill_export_") as tmp:
+        fp32 = export_onnx(model, meta, Path(tmp) / "fp32.onnx", opset)
+        q.quantize_onnx(fp32, out, reader, settings, {**meta.to_props(), **q.quantization_prop(record)})
+    sidecar_path(out).write_text(json.dumps({"format": "onnx", **meta.to_dict(), "quantization": record}, indent=2) + "\n")
+    diff = cosine = None
+    if verify:  # on real images: int8 on random noise says nothing
+        reader.rewind()
+        x = torch.from_numpy(reader.get_next()[meta.input_name][:8])
+        diff, cosine = _check_against_pytorch(model, out, "onnx", meta, x)
+    return ExportResult(out, "onnx", meta, out.stat().st_size, diff, cosine, record)

@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFont
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from embdistill.engine.runlog import read_log  # noqa: E402
+from embdistill.imagefiles import display_name, thumbnail  # noqa: E402
 
 
 def plot_training_curves(run_dir: Path, out: Path | None = None) -> Path:
@@ -64,36 +66,32 @@ def plot_recall_curves(runs: dict[str, dict[str, float]], out: Path) -> Path:
 
 
 # --------------------------------------------------------------------------- retrieval grid
+# The one grid drawer: `embdistill report` (rows of test queries) and `embdistill search`
+# (one query and its hits) both draw with draw_grid.
 
 GRID_FRAME = 5  # px of coloured frame around every thumbnail
 GRID_MARGIN = 3  # px of white around every framed thumbnail
-GRID_CAPTION = 14  # px of caption band under each cell, only when class names are given
+GRID_CAPTION = 14  # px of caption band per caption line under each cell
 QUERY_COLOUR = (128, 128, 128)
 CORRECT_COLOUR = (0, 160, 0)
 WRONG_COLOUR = (210, 0, 0)
+NEUTRAL_COLOUR = (70, 110, 180)  # a neighbour of a query whose class is unknown
 _BACKGROUND = (255, 255, 255)
 
 
-def grid_cell_size(thumb: int = 96, captions: bool = False) -> tuple[int, int]:
-    """(width, height) in px of one cell of :func:`plot_retrieval_grid`."""
+@dataclass(frozen=True)
+class GridCell:
+    """One thumbnail of a grid: the image, its frame colour and its caption lines."""
+
+    path: str | Path
+    frame: tuple[int, int, int]
+    caption: tuple[str, ...] = ()
+
+
+def grid_cell_size(thumb: int = 96, captions: bool | int = False) -> tuple[int, int]:
+    """(width, height) in px of one cell of :func:`draw_grid`; ``captions`` is the number of caption lines (True = 1)."""
     side = thumb + 2 * GRID_FRAME + 2 * GRID_MARGIN
-    return side, side + (GRID_CAPTION if captions else 0)
-
-
-def _thumbnail(path: str | Path, thumb: int) -> Image.Image:
-    """A centre-cropped square; a missing or broken file becomes a grey square, not a crash."""
-    try:
-        with Image.open(path) as img:
-            img.draft("RGB", (2 * thumb, 2 * thumb))  # JPEG: decode at reduced scale, much faster
-            return ImageOps.fit(img.convert("RGB"), (thumb, thumb), Image.Resampling.BILINEAR)
-    except (OSError, ValueError):
-        return Image.new("RGB", (thumb, thumb), (200, 200, 200))
-
-
-def _species(name: str) -> str:
-    """'059.California_Gull' -> 'California Gull'."""
-    head, dot, rest = name.partition(".")
-    return (rest if dot and head.isdigit() else name).replace("_", " ")
+    return side, side + int(captions) * GRID_CAPTION
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -109,6 +107,34 @@ def _fit_text(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
     while text and draw.textlength(text + "..", font=font) > width:
         text = text[:-1]
     return text + ".."
+
+
+def draw_grid(rows: Sequence[Sequence[GridCell]], out: Path, thumb: int = 96) -> Path:
+    """Rows of framed, captioned, centre-cropped thumbnails, pixel-exact (PIL), saved as ``out``.
+
+    Every cell is :func:`grid_cell_size` (with as many caption lines as the longest
+    caption); the canvas is as wide as the longest row.
+    """
+    if not rows or not any(rows):
+        raise ValueError("draw_grid needs at least one cell")
+    lines = max(len(cell.caption) for row in rows for cell in row)
+    cell_w, cell_h = grid_cell_size(thumb, lines)
+    canvas = Image.new("RGB", (max(len(row) for row in rows) * cell_w, len(rows) * cell_h), _BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    font = _font(GRID_CAPTION - 3)
+    framed = thumb + 2 * GRID_FRAME
+    for r, row in enumerate(rows):
+        for c, cell in enumerate(row):
+            x0, y0 = c * cell_w + GRID_MARGIN, r * cell_h + GRID_MARGIN
+            draw.rectangle([x0, y0, x0 + framed - 1, y0 + framed - 1], fill=cell.frame)
+            canvas.paste(thumbnail(cell.path, thumb), (x0 + GRID_FRAME, y0 + GRID_FRAME))
+            for n, text in enumerate(cell.caption):
+                y = y0 + framed + GRID_MARGIN - 1 + n * GRID_CAPTION
+                draw.text((x0, y), _fit_text(draw, text, font, framed), fill=(0, 0, 0), font=font)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out)
+    return out
 
 
 def plot_retrieval_grid(
@@ -132,24 +158,15 @@ def plot_retrieval_grid(
     k = len(neighbour_paths[0])
     if any(len(p) != k or len(lab) != k for p, lab in zip(neighbour_paths, neighbour_labels)):
         raise ValueError("every query needs the same number of neighbours and neighbour labels")
-    cell_w, cell_h = grid_cell_size(thumb, class_names is not None)
-    canvas = Image.new("RGB", ((1 + k) * cell_w, rows * cell_h), _BACKGROUND)
-    draw = ImageDraw.Draw(canvas)
-    font = _font(GRID_CAPTION - 3)
-    framed = thumb + 2 * GRID_FRAME
+
+    def cell(path: str | Path, label: int, colour: tuple[int, int, int]) -> GridCell:
+        return GridCell(path, colour, (display_name(class_names[label]),) if class_names is not None else ())
+
+    grid = []
     for r in range(rows):
         query_label = int(query_labels[r])
-        cells = [(query_paths[r], query_label, QUERY_COLOUR)] + [
-            (p, int(lab), CORRECT_COLOUR if int(lab) == query_label else WRONG_COLOUR)
+        grid.append([cell(query_paths[r], query_label, QUERY_COLOUR)] + [
+            cell(p, int(lab), CORRECT_COLOUR if int(lab) == query_label else WRONG_COLOUR)
             for p, lab in zip(neighbour_paths[r], neighbour_labels[r])
-        ]
-        for c, (path, label, colour) in enumerate(cells):
-            x0, y0 = c * cell_w + GRID_MARGIN, r * cell_h + GRID_MARGIN
-            draw.rectangle([x0, y0, x0 + framed - 1, y0 + framed - 1], fill=colour)
-            canvas.paste(_thumbnail(path, thumb), (x0 + GRID_FRAME, y0 + GRID_FRAME))
-            if class_names is not None:
-                text = _fit_text(draw, _species(class_names[label]), font, framed)
-                draw.text((x0, y0 + framed + GRID_MARGIN - 1), text, fill=(0, 0, 0), font=font)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out)
-    return out
+        ])
+    return draw_grid(grid, out, thumb)

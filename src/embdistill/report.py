@@ -5,7 +5,8 @@ Per run: size (parameters, mult-adds at its input size), speed (CPU images/s), q
 test queries with their nearest neighbours. Everything expensive is cached in the run
 directory and keyed by its checkpoint, so a report over many runs stays cheap:
 
-* ``test_embeddings.npz``: the evaluation split embedded once (embeddings, labels, paths);
+* ``test_embeddings.npz``: the evaluation split embedded once (embeddings, labels, paths;
+  engine/eval_cache.py, usually written by the trainer);
 * ``stats.json``: parameters, mult-adds, CPU images/s and NMI;
 * ``retrieval_grid.png``: redrawn from the cached embeddings (milliseconds).
 """
@@ -13,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,6 +24,8 @@ import torch
 import yaml
 
 from embdistill.engine.checkpoint import embedder_from_checkpoint, load_checkpoint
+from embdistill.engine.device import resolve_device
+from embdistill.engine.eval_cache import Embedded, checkpoint_key, load_test_embeddings, save_test_embeddings
 from embdistill.modelstats import count_mflops, count_parameters, cpu_throughput
 
 __all__ = [
@@ -39,111 +40,37 @@ __all__ = [
     "write_run_report",
 ]
 
-EMBEDDINGS_FILE = "test_embeddings.npz"
 STATS_FILE = "stats.json"
 GRID_FILE = "retrieval_grid.png"
 CPU_BATCH, CPU_THREADS, CPU_REPEATS = 64, 2, 3  # one setting for every run, so speeds compare
 GRID_QUERIES, GRID_NEIGHBOURS, GRID_SEED = 6, 5, 0
 
 
-def _checkpoint_key(run_dir: Path) -> str:
-    """Changes whenever last.pt is rewritten, which invalidates every cache derived from it."""
-    st = (Path(run_dir) / "last.pt").stat()
-    return f"{st.st_mtime_ns}-{st.st_size}"
-
-
 # --------------------------------------------------------------------------- test embeddings
 
 
-@dataclass
-class _Embedded:
-    embeddings: np.ndarray  # (N, D) float32
-    labels: np.ndarray  # (N,) int64, 0..C-1 within the split
-    paths: list[str]  # absolute
-    class_names: tuple[str, ...]
-
-
-def save_test_embeddings(
-    run_dir: str | Path,
-    embeddings: torch.Tensor | np.ndarray,
-    labels: np.ndarray | Sequence[int],
-    paths: Sequence[str | Path],
-    class_names: Sequence[str] = (),
-) -> Path:
-    """Write the cache for the current last.pt (atomically); the training loop may call it
-    with the embeddings of its final evaluation to save embedding the test set twice."""
-    run_dir = Path(run_dir)
-    emb = embeddings.detach().cpu().numpy() if isinstance(embeddings, torch.Tensor) else np.asarray(embeddings)
-    out = run_dir / EMBEDDINGS_FILE
-    buffer = io.BytesIO()
-    np.savez(
-        buffer,
-        embeddings=emb.astype(np.float32),
-        labels=np.asarray(labels, dtype=np.int64),
-        paths=np.array([str(Path(p).resolve()) for p in paths], dtype=str),
-        class_names=np.array(list(class_names), dtype=str),
-        checkpoint=np.array(_checkpoint_key(run_dir)),
-    )
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, out)
-    return out
-
-
-def _load_cached(run_dir: Path) -> _Embedded | None:
-    path = run_dir / EMBEDDINGS_FILE
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if str(z["checkpoint"]) != _checkpoint_key(run_dir):
-                return None
-            return _Embedded(z["embeddings"], z["labels"], [str(p) for p in z["paths"]], tuple(str(n) for n in z["class_names"]))
-    except (OSError, KeyError, ValueError):  # torn or foreign file: recompute
-        return None
-
-
-def _eval_items(config: dict[str, Any], root: str | None):
-    """The split the run evaluated on (test classes, or its held-out validation classes)."""
-    from embdistill.config import from_dict
-    from embdistill.data.datasets import ImageDataset, load_dataset
-    from embdistill.engine.loaders import load_splits
-
-    data = from_dict({"data": {**config.get("data", {}), **({"root": root} if root else {})}}).data
-    if data.validation_classes > 0:
-        return load_splits(data).eval
-    items = load_dataset(data.dataset, data.root, "test")
-    return ImageDataset(items, skip_bad=True).items if data.skip_bad_images else items
-
-
-def _embedded(run_dir: Path, device: str = "auto", root: str | None = None, progress: bool = False) -> _Embedded:
-    cached = _load_cached(run_dir)
+def _embedded(run_dir: Path, device: str = "auto", root: str | None = None, progress: bool = False) -> Embedded:
+    """The run's evaluation split embedded by its last.pt: from the cache, or embedded now and cached."""
+    cached = load_test_embeddings(run_dir)
     if cached is not None:
         return cached
-    from embdistill.data.transforms import Degrade
+    from embdistill.config import from_dict
     from embdistill.engine.evaluate import embed_loader
-    from embdistill.engine.loaders import eval_loader
-    from embdistill.engine.train import resolve_device
+    from embdistill.engine.loaders import evaluation_set
 
     payload = load_checkpoint(run_dir)
-    config = payload.get("config", {})
-    items = _eval_items(config, root)
+    values = dict(payload.get("config") or {})
+    if root:
+        values["data"] = {**(values.get("data") or {}), "root": root}
+    cfg = from_dict(values)
     dev = resolve_device(device)
     model = embedder_from_checkpoint(payload).to(dev)
-    # Embed the test images the way the run scored them (degraded too, for cross-quality runs).
-    cq = (config.get("distill") or {}).get("cross_quality") or {}
-    degrade = Degrade(cq.get("resolution"), cq.get("jpeg_quality")) if cq and cq.get("degrade_test", True) else None
-    loader = eval_loader(
-        items,
-        payload["image_size"],
-        model.normalization,
-        config.get("eval", {}).get("batch_size", 64),
-        config.get("data", {}).get("num_workers", 0),
-        degrade,
-    )
-    embeddings, labels = embed_loader(model, loader, dev, progress)
+    # Embedded the way the run scored them: same split, size, batching, and degraded too for cross-quality runs.
+    evaluated = evaluation_set(cfg, model.normalization)
+    embeddings, labels = embed_loader(model, evaluated.loader, dev, progress)
+    items = evaluated.items
     save_test_embeddings(run_dir, embeddings, labels, items.paths, items.class_names)
-    return _Embedded(embeddings.numpy(), labels, [str(Path(p).resolve()) for p in items.paths], items.class_names)
+    return Embedded(embeddings.numpy(), labels, [str(Path(p).resolve()) for p in items.paths], items.class_names)
 
 
 def test_embeddings(
@@ -233,7 +160,7 @@ def run_stats(
 
     run_dir = Path(run_dir)
     path = run_dir / STATS_FILE
-    key = _checkpoint_key(run_dir)
+    key = checkpoint_key(run_dir)
     if path.is_file() and not remeasure:
         try:
             cached = json.loads(path.read_text())
@@ -264,11 +191,16 @@ def run_stats(
 
 
 def write_run_report(run_dir: str | Path, device: str = "auto", root: str | None = None, progress: bool = False) -> dict[str, Any]:
-    """What a run leaves for people at its end: ``stats.json`` and ``retrieval_grid.png``.
+    """What a run leaves for people once it has trained: ``loss_curve.png``, ``stats.json`` and ``retrieval_grid.png``.
 
-    Embeds the evaluation split once (cached in ``test_embeddings.npz``); everything else
-    reads that cache. Returns the stats.
+    The step after ``engine.train.run`` (the CLI, the demo and the benchmark call it).
+    Reads the trainer's ``test_embeddings.npz`` (embeds the evaluation split only when
+    it is missing or stale). Returns the stats.
     """
+    from embdistill.plots import plot_training_curves
+
+    if (Path(run_dir) / "metrics.jsonl").is_file():
+        plot_training_curves(Path(run_dir))
     stats = run_stats(run_dir, device=device, root=root, progress=progress)
     write_retrieval_grid(run_dir, device=device, root=root, progress=progress)
     return stats

@@ -1,12 +1,10 @@
-"""Datasets, P×K batch sampling and image transforms."""
+"""Dataset readers (which files), image decoding (pixels), P×K batch sampling and image transforms."""
 from .datasets import (
     DATASET_URLS,
     DATASETS,
     IMAGE_EXTENSIONS,
     SPLITS,
     DatasetError,
-    DecodedImageCache,
-    ImageDataset,
     ImageList,
     load_dataset,
     read_cars196,
@@ -14,6 +12,7 @@ from .datasets import (
     read_folder,
     read_sop,
 )
+from .images import DecodedImageCache, ImageDataset, decode_rgb
 from .samplers import PKSampler
 from .transforms import IMAGENET, NORMALIZATIONS, TF_LITE, Degrade, Normalization, build_transform
 
@@ -33,6 +32,7 @@ __all__ = [
     "Normalization",
     "PKSampler",
     "build_transform",
+    "decode_rgb",
     "load_dataset",
     "read_cars196",
     "read_cub200",

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-from embdistill.data.datasets import load_dataset
-from embdistill.data.transforms import Degrade
+from embdistill.config import ConfigError, ExperimentConfig, from_dict
 from embdistill.engine.checkpoint import embedder_from_checkpoint, load_checkpoint
+from embdistill.engine.device import resolve_device
 from embdistill.engine.evaluate import evaluate_embedder
-from embdistill.engine.loaders import eval_loader
-from embdistill.engine.train import resolve_device
+from embdistill.engine.loaders import evaluation_set
 
 SOP_KS = (1, 10, 100, 1000)
 
@@ -30,22 +29,44 @@ def evaluate_checkpoint(
 ) -> dict[str, float]:
     """Exact retrieval metrics over every image of ``split``; written beside the checkpoint too."""
     payload = load_checkpoint(checkpoint)
-    data = payload.get("config", {}).get("data", {})
-    dataset = dataset or data.get("dataset", "cub200")
-    root = root or data.get("root")
-    if root is None:
-        raise ValueError("the checkpoint names no dataset root: pass --root")
+    cfg = _evaluation_config(payload, dataset, root, batch_size, num_workers, degrade_resolution, degrade_jpeg_quality)
+    dataset = cfg.data.dataset
     ks = tuple(ks or (SOP_KS if dataset == "sop" else (1, 2, 4, 8)))
     model = embedder_from_checkpoint(payload)
     dev = resolve_device(device)
     model.to(dev)
-    items = load_dataset(dataset, root, split)
-    degrade = Degrade(degrade_resolution, degrade_jpeg_quality) if degrade_resolution or degrade_jpeg_quality else None
-    loader = eval_loader(items, payload["image_size"], model.normalization, batch_size, num_workers, degrade)
-    metrics = evaluate_embedder(model, loader, dev, ks, progress)
+    evaluated = evaluation_set(cfg, model.normalization, split=split)
+    metrics = evaluate_embedder(model, evaluated.loader, dev, ks, progress)
+    items = evaluated.items
     result = {"dataset": dataset, "split": split, "images": len(items), "classes": items.num_classes, **metrics}
     ckpt = Path(checkpoint)
     out_dir = ckpt if ckpt.is_dir() else ckpt.parent
-    suffix = f"_degraded{degrade_resolution or ''}q{degrade_jpeg_quality or ''}" if degrade else ""
+    degraded = degrade_resolution or degrade_jpeg_quality
+    suffix = f"_degraded{degrade_resolution or ''}q{degrade_jpeg_quality or ''}" if degraded else ""
     (out_dir / f"eval_{dataset}_{split}{suffix}.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def _evaluation_config(
+    payload: dict[str, Any], dataset: str | None, root: str | None, batch_size: int, num_workers: int,
+    degrade_resolution: int | None, degrade_jpeg_quality: int | None,
+) -> ExperimentConfig:
+    """The checkpoint's config with the command line's choices on top: dataset, root, batching, degradation.
+
+    The test images are degraded only when asked for here, whatever the run trained with.
+    """
+    values = dict(payload.get("config") or {})
+    data = dict(values.get("data") or {})
+    data.update(image_size=payload["image_size"], num_workers=num_workers)
+    data.setdefault("dataset", "cub200")
+    if dataset:
+        data["dataset"] = dataset
+    if root:
+        data["root"] = root
+    if not data.get("root"):
+        raise ConfigError("the checkpoint names no dataset root: pass --root")
+    values["data"] = data
+    values["eval"] = {**(values.get("eval") or {}), "batch_size": batch_size}
+    degraded = degrade_resolution or degrade_jpeg_quality
+    values["distill"] = {"cross_quality": {"resolution": degrade_resolution, "jpeg_quality": degrade_jpeg_quality}} if degraded else None
+    return from_dict(values)

@@ -1,4 +1,9 @@
-"""From a config to the splits and DataLoaders a run trains and evaluates on."""
+"""From a config to the splits and DataLoaders a run trains and evaluates on.
+
+``evaluation_set`` is the one way to get the images a run is scored on and the
+loader that embeds them: the trainer, ``embdistill evaluate`` and the report all
+use it, so all three score the same images the same way.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,10 +14,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from embdistill.config import DataConfig, ExperimentConfig
-from embdistill.data.datasets import DatasetError, DecodedImageCache, ImageDataset, ImageList, load_dataset
+from embdistill.data.datasets import IMAGE_EXTENSIONS, DatasetError, ImageList, load_dataset
+from embdistill.data.images import DecodedImageCache, ImageDataset
 from embdistill.data.samplers import PKSampler
 from embdistill.data.transforms import Degrade, Normalization, build_transform
-from embdistill.engine.views import ViewDataset
+from embdistill.engine.views import ViewCrop, ViewDataset
 
 RESIZE_RATIO = 256 / 224  # eval: resize the shorter side to size*ratio, then center-crop size
 
@@ -22,6 +28,13 @@ class Splits:
     train: ImageList
     eval: ImageList  # the test classes, or held-out train classes when tuning
     eval_name: str  # "test" | "validation"
+
+
+@dataclass
+class EvalSet:
+    items: ImageList
+    name: str  # "test" | "validation" | the dataset split asked for
+    loader: DataLoader
 
 
 def _without_bad_images(items: ImageList, skip_bad: bool, log: list[tuple[Path, str]]) -> ImageList:
@@ -51,11 +64,45 @@ def load_splits(data: DataConfig, skipped: list[tuple[Path, str]] | None = None)
     return Splits(train.class_subset(keep), train.class_subset(held), "validation")
 
 
+def check_pk_classes(train: ImageList, labels: np.ndarray) -> None:
+    """P×K batches need a positive pair in every class: name the classes with a single image."""
+    counts = np.bincount(labels[labels >= 0], minlength=train.num_classes)
+    single = [train.class_names[c] for c in np.flatnonzero(counts == 1)]
+    if single:
+        raise DatasetError(f"{train.name}: class(es) {', '.join(single[:10])}{' ...' if len(single) > 10 else ''} "
+                           "have only 1 training image; P×K batches need at least 2 per class. Add images "
+                           "or remove the class from the dataset's metadata")
+
+
+def evaluation_set(
+    cfg: ExperimentConfig, normalization: Normalization, split: str | None = None, splits: Splits | None = None
+) -> EvalSet:
+    """The images ``cfg`` is scored on and the loader that embeds them.
+
+    ``split`` None is the run's own evaluation split: the test classes, or the
+    held-out train classes with ``data.validation_classes``; otherwise that split
+    of ``data.dataset`` ("train", "test" or "all"). ``splits``: already loaded
+    (the trainer's), used as they are. Images are resized to ``data.image_size``,
+    batched by ``eval.batch_size`` with ``data.num_workers`` workers, and degraded
+    like the student's for cross-quality runs (``distill.cross_quality.degrade_test``).
+    """
+    data = cfg.data
+    if splits is not None:
+        items, name = splits.eval, splits.eval_name
+    elif split is None and data.validation_classes > 0:
+        items, name = load_splits(data).eval, "validation"
+    else:
+        name = split or "test"
+        items = _without_bad_images(load_dataset(data.dataset, data.root, name), data.skip_bad_images, [])
+    cq = cfg.distill.cross_quality if cfg.distill else None
+    degrade = student_degrade(cfg) if cq and cq.degrade_test else None
+    loader = eval_loader(items, data.image_size, normalization, cfg.eval.batch_size, data.num_workers, degrade)
+    return EvalSet(items, name, loader)
+
+
 def view_size(cfg: ExperimentConfig) -> int:
     """Size of the augmented training crops: the teacher's (``distill.teacher_image_size``) if larger."""
-    teacher = cfg.distill.teacher_image_size if cfg.distill else None
-    if teacher is not None and (isinstance(teacher, bool) or not isinstance(teacher, int) or teacher < cfg.data.image_size):
-        raise ValueError(f"distill.teacher_image_size must be an int >= data.image_size ({cfg.data.image_size}), got {teacher!r}")
+    teacher = cfg.distill.teacher_image_size if cfg.distill else None  # checked >= data.image_size in config.py
     return teacher or cfg.data.image_size
 
 
@@ -83,6 +130,17 @@ def student_degrade(cfg: ExperimentConfig) -> Degrade | None:
     return Degrade(cq.resolution, cq.jpeg_quality) if cq else None
 
 
+def view_crop(cfg: ExperimentConfig, normalization: Normalization) -> ViewCrop:
+    """The training crop: one box per view, at the student's size and at the teacher's (``view_size``)."""
+    return ViewCrop(cfg.data.image_size, view_size(cfg), normalization)
+
+
+def view_seed_of(cfg: ExperimentConfig) -> int:
+    """Seed of the augmented views: ``distill.view_seed`` when distilling, so every run seed sees the
+    same fixed views (and can read one teacher bank); the run's own seed otherwise."""
+    return cfg.distill.view_seed if cfg.distill and cfg.distill.terms else cfg.seed
+
+
 def train_loader(
     cfg: ExperimentConfig,
     items: ImageList,
@@ -100,11 +158,11 @@ def train_loader(
     labels = items.labels if labels is None else labels
     views = ViewDataset(
         images,
-        build_transform(True, view_size(cfg), normalization),
-        seed=cfg.seed,
+        view_crop(cfg, normalization),
+        seed=view_seed_of(cfg),
         degrade=student_degrade(cfg),
         labels=torch.from_numpy(np.array(labels)),
-        student_size=cfg.data.image_size,
+        teacher_images=bool(cfg.distill and cfg.distill.terms),
     )
     labelled = np.flatnonzero(labels >= 0)
     sampler = PKSampler(
@@ -143,10 +201,11 @@ def unlabelled_items(cfg: ExperimentConfig, train: ImageList, hidden: np.ndarray
         return None
     if semi.folder:
         root = Path(semi.folder)
-        exts = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-        paths = tuple(sorted(p.resolve() for p in root.rglob("*") if p.suffix.lower() in exts))
+        # TODO(search-owner): list with the one image-folder lister (embdistill.imagefiles.list_images)
+        # once it has settled; it skips dot-files and keeps symlinks, which this listing does not.
+        paths = tuple(sorted(p.resolve() for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS))
         if not paths:
-            raise DatasetError(f"distill.semi_supervised.folder {root} holds no images ({sorted(exts)})")
+            raise DatasetError(f"distill.semi_supervised.folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         # One placeholder class; the loader hands these images out with label -1.
         return ImageList(paths=paths, labels=np.zeros(len(paths), dtype=np.int64), class_names=("unlabelled",), name=f"unlabelled:{root}")
     if hidden is None or not hidden.any():
@@ -163,6 +222,7 @@ def eval_loader(
     degrade: Degrade | None = None,
     cache: DecodedImageCache | None = None,
 ) -> DataLoader:
+    """Deterministic resize + centre crop of ``items`` in order; prefer :func:`evaluation_set`, which reads the config."""
     transform = build_transform(False, image_size, normalization, resize_ratio=RESIZE_RATIO, degrade=degrade)
     return DataLoader(ImageDataset(items, transform, cache=cache), batch_size=batch_size, num_workers=num_workers)
 
@@ -170,12 +230,11 @@ def eval_loader(
 def unlabelled_views(
     cfg: ExperimentConfig, items: ImageList, normalization: Normalization, cache: DecodedImageCache | None
 ) -> ViewDataset:
-    """Augmented views of the unlabelled images (label -1); ``resume.BatchStream`` batches them."""
+    """Augmented views of the unlabelled images (label -1); ``engine.batch_stream.BatchStream`` batches them."""
     return ViewDataset(
         ImageDataset(items, cache=cache),
-        build_transform(True, view_size(cfg), normalization),
-        seed=cfg.seed + 1,
+        view_crop(cfg, normalization),
+        seed=view_seed_of(cfg) + 1,
         degrade=student_degrade(cfg),
         labels=torch.full((len(items),), -1, dtype=torch.long),
-        student_size=cfg.data.image_size,
     )

@@ -1,12 +1,25 @@
-"""The frozen teacher, with an optional cache of its outputs per (image, view)."""
+"""The frozen teacher: loaded from its checkpoint, run without gradients, its outputs cached per (image, view)."""
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
+from embdistill.config import ExperimentConfig
 from embdistill.data.transforms import Normalization
+from embdistill.engine.checkpoint import check_teacher, embedder_from_checkpoint, load_checkpoint
 from embdistill.models.embedder import Embedder
 from embdistill.models.output import EmbedderOutput
+
+
+def load_teacher(cfg: ExperimentConfig, device: torch.device) -> Embedder:
+    """The teacher of ``distill.teacher``, checked against ``distill.teacher_backbone``/``teacher_dim``/``strict_teacher``."""
+    d = cfg.distill
+    payload = load_checkpoint(d.teacher)
+    teacher = embedder_from_checkpoint(payload)
+    for note in check_teacher(payload, d.teacher, teacher, backbone=d.teacher_backbone, dim=d.teacher_dim,
+                              image_size=d.teacher_image_size or cfg.data.image_size, strict_image_size=d.strict_teacher):
+        print(f"[{cfg.name}] note: {note}")
+    return teacher.to(device)
 
 
 def renormalize(x: Tensor, source: Normalization, target: Normalization) -> Tensor:
@@ -61,8 +74,8 @@ class FrozenTeacher:
         precision: str = "fp32",
         cache: TeacherCache | None = None,
     ) -> None:
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"distill.teacher_precision must be fp32 or bf16, got {precision!r}")
+        if precision not in ("fp32", "bf16"):  # distill.teacher_precision is checked when the config is read
+            raise ValueError(f"teacher precision must be fp32 or bf16, got {precision!r}")
         self.model = model.eval().requires_grad_(False)
         self.layers = layers
         self.input_normalization = input_normalization

@@ -2,51 +2,91 @@
 
 Image ``i`` under view ``v`` always gets the same random crop and flip, whatever
 process loads it. That makes the teacher's output a pure function of ``(i, v)``,
-so it can be computed once and cached, and a run with the cache reproduces a run
-without it whenever both see the same views.
+so it can be computed once and cached (or banked on disk), and a run with the cache
+reproduces a run without it whenever both see the same views.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+from PIL import Image
 from torch import Tensor
-from torch.nn import functional as F
 from torch.utils.data import Dataset
+from torchvision import transforms as T
+from torchvision.transforms import functional as TF
 
-from embdistill.data.datasets import ImageDataset
+from embdistill.data.images import ImageDataset
+from embdistill.data.transforms import Normalization
 
 
 def view_seed(seed: int, index: int, view: int) -> int:
-    """A 63-bit seed that differs for every (run seed, image, view)."""
+    """A 63-bit seed that differs for every (seed, image, view)."""
     return (seed * 1_000_003 + index * 7_919 + view * 104_729 + 0x9E3779B97F4A7C15) % (2**63 - 1)
+
+
+@dataclass(frozen=True)
+class ViewCrop:
+    """One random crop box and flip, rendered at the student's size and at the teacher's.
+
+    The box is drawn like ``RandomResizedCrop(scale=scale)`` followed by a horizontal
+    flip (same random draws, in the same order), and each network gets that box
+    resized straight to its own input size. So a 96-px student and a 224-px teacher
+    see exactly the same part of the picture, and the student's crop costs what a
+    96-px crop costs, whatever the teacher's size.
+    """
+
+    student_size: int
+    teacher_size: int
+    normalization: Normalization
+    scale: tuple[float, float] = (0.16, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+
+    def teacher_signature(self) -> str:
+        """What decides the teacher's crop, for a teacher bank's key (the student's size does not)."""
+        return (f"ViewCrop(size={self.teacher_size}, scale={self.scale}, ratio={tuple(round(r, 6) for r in self.ratio)}, "
+                f"bilinear+antialias, hflip p=0.5, mean={self.normalization.mean}, std={self.normalization.std})")
+
+    def draw(self, image: Image.Image) -> tuple[tuple[int, int, int, int], bool]:
+        """The random part: a (top, left, height, width) box and whether to flip."""
+        box = T.RandomResizedCrop.get_params(image, list(self.scale), list(self.ratio))
+        return box, bool(torch.rand(1) < 0.5)
+
+    def render(self, image: Image.Image, box: tuple[int, int, int, int], flip: bool, size: int) -> Tensor:
+        crop = TF.resized_crop(image, *box, [size, size], interpolation=T.InterpolationMode.BILINEAR, antialias=True)
+        if flip:
+            crop = TF.hflip(crop)
+        return TF.normalize(TF.to_tensor(crop), self.normalization.mean, self.normalization.std)
 
 
 class ViewDataset(Dataset):
     """Yields ``(student_image, teacher_image, label, index, view)``.
 
-    ``teacher_image`` is the same tensor as ``student_image`` unless ``degrade`` is
-    set (cross-quality distillation): then the student gets the degraded copy, cut
-    by the very same crop. With ``student_size`` smaller than the transform's
-    output, the student gets that crop resized (antialiased) to ``student_size``. ``set_view`` is called before each epoch; DataLoader
-    workers receive the dataset afresh at every epoch, so they see the new view.
+    Both images are the same crop (see :class:`ViewCrop`); ``teacher_image`` is the
+    very same tensor when the sizes agree and nothing is degraded. ``degrade``
+    (cross-quality distillation) gives the student a degraded copy cut by the same
+    box. With ``teacher_images=False`` (no teacher, or its outputs come from a bank)
+    the teacher's crop is not rendered and an empty tensor stands in for it.
+    ``set_view`` is called before each epoch; DataLoader workers receive the dataset
+    afresh at every epoch, so they see the new view.
     """
 
     def __init__(
         self,
         images: ImageDataset,
-        transform: Callable,
+        crop: ViewCrop,
         seed: int,
-        degrade: Callable | None = None,
+        degrade: Callable[[Image.Image], Image.Image] | None = None,
         labels: Tensor | None = None,
-        student_size: int | None = None,
+        teacher_images: bool = True,
     ) -> None:
         self.images = images
-        self.transform = transform
+        self.crop = crop
         self.seed = seed
         self.degrade = degrade
         self.labels = labels  # overrides the dataset's labels (-1 marks an unlabelled image)
-        self.student_size = student_size
+        self.teacher_images = teacher_images
         self.view = 0
 
     def set_view(self, view: int) -> None:
@@ -55,19 +95,18 @@ class ViewDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def _augment(self, image, index: int) -> Tensor:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(view_seed(self.seed, index, self.view))
-            return self.transform(image)
-
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor, int, int, int]:
         image = self.images.load_image(index)
-        label = int(self.images.items.labels[index])
-        teacher_image = self._augment(image, index)
-        student_image = teacher_image if self.degrade is None else self._augment(self.degrade(image), index)
-        if self.student_size is not None and student_image.shape[-2:] != (self.student_size, self.student_size):
-            student_image = F.interpolate(student_image[None], size=(self.student_size,) * 2, mode="bilinear",
-                                          antialias=True, align_corners=False)[0]
-        if self.labels is not None:
-            label = int(self.labels[index])
-        return student_image, teacher_image, label, index, self.view
+        label = int(self.images.items.labels[index] if self.labels is None else self.labels[index])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(view_seed(self.seed, index, self.view))
+            box, flip = self.crop.draw(image)
+        c = self.crop
+        student = c.render(image if self.degrade is None else self.degrade(image), box, flip, c.student_size)
+        if not self.teacher_images:
+            teacher = torch.empty(0)
+        elif self.degrade is None and c.teacher_size == c.student_size:
+            teacher = student
+        else:
+            teacher = c.render(image, box, flip, c.teacher_size)
+        return student, teacher, label, index, self.view

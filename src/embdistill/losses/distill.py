@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .metric import _build_registered, pairwise_distances
+from .metric import pairwise_distances
+from .registry import build_registered, check_registered
 
 if TYPE_CHECKING:  # importing embdistill.models at run time would pull in every backbone
+    from embdistill.models.embedder import Embedder
     from embdistill.models.output import EmbedderOutput
+
+
+Reduction = Literal["mean", "frobenius"]
+DarkRankMethod = Literal["listmle", "listnet"]
 
 
 class DistillationLoss(nn.Module):
@@ -27,9 +33,19 @@ class DistillationLoss(nn.Module):
     student_layers: tuple[str, ...] = ()
     teacher_layers: tuple[str, ...] = ()
     batch_level: bool = False  # compares samples with each other: under data parallelism it needs the global batch
+    NETWORK_ARGS: tuple[str, ...] = ()  # constructor arguments args_from_networks fills in (config need not give them)
 
     def forward(self, student: EmbedderOutput, teacher: EmbedderOutput) -> Tensor:
         raise NotImplementedError
+
+    @classmethod
+    def args_from_networks(cls, student: Embedder, teacher: Embedder, args: dict[str, Any]) -> dict[str, Any]:
+        """Constructor arguments this loss reads off the two networks (sizes), given the configured ``args``.
+
+        ``build_distill_loss`` adds them where the config left them out, so a loss
+        with learned parts (a projection, a regressor) is sized before the optimizer exists.
+        """
+        return {}
 
     def describe(self) -> str:
         """One line for the training log."""
@@ -102,6 +118,12 @@ class AbsoluteTeacherLoss(DistillationLoss):
                 )
             self.projection = nn.Linear(student_dim, teacher_dim, bias=False)
 
+    NETWORK_ARGS = ("student_dim", "teacher_dim")
+
+    @classmethod
+    def args_from_networks(cls, student: Embedder, teacher: Embedder, args: dict[str, Any]) -> dict[str, Any]:
+        return {"student_dim": student.dim, "teacher_dim": teacher.dim}
+
     def forward(self, student: EmbedderOutput, teacher: EmbedderOutput) -> Tensor:
         s, t = _embeddings(student, teacher)
         for role, declared, actual in (
@@ -145,9 +167,9 @@ class RelativeTeacherLoss(DistillationLoss):
     """
 
     batch_level = True
-    REDUCTIONS = ("mean", "frobenius")
+    REDUCTIONS: tuple[str, ...] = get_args(Reduction)
 
-    def __init__(self, reduction: str = "mean") -> None:
+    def __init__(self, reduction: Reduction = "mean") -> None:
         super().__init__()
         if reduction not in self.REDUCTIONS:
             raise ValueError(f"unknown reduction {reduction!r}; valid: {', '.join(self.REDUCTIONS)}")
@@ -235,9 +257,9 @@ class DarkRankLoss(DistillationLoss):
     """
 
     batch_level = True
-    METHODS = ("listmle", "listnet")
+    METHODS: tuple[str, ...] = get_args(DarkRankMethod)
 
-    def __init__(self, alpha: float = 3.0, beta: float = 3.0, method: str = "listmle") -> None:
+    def __init__(self, alpha: float = 3.0, beta: float = 3.0, method: DarkRankMethod = "listmle") -> None:
         super().__init__()
         if method not in self.METHODS:
             raise ValueError(f"unknown DarkRank method {method!r}; valid: {', '.join(self.METHODS)}")
@@ -280,6 +302,21 @@ class HintLoss(DistillationLoss):
         self.student_layers = (student_layer,)
         self.teacher_layers = (teacher_layer,)
         self.regressor = nn.Conv2d(student_channels, teacher_channels, kernel_size=1)
+
+    NETWORK_ARGS = ("student_channels", "teacher_channels")
+
+    @classmethod
+    def args_from_networks(cls, student: Embedder, teacher: Embedder, args: dict[str, Any]) -> dict[str, Any]:
+        sized = {}
+        for role, network in (("student", student), ("teacher", teacher)):
+            layer = args.get(f"{role}_layer")
+            if layer is None:  # build_registered then names the missing argument
+                continue
+            if layer not in network.backbone.channels:
+                raise ValueError(f"hint {role}_layer {layer!r} is not a stage of the {role}; "
+                                 f"it has {list(network.backbone.channels)}")
+            sized[f"{role}_channels"] = network.backbone.channels[layer]
+        return sized
 
     def forward(self, student: EmbedderOutput, teacher: EmbedderOutput) -> Tensor:
         target = _feature(teacher, self.teacher_layers[0], "teacher").detach()
@@ -342,6 +379,14 @@ DISTILL_LOSSES: dict[str, type[DistillationLoss]] = {
 }
 
 
-def build_distill_loss(name: str, **kwargs: Any) -> DistillationLoss:
-    """Build a registered distillation loss, e.g. ``build_distill_loss("relative", reduction="frobenius")``."""
-    return _build_registered("distillation", DISTILL_LOSSES, name, kwargs)
+def build_distill_loss(name: str, student: Embedder | None = None, teacher: Embedder | None = None,
+                       **kwargs: Any) -> DistillationLoss:
+    """Build a registered distillation loss, e.g. ``build_distill_loss("relative", reduction="frobenius")``.
+
+    Given the ``student`` and ``teacher`` embedders, the loss sizes itself from them
+    (``DistillationLoss.args_from_networks``) where ``kwargs`` leave a size out.
+    """
+    check_registered("distillation", DISTILL_LOSSES, name)
+    if student is not None and teacher is not None:
+        kwargs = {**DISTILL_LOSSES[name].args_from_networks(student, teacher, kwargs), **kwargs}
+    return build_registered("distillation", DISTILL_LOSSES, name, kwargs)

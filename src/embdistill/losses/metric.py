@@ -6,9 +6,8 @@ to the same two-argument call so the trainer never needs to know which is which.
 """
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +15,7 @@ from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import miners as pml_miners
 from torch import Tensor, nn
 
-T = TypeVar("T")
+from .registry import build_registered
 
 
 def pairwise_distances(x: Tensor, eps: float = 1e-12) -> Tensor:
@@ -82,10 +81,11 @@ class PMLMetricLoss(nn.Module):
         return self.loss(embeddings, labels, indices)
 
 
-_TRIPLET_MINERS = ("batch_hard", "hard", "semihard", "all")
+TripletMiner = Literal["batch_hard", "hard", "semihard", "all"]
+_TRIPLET_MINERS: tuple[str, ...] = get_args(TripletMiner)
 
 
-def triplet_margin(margin: float = 0.05, miner: str | None = None, smooth_loss: bool = False) -> PMLMetricLoss:
+def triplet_margin(margin: float = 0.05, miner: TripletMiner | None = None, smooth_loss: bool = False) -> PMLMetricLoss:
     """pml ``TripletMarginLoss`` on all batch triplets, or on mined ones.
 
     ``miner``: ``"batch_hard"`` (pml ``BatchHardMiner``) or ``"hard"`` / ``"semihard"`` /
@@ -139,31 +139,6 @@ METRIC_LOSSES: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def _build_registered(kind: str, registry: Mapping[str, Callable[..., T]], name: str, kwargs: dict[str, Any]) -> T:
-    """Look ``name`` up and call it, turning typos into ValueErrors that list the choices.
-
-    Shared with the distillation registry.
-    """
-    if name not in registry:
-        raise ValueError(f"unknown {kind} loss {name!r}; valid: {', '.join(sorted(registry))}")
-    factory = registry[name]
-    params = {
-        p.name: p
-        for p in inspect.signature(factory).parameters.values()
-        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    }
-    unknown = sorted(set(kwargs) - set(params))
-    if unknown:
-        raise ValueError(
-            f"{kind} loss {name!r} got unknown argument(s) {', '.join(unknown)}; "
-            f"valid: {', '.join(params) or '(none)'}"
-        )
-    missing = [n for n, p in params.items() if p.default is inspect.Parameter.empty and n not in kwargs]
-    if missing:
-        raise ValueError(f"{kind} loss {name!r} needs argument(s) {', '.join(missing)}")
-    return factory(**kwargs)
-
-
 def build_metric_loss(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered metric loss, e.g. ``build_metric_loss("batch_hard_triplet", margin=0.2)``."""
-    return _build_registered("metric", METRIC_LOSSES, name, kwargs)
+    return build_registered("metric", METRIC_LOSSES, name, kwargs)

@@ -1,8 +1,8 @@
 """The embedding network: backbone -> global pooling -> linear to ``dim`` -> L2 normalise."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +13,8 @@ from embdistill.models.backbone import Backbone
 from embdistill.models.output import EmbedderOutput
 from embdistill.models.registry import create_backbone
 
-POOLINGS = ("avg", "max", "avgmax")
+Pooling = Literal["avg", "max", "avgmax"]
+POOLINGS: tuple[str, ...] = get_args(Pooling)
 
 
 @dataclass
@@ -22,22 +23,23 @@ class ModelConfig:
 
     backbone: str = "resnet18"
     pretrained: bool | str = True
-    dim: int = 512
-    pooling: str = "avg"
+    dim: int | None = 512  # None: no projection head, the pooled backbone features themselves
+    pooling: Pooling = "avg"
     freeze_batchnorm: bool = False  # keep pretrained BN statistics (P×K batches hold only P classes)
     backbone_args: dict[str, Any] = field(default_factory=dict)
 
 
 class Embedder(nn.Module):
-    def __init__(self, backbone: Backbone, dim: int = 512, pooling: str = "avg", freeze_batchnorm: bool = False) -> None:
+    def __init__(self, backbone: Backbone, dim: int | None = 512, pooling: str = "avg", freeze_batchnorm: bool = False) -> None:
         super().__init__()
         self.freeze_batchnorm = freeze_batchnorm
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.backbone = backbone
         self.pooling = pooling
-        self.head = nn.Linear(backbone.num_features, dim)
-        self.dim = dim
+        # Without a head, an ImageNet backbone's pooled features are a strong teacher with no training at all.
+        self.head = nn.Linear(backbone.num_features, dim) if dim is not None else nn.Identity()
+        self.dim = dim if dim is not None else backbone.num_features
 
     def train(self, mode: bool = True) -> "Embedder":
         """Like ``nn.Module.train``, but BatchNorm layers stay in eval mode when frozen.
@@ -80,7 +82,3 @@ class Embedder(nn.Module):
 def create_embedder(config: ModelConfig) -> Embedder:
     backbone = create_backbone(config.backbone, pretrained=config.pretrained, **config.backbone_args)
     return Embedder(backbone, dim=config.dim, pooling=config.pooling, freeze_batchnorm=config.freeze_batchnorm)
-
-
-def model_config_dict(config: ModelConfig) -> dict[str, Any]:
-    return asdict(config)

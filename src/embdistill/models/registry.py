@@ -22,6 +22,13 @@ def list_backbones() -> list[str]:
     return sorted(_BACKBONES)
 
 
+def backbone_builder(name: str) -> BackboneFn | None:
+    """The registered function that builds backbone ``name`` (None if there is none; timm models are not registered)."""
+    import embdistill.models  # noqa: F401  (registers the built-in backbones)
+
+    return _BACKBONES.get(name)
+
+
 def create_backbone(name: str, pretrained: bool | str = False, **kwargs: Any) -> Backbone:
     """Build a registered backbone, or any timm model as ``timm/<name>``."""
     if name.startswith("timm/"):

@@ -1,0 +1,267 @@
+"""The strong-teacher benchmark: a 224-px teacher banked once, students trained to their own best schedules.
+
+One teacher, EfficientNet-Lite0's ImageNet features at 224 px (``configs/cub100/strong/teacher.yaml``),
+is run once over ``VIEWS`` fixed augmented views of the 3,428 training images and stored in a
+teacher bank; then two students at 96 px, MobileNetV2 from ImageNet weights and MobileNet-0.25
+from random init, are trained alone and with the absolute teacher, the relative teacher, both,
+and RKD, each row with the schedule chosen for it on held-out train species
+(``benchmarks/results/cub100_strong_tuning.md``). Every distilled row reads the bank: the teacher
+never runs during training.
+
+    .venv/bin/python benchmarks/cub100_strong.py            # the table (writes results/cub100_strong.{json,md})
+    .venv/bin/python benchmarks/cub100_strong.py --smoke    # every row, tiny: checks the plumbing
+    .venv/bin/python benchmarks/cub100_strong.py --render   # the table again from the JSON
+
+Finished runs (same config, ``summary.yaml`` present) are reused, so an interrupted benchmark
+continues where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from embdistill.config import ExperimentConfig, load_config, to_dict
+from embdistill.engine.bank import fill_bank_for_config
+from embdistill.engine.train import run
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs" / "cub100" / "strong"
+KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r")
+VIEWS = 4  # fixed augmented views per training image in the bank
+TEACHER_SIZE = 224
+
+
+@dataclass(frozen=True)
+class Method:
+    key: str
+    label: str
+    seeds: str  # "all": every --seeds; "one": the first
+    terms: tuple = ()
+    overrides: tuple = ()  # the row's own schedule, chosen on held-out train species
+
+
+@dataclass(frozen=True)
+class Student:
+    name: str
+    config: str
+    methods: tuple[Method, ...]
+
+
+REL = {"name": "relative", "weight": 1.0, "args": {"reduction": "mean"}}
+ABS = {"name": "absolute", "weight": 1.0}
+RKD = ({"name": "rkd_distance", "weight": 25.0}, {"name": "rkd_angle", "weight": 50.0})
+
+
+def _w(term: dict, weight: float) -> dict:
+    return {**term, "weight": weight}
+
+
+# Each row's schedule: benchmarks/results/cub100_strong_tuning.md.
+STUDENTS = (
+    Student("MobileNetV2 (ImageNet)", "mobilenet_v2.yaml", (
+        Method("alone", "metric loss alone", "all"),
+        Method("absolute", "+ absolute teacher", "all", (ABS,), ("train.backbone_lr_mult=1.0",)),
+        Method("relative", "+ relative teacher", "all", (REL,), ("train.backbone_lr_mult=1.0",)),
+        Method("abs_rel", "+ absolute + relative", "one", (ABS, REL), ("train.backbone_lr_mult=1.0",)),
+        Method("rkd", "+ RKD distance & angle", "one", RKD, ("train.backbone_lr_mult=1.0",)),
+    )),
+    Student("MobileNet-0.25 (scratch)", "mobilenet025.yaml", (
+        Method("alone", "metric loss alone", "all"),
+        Method("absolute", "+ absolute teacher", "all", (_w(ABS, 10.0),)),
+        Method("relative", "+ relative teacher", "all", (_w(REL, 10.0),)),
+        Method("abs_rel", "+ absolute + relative", "one", (_w(ABS, 10.0), _w(REL, 10.0))),
+        Method("rkd", "+ RKD distance & angle", "one", RKD),
+    )),
+)
+
+
+@dataclass
+class Row:
+    student: str
+    method: Method
+    runs: list[dict] = field(default_factory=list)
+    config: dict | None = None
+
+
+def _relative(path: Path | str) -> str:
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def _run_cached(cfg: ExperimentConfig) -> dict:
+    """Run ``cfg`` unless the same config already finished in its run directory."""
+    summary_path, config_path = cfg.run_dir / "summary.yaml", cfg.run_dir / "config.yaml"
+    if summary_path.is_file() and config_path.is_file() and yaml.safe_load(config_path.read_text()) == to_dict(cfg):
+        print(f"[bench] reusing {cfg.run_dir}", flush=True)
+    else:
+        run(cfg, progress=False)
+    s = yaml.safe_load(summary_path.read_text())
+    return {"seed": cfg.seed, "run_dir": _relative(cfg.run_dir), **{k: s[k] for k in KEYS},
+            "train_seconds": s["train_seconds"], "teacher_forward_images": s["teacher_forward_images"],
+            "embedding_spread": s.get("embedding_spread"), "collapse_warning": s.get("collapse_warning")}
+
+
+def _base(args: argparse.Namespace) -> list[str]:
+    o = [f"output_dir={args.output}", f"data.root={Path(args.data).resolve()}"]
+    if args.smoke:
+        o += ["train.epochs=1", "train.batches_per_epoch=2"]
+    return o
+
+
+def _student_size(args: argparse.Namespace) -> list[str]:
+    return ["data.image_size=32"] if args.smoke else []
+
+
+def run_benchmark(args: argparse.Namespace) -> dict:
+    started = time.perf_counter()
+    base = _base(args)
+    teacher_size = 48 if args.smoke else TEACHER_SIZE
+    teacher_cfg = load_config(CONFIGS / "teacher.yaml", [*base, f"data.image_size={teacher_size}", "train.epochs=0"])
+    teacher = _run_cached(teacher_cfg)
+    views = 1 if args.smoke else VIEWS
+    bank = Path(args.output) / "banks" / f"lite0_{teacher_size}_v{views}.bank"
+    distill = [f"distill.teacher={teacher_cfg.run_dir / 'last.pt'}", f"distill.teacher_image_size={teacher_size}",
+               f"distill.cache_views={views}", f"distill.bank={bank}"]
+    bank_started = time.perf_counter()
+    bank_cfg = load_config(CONFIGS / STUDENTS[0].config, [*base, *_student_size(args), *distill, "name=bank",
+                                                          "distill.terms=[{name: relative}]"])
+    existed = bank.is_file()
+    fill_bank_for_config(bank_cfg, progress=False)
+    bank_seconds = None if existed else round(time.perf_counter() - bank_started, 1)
+    rows: list[Row] = []
+    for s in STUDENTS:
+        for m in s.methods:
+            row = Row(s.name, m)
+            rows.append(row)
+            for seed in args.seeds if m.seeds == "all" else args.seeds[:1]:
+                o = [*base, *_student_size(args), f"seed={seed}", f"name={Path(s.config).stem}/{m.key}/seed{seed}", *m.overrides]
+                if m.terms:
+                    o += [*distill, "distill.terms=" + json.dumps(list(m.terms))]
+                cfg = load_config(CONFIGS / s.config, o)
+                row.config = row.config or to_dict(cfg)
+                row.runs.append(_run_cached(cfg))
+                print(f"[bench] {s.name} {m.label} seed {seed}: R@1 {100 * row.runs[-1]['recall@1']:.1f}", flush=True)
+    return {
+        "command": "python benchmarks/cub100_strong.py " + " ".join(sys.argv[1:]),
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpu_count": os.cpu_count()},
+        "minutes": round((time.perf_counter() - started) / 60, 1),
+        "seeds": args.seeds,
+        "teacher_image_size": teacher_size,
+        "student_image_size": rows[0].config["data"]["image_size"],
+        "bank": {"path": _relative(bank), "views": views, "fill_seconds": bank_seconds},
+        "teacher": {**teacher, "config": to_dict(teacher_cfg)},
+        "rows": [{"student": r.student, "method": r.method.key, "label": r.method.label, "seeds": r.method.seeds,
+                  "runs": r.runs, "config": r.config} for r in rows],
+    }
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+def _values(row: dict, key: str = "recall@1") -> list[float]:
+    return [100 * x[key] for x in row["runs"]]
+
+
+def _cell(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def pooled_std(a: list[float], b: list[float]) -> float | None:
+    """sqrt of the mean of the two sample variances (equal seed counts); None with fewer than 2 seeds each."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    return math.sqrt((statistics.variance(a) + statistics.variance(b)) / 2)
+
+
+def markdown(result: dict) -> str:
+    t = result["teacher"]
+    teacher_r1 = 100 * t["recall@1"]
+    bank = result["bank"]
+    lines = [
+        f"# cub100 with a strong, banked teacher: {len(result['rows'])} rows, {result['minutes']} min",
+        "",
+        f"`{result['command']}` on {result['machine']['processor']} ({result['machine']['cpu_count']} CPUs), "
+        f"{result['machine']['platform']}.",
+        f"Teacher: EfficientNet-Lite0 ImageNet features at {result['teacher_image_size']} px (no head, not fine-tuned): "
+        f"R@1 {teacher_r1:.1f}, MAP@R {100 * t['map@r']:.1f} on the 42 unseen species. Teacher bank: {bank['views']} views "
+        f"of each of the 3,428 training images"
+        + (f", filled in {bank['fill_seconds']:.0f} s" if bank["fill_seconds"] else " (already filled)")
+        + "; distilled rows read it and never run the teacher.",
+        f"Students at {result['student_image_size']} px; rows marked * are the mean ± std over seeds "
+        f"{', '.join(map(str, result['seeds']))}, the others one run (seed {result['seeds'][0]}). Gain = R@1 − R@1 of the "
+        "student alone; gain / pooled std divides it by sqrt((s²_alone + s²_row) / 2); gap closed = gain / (teacher R@1 − "
+        "R@1 alone). Time = training seconds, and its ratio to the student alone's.",
+        "",
+    ]
+    for student in dict.fromkeys(r["student"] for r in result["rows"]):
+        rows = [r for r in result["rows"] if r["student"] == student]
+        alone = next(r for r in rows if r["method"] == "alone")
+        a_r1 = _values(alone)
+        a_seconds = statistics.fmean(x["train_seconds"] for x in alone["runs"])
+        c = alone["config"]["train"]
+        lines += [
+            f"## {student}: alone {c['epochs']} epochs, lr {c['lr']:g}, backbone ×{c['backbone_lr_mult']:g}, {c['metric_loss']}",
+            "",
+            "| method | R@1 | R@2 | R@4 | R@8 | MAP@R | gain | gain / pooled std | gap closed | train s | × alone |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            r1 = _values(r)
+            gain = statistics.fmean(r1) - statistics.fmean(a_r1)
+            pooled = pooled_std(a_r1, r1)
+            seconds = statistics.fmean(x["train_seconds"] for x in r["runs"])
+            own = r is alone
+            label = r["label"] + (" *" if r["seeds"] == "all" else "")
+            lines.append("| " + " | ".join([
+                label, *(_cell(_values(r, k)) for k in KEYS),
+                "-" if own else f"{gain:+.1f}",
+                "-" if own or not pooled else f"{gain / pooled:.1f}",
+                "-" if own or teacher_r1 <= statistics.fmean(a_r1) else f"{100 * gain / (teacher_r1 - statistics.fmean(a_r1)):.0f}%",
+                f"{seconds:.0f}", f"{seconds / a_seconds:.2f}",
+            ]) + " |")
+        overrides = {r["label"]: r["config"]["train"] for r in rows if r["config"]["train"] != alone["config"]["train"]}
+        for label, train in overrides.items():
+            lines.append(f"\n{label}: {train['epochs']} epochs, lr {train['lr']:g}, backbone ×{train['backbone_lr_mult']:g}.")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cub100"))
+    p.add_argument("--output", default=str(ROOT / "runs" / "strong"))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--smoke", action="store_true", help="every row tiny, written under --output: checks the plumbing")
+    p.add_argument("--render", action="store_true", help="no runs: the table again from --results/cub100_strong.json")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.output += "_smoke"
+    results = Path(args.output) if args.smoke else Path(args.results)
+    if args.render:
+        result = json.loads((results / "cub100_strong.json").read_text())
+    else:
+        result = run_benchmark(args)
+        results.mkdir(parents=True, exist_ok=True)
+        (results / "cub100_strong.json").write_text(json.dumps(result, indent=1) + "\n")
+    (results / "cub100_strong.md").write_text(markdown(result))
+    print(markdown(result))
+    print(f"[bench] {result['minutes']} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

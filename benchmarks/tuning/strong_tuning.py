@@ -1,0 +1,153 @@
+"""Choosing the strong benchmark's schedules and lambdas on held-out *train* species, never on test ones.
+
+Every trial is an ordinary run of a ``configs/cub100/strong`` student with ``data.validation_classes=14``:
+it trains on 44 of the 58 train species and is scored after every epoch on the other 14. The
+teacher is the ImageNet EfficientNet-Lite0 at 224 px (``configs/cub100/strong/teacher.yaml``),
+read from a teacher bank of the 44 species' views, so distilled trials cost about what the
+student alone costs:
+
+    .venv/bin/python benchmarks/tuning/strong_tuning.py v2_alone v2_relative ...   # named trials
+    .venv/bin/python benchmarks/tuning/strong_tuning.py --list                     # what exists
+    .venv/bin/python benchmarks/tuning/strong_tuning.py --render                   # plot from the JSON
+
+Results accumulate in ``benchmarks/results/cub100_strong_tuning.json`` (one entry per trial, with
+its config and its held-out R@1 per epoch); ``docs/strong_tuning_curves.png`` plots them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from embdistill.config import ExperimentConfig, load_config, to_dict
+from embdistill.engine.runlog import read_log
+from embdistill.engine.train import run
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "configs" / "cub100" / "strong"
+RESULTS = ROOT / "benchmarks" / "results" / "cub100_strong_tuning.json"
+PLOT = ROOT / "docs" / "strong_tuning_curves.png"
+OUTPUT = "runs/strong_tuning"
+TEACHER = "runs/strong_val/teacher_lite0_224/last.pt"
+VALIDATION_CLASSES = 14
+
+REL = {"name": "relative", "weight": 1.0, "args": {"reduction": "mean"}}
+ABS = {"name": "absolute", "weight": 1.0}
+
+
+def _distill(views: int, *terms: dict) -> list[str]:
+    return [f"distill.teacher={TEACHER}", "distill.teacher_image_size=224", f"distill.cache_views={views}",
+            f"distill.bank=runs/banks/lite0_224_val44_v{views}.bank", "distill.terms=" + json.dumps(list(terms))]
+
+
+def _w(term: dict, weight: float, **args) -> dict:
+    return {**term, "weight": weight, "args": {**term.get("args", {}), **args}}
+
+
+V2, S = "mobilenet_v2.yaml", "mobilenet025.yaml"
+# name: (student config, overrides)
+TRIALS: dict[str, tuple[str, list[str]]] = {
+    # MobileNetV2 (ImageNet) at 96 px: 8 epochs, held-out R@1 after each.
+    "v2_alone": (V2, []),
+    "v2_alone_bb1": (V2, ["train.backbone_lr_mult=1.0"]),
+    "v2_alone_bb1_lr3e-5": (V2, ["train.backbone_lr_mult=1.0", "train.lr=3.0e-5"]),
+    "v2_alone_lr3e-4": (V2, ["train.lr=3.0e-4"]),
+    "v2_relative": (V2, _distill(4, REL)),
+    "v2_relative_bb1": (V2, ["train.backbone_lr_mult=1.0", *_distill(4, REL)]),
+    "v2_absolute_bb1": (V2, ["train.backbone_lr_mult=1.0", *_distill(4, ABS)]),
+    "v2_abs_rel_bb1": (V2, ["train.backbone_lr_mult=1.0", *_distill(4, ABS, REL)]),
+    "v2_relative10_bb1": (V2, ["train.backbone_lr_mult=1.0", *_distill(4, _w(REL, 10.0))]),
+    "v2_relative_frob_bb1": (V2, ["train.backbone_lr_mult=1.0", *_distill(4, _w(REL, 0.3, reduction="frobenius"))]),
+    # MobileNet-0.25 from random init: 30 epochs.
+    "s_alone": (S, []),
+    "s_alone_ms": (S, ["train.metric_loss=multi_similarity", "train.metric_loss_args={}"]),
+    "s_alone_soft": (S, ["train.metric_loss_args={soft: true, margin: 0.0}"]),
+    "s_absolute10": (S, _distill(4, _w(ABS, 10.0))),
+    "s_relative10": (S, _distill(4, _w(REL, 10.0))),
+    "s_abs10_rel10": (S, _distill(4, _w(ABS, 10.0), _w(REL, 10.0))),
+}
+
+
+def trial_config(name: str) -> ExperimentConfig:
+    student, overrides = TRIALS[name]
+    return load_config(CONFIGS / student, [f"output_dir={OUTPUT}", f"name={name}", f"data.validation_classes={VALIDATION_CLASSES}",
+                                           "eval.every_epochs=1", *overrides])
+
+
+def run_trial(name: str) -> dict:
+    cfg = trial_config(name)
+    summary, config = cfg.run_dir / "summary.yaml", cfg.run_dir / "config.yaml"
+    if summary.is_file() and config.is_file() and yaml.safe_load(config.read_text()) == to_dict(cfg):
+        print(f"[tuning] reusing {cfg.run_dir}")
+    else:
+        run(cfg, progress=False)
+    s = yaml.safe_load(summary.read_text())
+    curve = [{"epoch": r["epoch"], "recall@1": r["recall@1"], "map@r": r["map@r"]}
+             for r in read_log(cfg.run_dir) if r["kind"] == "eval"]
+    spreads = [r["spread"] for r in read_log(cfg.run_dir) if r["kind"] == "step" and "spread" in r]
+    return {"student": TRIALS[name][0], "overrides": TRIALS[name][1], "split": s["split"],
+            "recall@1": s["recall@1"], "map@r": s["map@r"], "train_seconds": s["train_seconds"],
+            "teacher_forward_images": s["teacher_forward_images"], "final_spread": s.get("embedding_spread"),
+            "min_logged_spread": min(spreads) if spreads else None, "collapse_warning": s.get("collapse_warning"),
+            "curve": curve, "config": to_dict(cfg)}
+
+
+def load_results() -> dict:
+    return json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"trials": {}}
+
+
+def plot(results: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [("MobileNetV2 (ImageNet), 96 px", V2), ("MobileNet-0.25 (scratch), 96 px", S)]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, (title, student) in zip(axes, groups):
+        for name, trial in sorted(results["trials"].items()):
+            if trial["student"] != student:
+                continue
+            xs = [p["epoch"] for p in trial["curve"]]
+            ys = [100 * p["recall@1"] for p in trial["curve"]]
+            distilled = any(o.startswith("distill.terms") for o in trial["overrides"])
+            ax.plot(xs, ys, marker="o", markersize=3, linestyle="-" if distilled else "--", label=name)
+        ax.set(title=title, xlabel="epoch", ylabel="R@1 on 14 held-out train species (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Held-out R@1 per epoch: students alone (dashed) and distilled (solid)")
+    fig.tight_layout()
+    PLOT.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(PLOT, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("trials", nargs="*", help=f"trial names: {', '.join(TRIALS)}")
+    parser.add_argument("--list", action="store_true")
+    parser.add_argument("--render", action="store_true", help="only redraw the plot from the JSON")
+    args = parser.parse_args()
+    if args.list:
+        print("\n".join(f"{n}: {s} {' '.join(o)}" for n, (s, o) in TRIALS.items()))
+        return
+    unknown = [t for t in args.trials if t not in TRIALS]
+    if unknown:
+        sys.exit(f"unknown trial(s) {unknown}; --list shows them")
+    results = load_results()
+    for name in args.trials:
+        started = time.perf_counter()
+        results["trials"][name] = run_trial(name)
+        results["trials"][name]["wall_minutes"] = round((time.perf_counter() - started) / 60, 1)
+        results["command"] = "python benchmarks/tuning/strong_tuning.py TRIAL ..."
+        RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+        t = results["trials"][name]
+        print(f"[tuning] {name}: held-out R@1 " + " ".join(f"{100 * p['recall@1']:.1f}" for p in t["curve"]), flush=True)
+    plot(results)
+
+
+if __name__ == "__main__":
+    main()

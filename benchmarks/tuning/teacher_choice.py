@@ -1,0 +1,46 @@
+"""Which ImageNet backbone, at which size, makes the strongest teacher? Scored on held-out *train* species.
+
+Each candidate is the pretrained backbone with no head (``model.dim: null``: pooled features,
+L2-normalised), so the choice costs one forward pass over the 14 held-out train species of
+cub100 per candidate and never looks at the test species:
+
+    .venv/bin/python benchmarks/tuning/teacher_choice.py   # writes benchmarks/results/teacher_choice.json
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from embdistill.config import DataConfig
+from embdistill.engine.evaluate import evaluate_embedder
+from embdistill.engine.loaders import eval_loader, load_splits
+from embdistill.models.embedder import ModelConfig, create_embedder
+
+ROOT = Path(__file__).resolve().parents[2]
+CANDIDATES = [("efficientnet_lite0", 224), ("efficientnet_lite1", 240), ("efficientnet_lite2", 224)]
+VALIDATION_CLASSES = 14
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    data = DataConfig(root=str(ROOT.parent / "shared" / "data" / "cub100"), validation_classes=VALIDATION_CLASSES, num_workers=1)
+    splits = load_splits(data)
+    results = []
+    for backbone, size in CANDIDATES:
+        model = create_embedder(ModelConfig(backbone=backbone, pretrained=True, dim=None)).eval()
+        loader = eval_loader(splits.eval, size, model.normalization, 64, 1)
+        start = time.perf_counter()
+        metrics = evaluate_embedder(model, loader, torch.device("cpu"), progress=False)
+        results.append({"backbone": backbone, "image_size": size, "dim": model.dim, "split": splits.eval_name,
+                        "images": len(splits.eval), "seconds": round(time.perf_counter() - start, 1),
+                        **{k: round(v, 4) for k, v in metrics.items()}})
+        print(json.dumps(results[-1]), flush=True)
+        out = ROOT / "benchmarks" / "results" / "teacher_choice.json"  # after each candidate: a stopped run keeps what it scored
+        out.write_text(json.dumps({"command": "python benchmarks/tuning/teacher_choice.py", "candidates": results}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

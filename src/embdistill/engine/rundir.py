@@ -1,0 +1,79 @@
+"""A run directory on disk: starting one afresh, and the config and checkpoint a resumed run continues from.
+
+``RUN_DIR`` holds ``config.yaml`` (what the run was started with), ``metrics.jsonl``,
+``last.pt`` and, for distillation, ``teacher_cache.pt``. A fresh run clears what an
+earlier run left; a resumed run must have the same config, up to the keys in
+``RESUME_MAY_CHANGE``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from embdistill.config import ConfigError, ExperimentConfig, apply_overrides, from_dict, read_yaml, to_dict
+from embdistill.engine.checkpoint import CheckpointError, load_checkpoint, remove_partial_writes
+
+TEACHER_CACHE = "teacher_cache.pt"
+
+# Config keys that may differ between a run and its resumption: they change where
+# things are and how fast they run, not what is computed.
+RESUME_MAY_CHANGE = frozenset({
+    "name", "output_dir", "device", "threads", "data.root", "data.num_workers", "data.cache_images",
+    "train.log_every", "train.checkpoint_every", "train.nan_policy", "eval.batch_size", "eval.every_epochs",
+})
+
+
+def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """The config a run directory was started with (its config.yaml), with ``overrides`` on top."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"cannot resume {run_dir}: it has no config.yaml, so it is not a run directory of `embdistill train`")
+    values = apply_overrides(read_yaml(path), overrides or [])
+    values.update(output_dir=str(run_dir.parent), name=run_dir.name)  # the directory, wherever it is now
+    return from_dict(values)
+
+
+def start_fresh(cfg: ExperimentConfig) -> None:
+    """A new run: write config.yaml, and drop the log and teacher cache of any earlier run in the directory."""
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    (run_dir / TEACHER_CACHE).unlink(missing_ok=True)
+    remove_partial_writes(run_dir)
+
+
+def resume_checkpoint(cfg: ExperimentConfig) -> dict[str, Any] | None:
+    """The checkpoint to continue from, checked against ``cfg``; None when the run has none yet."""
+    path = cfg.run_dir / "last.pt"
+    if cfg.run_dir.is_dir():
+        remove_partial_writes(cfg.run_dir)
+    if not path.is_file():
+        print(f"[{cfg.name}] {cfg.run_dir} has no checkpoint yet: starting from the beginning")
+        return None
+    payload = load_checkpoint(path)
+    if "resume" not in payload:
+        raise CheckpointError(f"cannot resume from {path}: it holds no resume state (written by an older embdistill)")
+    differences = config_differences(payload["config"], to_dict(cfg))
+    if differences:
+        raise ConfigError(f"cannot resume {cfg.run_dir}: the config differs from its checkpoint's in " + "; ".join(differences))
+    return payload
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``key: saved -> current`` for every key that matters to the result (not in RESUME_MAY_CHANGE)."""
+    a, b = _flatten(saved), _flatten(current)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
+            if k not in RESUME_MAY_CHANGE and a.get(k) != b.get(k)]
+
+
+def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(values, dict) or not values:
+        return {prefix: values}
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat

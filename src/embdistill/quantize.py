@@ -1,0 +1,306 @@
+"""INT8 for phones: static post-training quantization of an exported ONNX embedder.
+
+Weights and activations become 8-bit integers with scales fixed once, from a few hundred
+*training* images of the checkpoint's dataset run through the fp32 model (calibration;
+never test images, which would leak the evaluation into the model). The file is about a
+quarter of the fp32 one, and 8-bit kernels (VNNI on x86, dot-product on ARM) do more
+multiply-adds per cycle.
+
+The defaults (:data:`DEFAULT_SETTINGS`) were chosen on the cub100 student (MobileNetV2,
+96 px) with ``benchmarks/int8_parity.py``: its figures are in
+``benchmarks/results/int8_parity.md``, and the README ("Shipping the student") says why
+each setting won.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embdistill.formats import QUANTIZE_MODES, DeployError
+
+__all__ = [
+    "CALIBRATION_METHODS",
+    "DEFAULT_SETTINGS",
+    "QUANT_FORMATS",
+    "ImageCalibrationReader",
+    "QuantSettings",
+    "calibration_images",
+    "head_nodes",
+    "parity_report",
+    "quantize_onnx",
+]
+
+QUANT_FORMATS = ("qdq", "qoperator")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+_TYPES = ("uint8", "int8")
+# Everything from the global pooling on (pool, linear head, L2 normalisation) is the
+# "head"; keep_head_fp32 leaves it in float. On the cub100 student that changed nothing
+# in accuracy but kept the 1280x512 linear layer in fp32 (45% of the fp32 file).
+_HEAD_START_OPS = ("GlobalAveragePool", "ReduceMean")
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    """How to quantize; every field maps to one onnxruntime.quantization option."""
+
+    format: str = "qdq"  # "qdq": Quantize/DequantizeLinear pairs ORT fuses into int8 kernels; "qoperator": QLinear* ops
+    per_channel: bool = True  # one weight scale per output channel: MobileNet's depthwise convs need it
+    reduce_range: bool = False  # 7-bit weights: only for x86 CPUs without VNNI
+    activation_type: str = "uint8"  # U8S8: the x86 fast path (VNNI vpdpbusd multiplies u8 by s8)
+    weight_type: str = "int8"
+    calibration_method: str = "percentile"  # ranges clipped at a percentile: rare outliers do not stretch the scale
+    percentile: float = 99.999  # calibration_method="percentile" only
+    keep_head_fp32: bool = False  # True: pooling, linear head, normalisation stay float (+1.9 MB on MobileNetV2)
+    preprocess: bool = True  # onnxruntime's quant_pre_process: shape inference and graph optimisation first
+    images: int = 256  # calibration images
+    batch_size: int = 16  # calibration batch
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("format", self.format, QUANT_FORMATS),
+            ("calibration_method", self.calibration_method, CALIBRATION_METHODS),
+            ("activation_type", self.activation_type, _TYPES),
+            ("weight_type", self.weight_type, _TYPES),
+        )
+        for name, value, allowed in checks:
+            if value not in allowed:
+                raise DeployError(f"quantization {name} must be one of {allowed}, got {value!r}")
+        if self.images < 1 or self.batch_size < 1:
+            raise DeployError(f"quantization needs >= 1 calibration image and batch size, got {self.images}, {self.batch_size}")
+        if not 0 < self.percentile <= 100:
+            raise DeployError(f"calibration percentile must lie in (0, 100], got {self.percentile}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_(self, **changes: Any) -> QuantSettings:
+        return replace(self, **changes)
+
+
+DEFAULT_SETTINGS = QuantSettings()
+
+
+# --------------------------------------------------------------------------- calibration images
+
+
+def _spread(paths: Sequence[Path], count: int) -> list[Path]:
+    """``count`` paths evenly spaced through ``paths`` (sorted by class in every reader), so all classes show up."""
+    if count >= len(paths):
+        return list(paths)
+    return [paths[i] for i in np.linspace(0, len(paths) - 1, count).round().astype(int)]
+
+
+def calibration_images(
+    payload: dict[str, Any], count: int, folder: str | Path | None = None, where: str = "checkpoint"
+) -> tuple[list[Path], str]:
+    """Training images to calibrate on, and a line saying where they came from.
+
+    From ``folder`` (any images, at any depth) when given, else from the training split
+    of the dataset in the checkpoint's config (``data.dataset``, ``data.root``). Test
+    images are refused: a ``folder`` holding any image of the checkpoint dataset's test
+    split is an error.
+    """
+    from embdistill.data import DatasetError, load_dataset
+    from embdistill.imagefiles import list_images
+
+    data = (payload.get("config") or {}).get("data") or {}
+    dataset, root = data.get("dataset"), data.get("root")
+    if folder is not None:
+        found = list_images(folder, what="--calibration folder")
+        if dataset and root and Path(root).is_dir():
+            try:
+                test = {p.resolve() for p in load_dataset(dataset, root, "test").paths}
+            except DatasetError:
+                test = set()
+            leaked = [p for p in found if p.resolve() in test]
+            if leaked:
+                raise DeployError(
+                    f"--calibration {folder} holds {len(leaked)} test image(s) of {where}'s dataset {root} "
+                    f"(e.g. {leaked[0]}); calibrate on training images only"
+                )
+        chosen = _spread(found, count)
+        return chosen, f"{len(chosen)} images from {folder}"
+    if not dataset or not root:
+        raise DeployError(f"{where} names no dataset (config.data.dataset / root) to calibrate on; pass --calibration DIR")
+    if not Path(root).is_dir():
+        raise DeployError(
+            f"{where}'s dataset root {root} (config.data.root) is not a directory here; "
+            "pass --calibration DIR with training images"
+        )
+    try:
+        train = load_dataset(dataset, root, "train")
+    except DatasetError as err:
+        raise DeployError(f"{where}: cannot read the training split of {dataset} at {root} to calibrate on: {err}") from err
+    chosen = _spread(train.paths, count)
+    return chosen, f"{len(chosen)} of {len(train)} training images of {dataset} at {root}"
+
+
+class ImageCalibrationReader:
+    """onnxruntime's CalibrationDataReader over image files: batches preprocessed as the metadata says."""
+
+    def __init__(self, paths: Sequence[Path], input_name: str, meta: Any, batch_size: int = 16) -> None:
+        from embdistill.export import eval_transform
+
+        self.paths, self.input_name, self.batch_size = list(paths), input_name, batch_size
+        self.transform = eval_transform(meta)
+        self._batches: Iterator[dict[str, np.ndarray]] | None = None
+
+    def _generate(self) -> Iterator[dict[str, np.ndarray]]:
+        import torch
+
+        from embdistill.data import ImageDataset, ImageList
+
+        items = ImageList(self.paths, np.zeros(len(self.paths), dtype=np.int64), ("calibration",), "calibration")
+        dataset = ImageDataset(items, self.transform)
+        for start in range(0, len(dataset), self.batch_size):
+            batch = torch.stack([dataset[i][0] for i in range(start, min(start + self.batch_size, len(dataset)))])
+            yield {self.input_name: batch.numpy()}
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._batches is None:
+            self._batches = self._generate()
+        return next(self._batches, None)
+
+    def rewind(self) -> None:
+        self._batches = None
+
+
+# --------------------------------------------------------------------------- quantize
+
+
+def head_nodes(model: Any) -> list[str]:
+    """Names of the nodes from the first global pooling to the output (the embedding head)."""
+    nodes = list(model.graph.node)
+    start = next((i for i, n in enumerate(nodes) if n.op_type in _HEAD_START_OPS), None)
+    if start is None:
+        return []
+    downstream, names = set(nodes[start].output), [nodes[start].name]
+    for node in nodes[start + 1:]:  # ONNX nodes are topologically sorted
+        if downstream & set(node.input):
+            downstream.update(node.output)
+            names.append(node.name)
+    return names
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """onnxruntime's calibrators print progress to stdout (which holds `embdistill export`'s JSON) and
+    its graph cleanup logs a warning per unused constant: keep both out of the command's output."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        ort.set_default_logger_severity(2)
+
+
+def _quant_type(name: str) -> Any:
+    from onnxruntime.quantization import QuantType
+
+    return QuantType.QUInt8 if name == "uint8" else QuantType.QInt8
+
+
+def quantize_onnx(
+    fp32: str | Path,
+    out: str | Path,
+    reader: Any,
+    settings: QuantSettings = DEFAULT_SETTINGS,
+    props: dict[str, str] | None = None,
+) -> Path:
+    """Quantize the fp32 ONNX file ``fp32`` into ``out``, calibrated by ``reader``; ``props`` become its metadata_props."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="embdistill_quant_") as tmp:
+        source = Path(fp32)
+        if settings.preprocess:
+            prepared = Path(tmp) / "prepared.onnx"
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+            source = prepared
+        model = onnx.load(str(source))
+        method = {
+            "minmax": CalibrationMethod.MinMax,
+            "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile,
+        }[settings.calibration_method]
+        extra: dict[str, Any] = {"CalibPercentile": settings.percentile} if settings.calibration_method == "percentile" else {}
+        with _quiet():
+            quantize_static(
+                str(source),
+                str(out),
+                reader,
+                quant_format=QuantFormat.QDQ if settings.format == "qdq" else QuantFormat.QOperator,
+                per_channel=settings.per_channel,
+                reduce_range=settings.reduce_range,
+                activation_type=_quant_type(settings.activation_type),
+                weight_type=_quant_type(settings.weight_type),
+                nodes_to_exclude=head_nodes(model) if settings.keep_head_fp32 else None,
+                calibrate_method=method,
+                extra_options=extra,
+            )
+    quantized = onnx.load(str(out))
+    if props:
+        onnx.helper.set_model_props(quantized, props)
+    onnx.checker.check_model(quantized)
+    onnx.save(quantized, str(out))
+    return out
+
+
+def quantization_record(settings: QuantSettings, mode: str, calibration: str) -> dict[str, Any]:
+    """What goes into the exported file's metadata (``quantization`` prop) and sidecar."""
+    if mode not in QUANTIZE_MODES:
+        raise DeployError(f"unknown quantization {mode!r}; expected one of {QUANTIZE_MODES}")
+    return {"mode": mode, "calibration": calibration, **settings.to_dict()}
+
+
+def quantization_prop(record: dict[str, Any]) -> dict[str, str]:
+    return {"quantization": json.dumps(record)}
+
+
+# --------------------------------------------------------------------------- parity
+
+
+def _top1(embeddings: np.ndarray) -> np.ndarray:
+    similarity = embeddings @ embeddings.T
+    np.fill_diagonal(similarity, -np.inf)
+    return similarity.argmax(axis=1)
+
+
+def parity_report(reference: np.ndarray, quantized: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """How much a quantized model changes retrieval, every image a query against all others.
+
+    R@1 and MAP@R (in %) of both, the share of queries whose nearest neighbour is
+    unchanged, and the cosine between each image's two embeddings (mean and minimum).
+    """
+    from embdistill.evaluation.metrics import retrieval_metrics
+
+    if reference.shape != quantized.shape or len(labels) != len(reference):
+        raise ValueError(f"parity needs matching shapes, got {reference.shape}, {quantized.shape} and {len(labels)} labels")
+    ref = retrieval_metrics(reference, labels, ks=(1,), r_precision=False)
+    got = retrieval_metrics(quantized, labels, ks=(1,), r_precision=False)
+    cosine = (reference * quantized).sum(axis=1) / (
+        np.linalg.norm(reference, axis=1) * np.linalg.norm(quantized, axis=1)
+    )
+    return {
+        "images": int(len(labels)),
+        "fp32_recall@1": 100 * ref["recall@1"],
+        "int8_recall@1": 100 * got["recall@1"],
+        "fp32_map@r": 100 * ref["map@r"],
+        "int8_map@r": 100 * got["map@r"],
+        "top1_unchanged": float((_top1(reference) == _top1(quantized)).mean()),
+        "mean_cosine": float(cosine.mean()),
+        "min_cosine": float(cosine.min()),
+    }

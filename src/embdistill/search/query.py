@@ -1,0 +1,149 @@
+"""Search a gallery with an image: `embdistill search` and the search page share this path."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embdistill.data import DatasetError
+from embdistill.export import sidecar_path
+from embdistill.formats import DeployError
+from embdistill.imagefiles import class_name, display_name
+from embdistill.search.embed import embed_files, files_list_path, load_embeddings, read_files_list
+from embdistill.search.encoder import Encoder, load_encoder
+from embdistill.search.index import build_index, load_index
+
+__all__ = ["Gallery", "Hit", "SearchResult", "load_gallery", "save_grid", "search_image"]
+
+
+@dataclass(frozen=True)
+class Hit:
+    rank: int
+    score: float  # cosine similarity (inner product of unit vectors)
+    id: int
+    path: str
+
+    @property
+    def distance(self) -> float:
+        """Euclidean distance between the two unit embeddings: sqrt(2 - 2 cos)."""
+        return math.sqrt(max(0.0, 2.0 - 2.0 * self.score))
+
+    @property
+    def class_name(self) -> str:
+        """The gallery image's class: its parent folder's name."""
+        return class_name(self.path)
+
+
+@dataclass
+class Gallery:
+    """A searchable gallery: its faiss index, the image path of each vector, the model that embedded them."""
+
+    path: Path
+    index: Any
+    files: list[str]
+    model: str | None
+
+    @property
+    def size(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    def encoder(self, model: str | Path | None = None, threads: int | None = None) -> Encoder:
+        """The model that embedded the gallery (or ``model``), checked to give vectors of the gallery's dim."""
+        model = model or self.model
+        if not model:
+            raise DeployError(f"gallery {self.path}: its sidecar records no model; pass --model CHECKPOINT_OR_ONNX")
+        encoder = load_encoder(model, threads)
+        if encoder.dim != self.dim:
+            raise DeployError(f"model {encoder.source} gives {encoder.dim}-d embeddings, gallery {self.path} holds {self.dim}-d ones")
+        return encoder
+
+    def search(self, vectors: np.ndarray, k: int) -> list[list[Hit]]:
+        """The k nearest gallery images of each row of ``vectors``, best first."""
+        if k < 1:
+            raise DeployError(f"k must be >= 1, got {k}")
+        scores, ids = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), min(k, self.size))
+        return [
+            [Hit(rank, float(s), int(i), self.files[i])
+             for rank, (s, i) in enumerate(((s, i) for s, i in zip(row_s, row_i) if i >= 0), start=1)]
+            for row_s, row_i in zip(scores, ids)
+        ]
+
+
+def load_gallery(path: str | Path) -> Gallery:
+    """A ``.faiss`` index from `embdistill index` (with its sidecar), or a ``.npy`` from `embdistill embed`
+    (an exact index is then built in memory)."""
+    path = Path(path)
+    if path.suffix == ".npy":
+        embeddings = load_embeddings(path)
+        side = sidecar_path(path)
+        info = json.loads(side.read_text()) if side.is_file() else {}
+        files_path = files_list_path(path)
+        files = (read_files_list(files_path, len(embeddings), f"embeddings {path}") if files_path.is_file()
+                 else [f"#{i}" for i in range(len(embeddings))])
+        return Gallery(path, build_index(embeddings, "flat")[0], files, info.get("model"))
+    index, sidecar = load_index(path)
+    files = (
+        read_files_list(sidecar["files"], index.ntotal, f"index {path}")
+        if sidecar.get("files") else [f"#{i}" for i in range(index.ntotal)]
+    )
+    return Gallery(path, index, files, sidecar.get("model"))
+
+
+@dataclass
+class SearchResult:
+    query: Path
+    hits: list[Hit]
+    model: Path
+
+    def lines(self) -> list[str]:
+        return [f"{h.rank:>4}  {h.score:.4f}  {h.path}" for h in self.hits]
+
+
+def search_image(
+    index_path: str | Path, query: str | Path, k: int = 8, model: str | Path | None = None
+) -> SearchResult:
+    """The query image's k nearest gallery images, embedded with the index's model (or ``model``)."""
+    gallery = load_gallery(index_path)
+    if k < 1:
+        raise DeployError(f"k must be >= 1, got {k}")
+    encoder = gallery.encoder(model)
+    query = Path(query)
+    if not query.is_file():
+        raise DeployError(f"query image {query} does not exist")
+    try:
+        vector = embed_files(encoder, [query], batch_size=1, progress=False)
+    except DatasetError as err:
+        raise DeployError(f"query image {query}: {err}") from err
+    return SearchResult(query, gallery.search(vector, k)[0], encoder.source)
+
+
+def save_grid(result: SearchResult, out: str | Path, columns: int = 5, thumb: int = 160) -> Path:
+    """A PNG: the query (grey frame) then its hits, ``columns`` per row, with rank, cosine and class under each.
+
+    When the query sits in a folder named like a class of the hits (a gallery image as
+    query), hits are framed green / red for the same / another class; otherwise blue.
+    """
+    from embdistill.plots import CORRECT_COLOUR, NEUTRAL_COLOUR, QUERY_COLOUR, WRONG_COLOUR, GridCell, draw_grid
+
+    if columns < 1:
+        raise DeployError(f"grid columns must be >= 1, got {columns}")
+    query_class = class_name(result.query)
+    known = query_class in {h.class_name for h in result.hits}
+
+    def frame(hit: Hit) -> tuple[int, int, int]:
+        if not known:
+            return NEUTRAL_COLOUR
+        return CORRECT_COLOUR if hit.class_name == query_class else WRONG_COLOUR
+
+    cells = [GridCell(result.query, QUERY_COLOUR, ("query", display_name(query_class) if known else result.query.name))]
+    cells += [GridCell(h.path, frame(h), (f"#{h.rank}  cos {h.score:.3f}", display_name(h.class_name))) for h in result.hits]
+    rows = [cells[i:i + columns] for i in range(0, len(cells), columns)]
+    return draw_grid(rows, Path(out), thumb)

@@ -1,0 +1,207 @@
+"""The teacher bank: keyed by what determines it, written atomically, filled resumably, and a run
+that reads it reproduces the run that computes the teacher live on the same views."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import REPO, tiny_overrides
+from embdistill.cli import main
+from embdistill.config import load_config
+from embdistill.data.transforms import IMAGENET
+from embdistill.engine import bank as bank_module
+from embdistill.engine.bank import BankError, BankKey, TeacherBank, fill_bank, load_bank, save_bank
+from embdistill.engine.teacher import FrozenTeacher
+from embdistill.engine.train import run
+from embdistill.engine.views import ViewCrop, ViewDataset
+from embdistill.data import ImageDataset, load_dataset
+from embdistill.models.embedder import ModelConfig, create_embedder
+
+STUDENT = REPO / "configs" / "cub100" / "mobilenet025.yaml"
+
+
+def _key(**changes) -> BankKey:
+    key = BankKey(teacher_sha256="a" * 64, teacher_precision="fp32", data="cub200:train:0123", images=6, view_seed=0,
+                  views=2, crop_size=64, transform="Compose(RandomResizedCrop(size=(64, 64)))", decoded_size=None)
+    return dataclasses.replace(key, **changes)
+
+
+def test_a_bank_for_other_inputs_is_refused_naming_every_difference(tmp_path):
+    path = tmp_path / "teacher.bank"
+    save_bank(path, TeacherBank(_key(), torch.randn(2, 6, 8)))
+    assert load_bank(path, _key()).embeddings.shape == (2, 6, 8)
+    cases = {
+        "teacher_sha256": _key(teacher_sha256="b" * 64),  # another teacher checkpoint
+        "crop_size": _key(crop_size=128),  # another crop size
+        "views": _key(views=3),  # another view set
+        "view_seed": _key(view_seed=1),
+        "data": _key(data="cub200:train:4567"),
+    }
+    for field, expected in cases.items():
+        with pytest.raises(BankError, match=field) as err:
+            load_bank(path, expected)
+        assert str(path) in str(err.value)
+    with pytest.raises(BankError, match="crop_size.*64.*128") as err:
+        load_bank(path, _key(crop_size=128, views=4))
+    assert "views" in str(err.value)
+
+
+def test_missing_and_foreign_files_are_clear_errors(tmp_path):
+    with pytest.raises(BankError, match="does not exist"):
+        load_bank(tmp_path / "none.bank")
+    torch.save({"something": 1}, tmp_path / "other.bank")
+    with pytest.raises(BankError, match="not an embdistill bank"):
+        load_bank(tmp_path / "other.bank")
+    (tmp_path / "garbage.bank").write_bytes(b"\x00not a torch file")
+    with pytest.raises(BankError, match="cannot be read"):
+        load_bank(tmp_path / "garbage.bank")
+
+
+def test_a_write_killed_midway_leaves_the_previous_bank(tmp_path, monkeypatch):
+    path = tmp_path / "teacher.bank"
+    old = TeacherBank(_key(), torch.zeros(2, 6, 8))
+    save_bank(path, old)
+
+    def dying_save(obj, f, *args, **kwargs):
+        f.write(b"half a bank")
+        raise KeyboardInterrupt  # as if killed mid-write
+
+    monkeypatch.setattr(bank_module.torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_bank(path, TeacherBank(_key(), torch.ones(2, 6, 8)))
+    monkeypatch.undo()
+    assert torch.equal(load_bank(path, _key()).embeddings, old.embeddings)
+    assert [p.name for p in tmp_path.iterdir()] == ["teacher.bank"]  # no temporary file left behind
+
+
+@pytest.fixture(scope="module")
+def tiny_views(cub100) -> tuple[ViewDataset, FrozenTeacher]:
+    items = load_dataset("cub200", cub100, "train").subset(list(range(12)))
+    views = ViewDataset(ImageDataset(items), ViewCrop(32, 48, IMAGENET), seed=0)
+    model = create_embedder(ModelConfig(backbone="mobilenet_v1", pretrained=False, dim=16, backbone_args={"width": 0.25}))
+    return views, FrozenTeacher(model, (), IMAGENET)
+
+
+def test_an_interrupted_fill_resumes_at_its_view_and_never_leaves_a_readable_half(tmp_path, tiny_views, monkeypatch):
+    views, teacher = tiny_views
+    key = _key(images=len(views), views=3, crop_size=48)
+    path = tmp_path / "teacher.bank"
+    calls = {"n": 0}
+    forward = FrozenTeacher._forward
+
+    def dies_in_view_2(self, images):
+        calls["n"] += 1
+        if views.view == 1:
+            raise KeyboardInterrupt
+        return forward(self, images)
+
+    monkeypatch.setattr(FrozenTeacher, "_forward", dies_in_view_2)
+    with pytest.raises(KeyboardInterrupt):
+        fill_bank(path, key, views, teacher, batch_size=5, progress=False)
+    monkeypatch.undo()
+    assert not path.exists()
+    with pytest.raises(BankError, match="fill in progress"):
+        load_bank(path, key)
+    before = teacher.forward_passes
+    bank = fill_bank(path, key, views, teacher, batch_size=5, progress=False)
+    assert teacher.forward_passes - before == 2 * len(views)  # views 1 and 2 only: view 0 was kept
+    assert not path.with_name(path.name + ".partial").exists()
+    assert torch.equal(load_bank(path, key).embeddings, bank.embeddings)
+    # Every stored view is the teacher's output on that view of that image.
+    for view in range(3):
+        views.set_view(view)
+        images = torch.stack([views[i][1] for i in range(len(views))])
+        torch.testing.assert_close(bank.embeddings[view], teacher._forward(images).embedding, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(tmp_path_factory, cub100) -> Path:
+    out = tmp_path_factory.mktemp("teacher")
+    cfg = load_config(STUDENT, tiny_overrides(out, cub100, "teacher", **{"model.backbone_args": "{width: 0.5}", "model.dim": 64}))
+    return run(cfg, progress=False).checkpoint
+
+
+def _distill_overrides(tmp_path: Path, cub100: Path, teacher: Path, name: str, *extra: str, **values) -> list[str]:
+    values = {"train.epochs": 3, "distill.cache_views": 2, **values}
+    return tiny_overrides(tmp_path, cub100, name, **values) + [
+        f"distill.teacher={teacher}", "distill.terms=[{name: relative}, {name: absolute}]", *extra]
+
+
+def _summary(result) -> dict:
+    return yaml.safe_load((result.run_dir / "summary.yaml").read_text())
+
+
+@pytest.mark.slow
+def test_a_banked_run_reproduces_the_live_teacher_run_and_seeds_share_the_bank(tmp_path, cub100, teacher_ckpt, capsys):
+    bank = tmp_path / "banks" / "teacher.bank"
+    live = run(load_config(STUDENT, _distill_overrides(tmp_path, cub100, teacher_ckpt, "live")), progress=False)
+    # `embdistill bank` fills it without training; the run then only reads it.
+    assert main(["bank", "-c", str(STUDENT), "--no-progress",
+                 *_distill_overrides(tmp_path, cub100, teacher_ckpt, "bank", f"distill.bank={bank}")]) == 0
+    assert bank.is_file()
+    banked = run(load_config(STUDENT, _distill_overrides(tmp_path, cub100, teacher_ckpt, "banked", f"distill.bank={bank}")),
+                 progress=False)
+    a, b = (torch.load(r.checkpoint, weights_only=False)["model_state"] for r in (live, banked))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    assert banked.metrics == pytest.approx(live.metrics)
+    assert _summary(live)["teacher_forward_images"] > 0
+    assert _summary(banked)["teacher_forward_images"] == 0 and _summary(banked)["teacher_bank"] == str(bank)
+    # Another run seed: the same fixed views (distill.view_seed), so the same bank serves it.
+    other = run(load_config(STUDENT, _distill_overrides(tmp_path, cub100, teacher_ckpt, "seed1", f"distill.bank={bank}", seed=1)),
+                progress=False)
+    assert _summary(other)["teacher_forward_images"] == 0
+
+
+@pytest.mark.slow
+def test_a_run_with_a_stale_bank_stops_before_training_and_says_what_differs(tmp_path, cub100, teacher_ckpt, capsys):
+    bank = tmp_path / "teacher.bank"
+    assert main(["bank", "-c", str(STUDENT), "--no-progress",
+                 *_distill_overrides(tmp_path, cub100, teacher_ckpt, "bank", f"distill.bank={bank}")]) == 0
+    capsys.readouterr()
+    cases = {
+        "crop_size": ["distill.teacher_image_size=80"],  # another size
+        "views": ["distill.cache_views=3"],  # another view set
+        "view_seed": ["distill.view_seed=7"],
+    }
+    for field, extra in cases.items():
+        code = main(["distill", "-c", str(STUDENT), "--no-progress",
+                     *_distill_overrides(tmp_path, cub100, teacher_ckpt, f"stale_{field}", f"distill.bank={bank}", *extra)])
+        err = capsys.readouterr().err
+        assert code == 2 and field in err and str(bank) in err and "Traceback" not in err, err
+        assert not (tmp_path / f"stale_{field}" / "last.pt").exists()
+    # Another teacher: same architecture, other weights.
+    payload = torch.load(teacher_ckpt, weights_only=False)
+    payload["model_state"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in payload["model_state"].items()}
+    other = tmp_path / "other_teacher.pt"
+    torch.save(payload, other)
+    code = main(["distill", "-c", str(STUDENT), "--no-progress",
+                 *_distill_overrides(tmp_path, cub100, other, "stale_teacher", f"distill.bank={bank}")])
+    err = capsys.readouterr().err
+    assert code == 2 and "teacher_sha256" in err, err
+
+
+def test_a_view_is_one_crop_rendered_at_each_networks_size(cub100):
+    """The teacher's crop is exactly torchvision's RandomResizedCrop + flip; the student's is the same box."""
+    from embdistill.data.transforms import build_transform
+    from embdistill.engine.views import view_seed
+
+    items = load_dataset("cub200", cub100, "train").subset(list(range(6)))
+    views = ViewDataset(ImageDataset(items), ViewCrop(40, 120, IMAGENET), seed=3)
+    reference = build_transform(True, 120, IMAGENET)
+    for view in (0, 1):
+        views.set_view(view)
+        for i in range(len(views)):
+            student, teacher, label, index, v = views[i]
+            torch.manual_seed(view_seed(3, i, view))
+            assert torch.equal(teacher, reference(views.images.load_image(i)))
+            assert student.shape == (3, 40, 40) and (index, v, label) == (i, view, int(items.labels[i]))
+            # The same box: shrinking the teacher's crop gives (almost) the student's pixels.
+            shrunk = torch.nn.functional.interpolate(teacher[None], size=(40, 40), mode="bilinear", antialias=True)[0]
+            assert (shrunk - student).abs().mean() < 0.05
+    views.teacher_images = False
+    assert views[0][1].numel() == 0
