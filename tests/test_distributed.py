@@ -242,7 +242,7 @@ def test_precision_and_channels_last_settings() -> None:
     # Other values never get this far: the config is checked when it is read.
     with pytest.raises(ConfigError, match="train.precision: expected one of 'auto', 'fp32', 'bf16', got 'fp16'"):
         load_config(None, ["train.precision=fp16"])
-    with pytest.raises(ConfigError, match="train.channels_last: expected bool or 'auto', got 'yes'"):
+    with pytest.raises(ConfigError, match="train.channels_last: expected bool or 'auto', got 'yes_please'"):
         load_config(None, ["train.channels_last=yes_please"])
     # Asked for on the CPU, both work: a bf16 forward pass in NHWC, losses in fp32.
     model = TinyEmbedder().to(memory_format=torch.channels_last)

@@ -84,7 +84,7 @@ def test_every_distillation_term_trains_and_is_logged(tmp_path, cub100, teacher_
     cfg = _distill(tmp_path, cub100, teacher_ckpt, "distilled", terms)
     result = run(cfg, progress=False)
     steps = [r for r in read_log(result.run_dir) if r["kind"] == "step"]
-    names = [k for k in steps[-1] if k not in ("kind", "epoch", "step", "lr", "images_per_s", "loss", "metric")]
+    names = [k for k in steps[-1] if k not in ("kind", "epoch", "step", "lr", "images_per_s", "spread", "loss", "metric")]
     assert len(names) == len(cfg.distill.terms)
     for record in steps:
         assert all(math.isfinite(float(record[k])) for k in names + ["loss", "metric"])

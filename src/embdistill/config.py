@@ -303,8 +303,8 @@ def from_dict(values: dict[str, Any]) -> ExperimentConfig:
 def validate(cfg: ExperimentConfig) -> None:
     """Check what types alone cannot: registry names, call arguments, the device, value ranges.
 
-    The registries are imported here, not at module level, so that reading a config
-    stays importable without torch models (and without an import circle).
+    The registries are imported here, not at module level: losses/objective.py imports
+    this module, so a module-level import of the losses would be an import circle.
     """
     from embdistill.data.datasets import DATASETS
     from embdistill.losses.distill import DISTILL_LOSSES
@@ -337,9 +337,9 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"distill.semi_supervised.hide_label_fraction: expected a value in [0, 1), got {semi.hide_label_fraction}")
 
 
-def _check_name(key: str, what: str, name: str, registry: Mapping[str, Any], extra: str = "") -> None:
+def _check_name(key: str, what: str, name: str, registry: Mapping[str, Any]) -> None:
     if name not in registry:
-        raise ConfigError(f"{key}: unknown {what} {name!r}; valid: {', '.join(sorted(registry))}{extra}")
+        raise ConfigError(f"{key}: unknown {what} {name!r}; valid: {', '.join(sorted(registry))}")
 
 
 def _check_backbone(key: str, name: str, args_key: str = "", args: dict[str, Any] | None = None) -> None:

@@ -251,6 +251,7 @@ def _row(name: str, run_dir: Path, remeasure: bool, device: str, root: str | Non
         "train_seconds": summary.get("train_seconds"),
         "cpu_images_per_s": stats["cpu_images_per_s"],
         "run_dir": str(run_dir),
+        "collapse_warning": summary.get("collapse_warning"),
     }
 
 
@@ -312,6 +313,12 @@ def _split_warning(rows: list[dict[str, Any]]) -> list[str]:
     return ["", f"**Note:** these runs were scored on different splits ({where}); their quality numbers do not compare."]
 
 
+def _collapse_warnings(rows: list[dict[str, Any]]) -> list[str]:
+    """Runs whose embeddings collapsed towards one point during training (evaluation/collapse.py)."""
+    warnings = [f"**Warning:** {r['run']}: {r['collapse_warning']}" for r in rows if r.get("collapse_warning")]
+    return ["", *warnings] if warnings else []
+
+
 def _link(target: Path, out_dir: Path) -> str:
     return Path(os.path.relpath(target.resolve(), out_dir.resolve())).as_posix()
 
@@ -355,6 +362,7 @@ def write_report(
         f"{CPU_BATCH}, {CPU_THREADS} threads, median of {CPU_REPEATS} "
         "(compare only numbers measured on the same machine; `--remeasure` times every run again).",
         *_split_warning(rows),
+        *_collapse_warnings(rows),
         "",
         "## Recall@K",
         "",
