@@ -104,7 +104,7 @@ def median_seconds(runs: dict[str, Callable[[], object]], warmup: int, repeats: 
 
 
 def write_checkpoint(path: Path, config: ModelConfig, image_size: int, data: dict | None = None) -> Path:
-    """Same payload as engine/train.py's save(); weights are irrelevant to speed. ``data``: the config's
+    """Same payload as the trainer's checkpoint (engine/train.py, Training.save); weights are irrelevant to speed. ``data``: the config's
     data section (where INT8 export finds its calibration images)."""
     if config.pretrained is True:
         try:
