@@ -492,14 +492,3 @@ def load_dataset(name: str, root: str | Path, split: str, **kwargs: Any) -> Imag
         ) from None
     return reader(root, split, **kwargs)
 
-
-_MOVED_TO_IMAGES = ("DecodedImageCache", "ImageDataset")
-
-
-def __getattr__(name: str) -> Any:
-    """``ImageDataset`` and ``DecodedImageCache`` live in data/images.py; still importable from here."""
-    if name in _MOVED_TO_IMAGES:
-        from embdistill.data import images
-
-        return getattr(images, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
