@@ -85,6 +85,28 @@ data: {image_size: 64}
     assert "_base_" not in read_yaml(child)
 
 
+def test_base_chain_switching_loss_or_backbone_drops_its_args(tmp_path):
+    """A file that picks another metric loss (or backbone) must not inherit the old one's arguments."""
+    write(tmp_path / "base.yaml", """
+model: {backbone: mobilenet_v1, backbone_args: {width: 0.25}, pretrained: false}
+train: {metric_loss: batch_hard_triplet, metric_loss_args: {margin: 0.2}}
+""")
+    other = write(tmp_path / "other.yaml", """
+_base_: base.yaml
+model: {backbone: resnet18}
+train: {metric_loss: multi_similarity, metric_loss_args: {alpha: 3.0}}
+""")
+    same = write(tmp_path / "same.yaml", """
+_base_: base.yaml
+train: {metric_loss: batch_hard_triplet, metric_loss_args: {soft: true}}
+""")
+    cfg = load_config(other)
+    assert cfg.train.metric_loss == "multi_similarity"
+    assert cfg.train.metric_loss_args == {"alpha": 3.0}  # no margin from the triplet loss
+    assert cfg.model.backbone_args == {}  # resnet18 has no width
+    assert load_config(same).train.metric_loss_args == {"margin": 0.2, "soft": True}  # same loss: merged
+
+
 def test_base_chain_errors(tmp_path):
     missing_base = write(tmp_path / "a.yaml", "_base_: nowhere.yaml\n")
     assert "nowhere.yaml" in config_error(path=missing_base)

@@ -49,29 +49,31 @@ def _w(term: dict, weight: float, **args) -> dict:
 
 
 V2, S = "mobilenet_v2.yaml", "mobilenet025.yaml"
+V2_EPOCHS, S_EPOCHS = "train.epochs=6", "train.epochs=15"  # the tuning horizons; each curve shows every shorter length
+TRIPLET = ["train.metric_loss=batch_hard_triplet"]
 # name: (student config, overrides)
 TRIALS: dict[str, tuple[str, list[str]]] = {
-    # MobileNetV2 (ImageNet) at 96 px: 8 epochs, held-out R@1 after each. The "_e4" trials: 4 epochs,
-    # what the first session's busy 2-core machine could afford.
-    "v2_alone_e4": (V2, ["train.epochs=4"]),
-    "v2_relative_bb1_e4": (V2, ["train.epochs=4", "train.backbone_lr_mult=1.0", *_distill(4, REL)]),
-    "v2_alone": (V2, []),
-    "v2_alone_bb1": (V2, ["train.backbone_lr_mult=1.0"]),
-    "v2_alone_bb1_lr3e-5": (V2, ["train.backbone_lr_mult=1.0", "train.lr=3.0e-5"]),
-    "v2_alone_lr3e-4": (V2, ["train.lr=3.0e-4"]),
-    "v2_relative": (V2, _distill(4, REL)),
-    "v2_relative_bb1": (V2, ["train.backbone_lr_mult=1.0", *_distill(4, REL)]),
-    "v2_absolute_bb1": (V2, ["train.backbone_lr_mult=1.0", *_distill(4, ABS)]),
-    "v2_abs_rel_bb1": (V2, ["train.backbone_lr_mult=1.0", *_distill(4, ABS, REL)]),
-    "v2_relative10_bb1": (V2, ["train.backbone_lr_mult=1.0", *_distill(4, _w(REL, 10.0))]),
-    "v2_relative_frob_bb1": (V2, ["train.backbone_lr_mult=1.0", *_distill(4, _w(REL, 0.3, reduction="frobenius"))]),
-    # MobileNet-0.25 from random init: 30 epochs.
-    "s_alone": (S, []),
-    "s_alone_ms": (S, ["train.metric_loss=multi_similarity", "train.metric_loss_args={}"]),
-    "s_alone_soft": (S, ["train.metric_loss_args={soft: true, margin: 0.0}"]),
-    "s_absolute10": (S, _distill(4, _w(ABS, 10.0))),
-    "s_relative10": (S, _distill(4, _w(REL, 10.0))),
-    "s_abs10_rel10": (S, _distill(4, _w(ABS, 10.0), _w(REL, 10.0))),
+    # MobileNetV2 (ImageNet) at 96 px, held-out R@1 after each epoch.
+    "v2_alone": (V2, [V2_EPOCHS]),
+    "v2_alone_bb1": (V2, [V2_EPOCHS, "train.backbone_lr_mult=1.0"]),
+    "v2_alone_lr3e-4": (V2, [V2_EPOCHS, "train.lr=3.0e-4"]),
+    "v2_relative": (V2, [V2_EPOCHS, *_distill(4, REL)]),
+    "v2_relative10": (V2, [V2_EPOCHS, *_distill(4, _w(REL, 10.0))]),
+    "v2_relative_bb1": (V2, [V2_EPOCHS, "train.backbone_lr_mult=1.0", *_distill(4, REL)]),
+    "v2_relative10_bb1": (V2, [V2_EPOCHS, "train.backbone_lr_mult=1.0", *_distill(4, _w(REL, 10.0))]),
+    "v2_relative30_bb1": (V2, [V2_EPOCHS, "train.backbone_lr_mult=1.0", *_distill(4, _w(REL, 30.0))]),
+    "v2_absolute_bb1": (V2, [V2_EPOCHS, "train.backbone_lr_mult=1.0", *_distill(4, ABS)]),
+    "v2_absolute10_bb1": (V2, [V2_EPOCHS, "train.backbone_lr_mult=1.0", *_distill(4, _w(ABS, 10.0))]),
+    "v2_abs_rel_bb1": (V2, [V2_EPOCHS, "train.backbone_lr_mult=1.0", *_distill(4, ABS, REL)]),
+    # MobileNet-0.25 from random init.
+    # The student alone with three metric losses; the config's (multi-similarity) won, and the distilled
+    # trials use it.
+    "s_alone": (S, [S_EPOCHS, *TRIPLET, "train.metric_loss_args={margin: 0.2}"]),
+    "s_alone_ms": (S, [S_EPOCHS, "train.metric_loss=multi_similarity", "train.metric_loss_args={}"]),
+    "s_alone_soft": (S, [S_EPOCHS, *TRIPLET, "train.metric_loss_args={soft: true, margin: 0.0}"]),
+    "s_absolute10": (S, [S_EPOCHS, *_distill(4, _w(ABS, 10.0))]),
+    "s_relative10": (S, [S_EPOCHS, *_distill(4, _w(REL, 10.0))]),
+    "s_abs10_rel10": (S, [S_EPOCHS, *_distill(4, _w(ABS, 10.0), _w(REL, 10.0))]),
 }
 
 
@@ -97,6 +99,17 @@ def run_trial(name: str) -> dict:
             "teacher_forward_images": s["teacher_forward_images"], "final_spread": s.get("embedding_spread"),
             "min_logged_spread": min(spreads) if spreads else None, "collapse_warning": s.get("collapse_warning"),
             "curve": curve, "config": to_dict(cfg)}
+
+
+def best_epochs(curve: list[dict]) -> int:
+    """The epoch with the highest held-out R@1 averaged with its neighbours (1 each side).
+
+    With 839 held-out images one R@1 reading has a binomial std of about 1.2 points at R@1 0.85, so a
+    single epoch's peak is mostly noise; the three-epoch mean is the length at which the curve levels off.
+    """
+    r1 = [p["recall@1"] for p in curve]
+    smooth = [sum(r1[max(0, i - 1): i + 2]) / len(r1[max(0, i - 1): i + 2]) for i in range(len(r1))]
+    return curve[max(range(len(r1)), key=smooth.__getitem__)]["epoch"]
 
 
 def load_results() -> dict:
@@ -134,6 +147,14 @@ def main() -> None:
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--render", action="store_true", help="only redraw the plot from the JSON")
     args = parser.parse_args()
+    if args.render:
+        results = load_results()
+        for name, t in results["trials"].items():
+            t["best_epochs"] = best_epochs(t["curve"])
+            print(f"{name}: best {t['best_epochs']} epochs; R@1 " + " ".join(f"{100 * p['recall@1']:.1f}" for p in t["curve"]))
+        RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+        plot(results)
+        return
     if args.list:
         print("\n".join(f"{n}: {s} {' '.join(o)}" for n, (s, o) in TRIALS.items()))
         return
@@ -148,6 +169,8 @@ def main() -> None:
         results["command"] = "python benchmarks/tuning/strong_tuning.py TRIAL ..."
         RESULTS.write_text(json.dumps(results, indent=1) + "\n")
         t = results["trials"][name]
+        t["best_epochs"] = best_epochs(t["curve"])
+        RESULTS.write_text(json.dumps(results, indent=1) + "\n")
         print(f"[tuning] {name}: held-out R@1 " + " ".join(f"{100 * p['recall@1']:.1f}" for p in t["curve"]), flush=True)
     plot(results)
 

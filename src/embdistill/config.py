@@ -238,7 +238,12 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``update`` over ``base``, dicts merged key by key, except that a file choosing another loss or
+    backbone (``metric_loss``, ``backbone``...) does not inherit its ``*_args``: they belong to the old choice."""
     merged = dict(base)
+    for key, value in update.items():
+        if key in base and f"{key}_args" in base and value != base[key]:
+            merged[f"{key}_args"] = {}
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = _merge(merged[key], value)
