@@ -71,13 +71,12 @@ def _w(term: dict, weight: float) -> dict:
 # MobileNetV2 rows train for the epoch count where their held-out R@1 curve peaks (3-epoch mean);
 # MobileNet-0.25 rows all train for the 15-epoch tuning horizon, where no curve had turned down.
 BB1 = "train.backbone_lr_mult=1.0"
-ABS_V2, ABS_V2_EPOCHS = ABS, 6
 STUDENTS = (
     Student("MobileNetV2 (ImageNet)", "mobilenet_v2.yaml", (
         Method("alone", "metric loss alone", "all", (), ("train.epochs=3",)),
-        Method("absolute", "+ absolute teacher", "all", (ABS_V2,), (f"train.epochs={ABS_V2_EPOCHS}", BB1)),
+        Method("absolute", "+ absolute teacher", "all", (ABS,), ("train.epochs=6", BB1)),
         Method("relative", "+ relative teacher", "all", (_w(REL, 10.0),), ("train.epochs=4", BB1)),
-        Method("abs_rel", "+ absolute + relative", "one", (ABS_V2, _w(REL, 10.0)), ("train.epochs=4", BB1)),
+        Method("abs_rel", "+ absolute + relative", "one", (ABS, _w(REL, 10.0)), ("train.epochs=4", BB1)),
         Method("rkd", "+ RKD distance & angle", "one", RKD, ("train.epochs=4", BB1)),
     )),
     Student("MobileNet-0.25 (scratch)", "mobilenet025.yaml", (
