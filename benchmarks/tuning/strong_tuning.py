@@ -112,6 +112,10 @@ def best_epochs(curve: list[dict]) -> int:
     return curve[max(range(len(r1)), key=smooth.__getitem__)]["epoch"]
 
 
+def _curve_line(trial: dict) -> str:
+    return f"best {trial['best_epochs']} epochs; held-out R@1 " + " ".join(f"{100 * p['recall@1']:.1f}" for p in trial["curve"])
+
+
 def load_results() -> dict:
     return json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"trials": {}}
 
@@ -151,7 +155,7 @@ def main() -> None:
         results = load_results()
         for name, t in results["trials"].items():
             t["best_epochs"] = best_epochs(t["curve"])
-            print(f"{name}: best {t['best_epochs']} epochs; R@1 " + " ".join(f"{100 * p['recall@1']:.1f}" for p in t["curve"]))
+            print(f"{name}: {_curve_line(t)}")
         RESULTS.write_text(json.dumps(results, indent=1) + "\n")
         plot(results)
         return
@@ -164,14 +168,12 @@ def main() -> None:
     results = load_results()
     for name in args.trials:
         started = time.perf_counter()
-        results["trials"][name] = run_trial(name)
-        results["trials"][name]["wall_minutes"] = round((time.perf_counter() - started) / 60, 1)
+        t = results["trials"][name] = run_trial(name)
+        t["wall_minutes"] = round((time.perf_counter() - started) / 60, 1)
+        t["best_epochs"] = best_epochs(t["curve"])
         results["command"] = "python benchmarks/tuning/strong_tuning.py TRIAL ..."
         RESULTS.write_text(json.dumps(results, indent=1) + "\n")
-        t = results["trials"][name]
-        t["best_epochs"] = best_epochs(t["curve"])
-        RESULTS.write_text(json.dumps(results, indent=1) + "\n")
-        print(f"[tuning] {name}: held-out R@1 " + " ".join(f"{100 * p['recall@1']:.1f}" for p in t["curve"]), flush=True)
+        print(f"[tuning] {name}: {_curve_line(t)}", flush=True)
     plot(results)
 
 
