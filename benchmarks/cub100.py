@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from embdistill.config import ExperimentConfig, load_config, to_dict
+from embdistill.engine.rundir import finished_with
 from embdistill.engine.train import run
 from embdistill.plots import plot_training_curves
 from embdistill.report import write_run_report
@@ -99,8 +100,8 @@ class Row:
 
 def _run_cached(cfg: ExperimentConfig) -> dict:
     """Run ``cfg`` unless the same config already finished in its run directory."""
-    summary_path, config_path = cfg.run_dir / "summary.yaml", cfg.run_dir / "config.yaml"
-    if summary_path.is_file() and config_path.is_file() and yaml.safe_load(config_path.read_text()) == to_dict(cfg):
+    summary_path = cfg.run_dir / "summary.yaml"
+    if finished_with(cfg):
         print(f"[bench] reusing {cfg.run_dir}")
     else:
         run(cfg, progress=False)

@@ -91,7 +91,7 @@ def test_an_interrupted_fill_resumes_at_its_view_and_never_leaves_a_readable_hal
     key = _key(images=len(views), views=3, crop_size=48)
     path = tmp_path / "teacher.bank"
     calls = {"n": 0}
-    forward = FrozenTeacher._forward
+    forward = FrozenTeacher.embed
 
     def dies_in_view_2(self, images):
         calls["n"] += 1
@@ -99,7 +99,7 @@ def test_an_interrupted_fill_resumes_at_its_view_and_never_leaves_a_readable_hal
             raise KeyboardInterrupt
         return forward(self, images)
 
-    monkeypatch.setattr(FrozenTeacher, "_forward", dies_in_view_2)
+    monkeypatch.setattr(FrozenTeacher, "embed", dies_in_view_2)
     with pytest.raises(KeyboardInterrupt):
         fill_bank(path, key, views, teacher, batch_size=5, progress=False)
     monkeypatch.undo()
@@ -115,7 +115,7 @@ def test_an_interrupted_fill_resumes_at_its_view_and_never_leaves_a_readable_hal
     for view in range(3):
         views.set_view(view)
         images = torch.stack([views[i][1] for i in range(len(views))])
-        torch.testing.assert_close(bank.embeddings[view], teacher._forward(images).embedding, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(bank.embeddings[view], teacher.embed(images).embedding, rtol=1e-5, atol=1e-6)
 
 
 @pytest.fixture(scope="module")

@@ -383,3 +383,22 @@ def test_save_checkpoint_is_atomic(tmp_path, monkeypatch):
     save_checkpoint(path, second)
     assert load_checkpoint(path)["epoch"] == 2
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]
+
+
+def test_finished_with_reads_old_configs_through_todays_defaults(tmp_path):
+    # A benchmark reuses a finished run of the same config. A config.yaml written before a key with a
+    # default existed must still count as the same config, or a teacher is rerun and its bank goes stale.
+    from embdistill.engine.rundir import finished_with
+
+    cfg = load_config(None, [f"output_dir={tmp_path}", "name=run", "train.epochs=2"])
+    assert not finished_with(cfg)  # nothing there
+    saved = to_dict(cfg)
+    del saved["train"]["metric_weight"]  # as written before train.metric_weight existed
+    write(cfg.run_dir / "config.yaml", yaml.safe_dump(saved))
+    assert not finished_with(cfg)  # no summary.yaml: not finished
+    write(cfg.run_dir / "summary.yaml", "recall@1: 0.5\n")
+    assert finished_with(cfg)
+    assert not finished_with(load_config(None, [f"output_dir={tmp_path}", "name=run", "train.epochs=3"]))
+    saved["train"]["no_such_key"] = 1  # a key this version does not know: not the same run
+    write(cfg.run_dir / "config.yaml", yaml.safe_dump(saved))
+    assert not finished_with(cfg)

@@ -94,6 +94,8 @@ def test_every_fixed_choice_key_refuses_a_wrong_value(tmp_path, capsys, key, cho
     ("distill.teacher_backbone=resnet19", "distill.teacher_backbone", ("'resnet19'",)),
     ("distill.teacher_image_size=32", "distill.teacher_image_size", ("32",)),
     ("distill.semi_supervised.hide_label_fraction=1.5", "distill.semi_supervised.hide_label_fraction", ("1.5",)),
+    ("train.metric_weight=-1", "train.metric_weight", (">= 0", "-1")),
+    ("train.metric_weight=0", "train.metric_weight", ("nothing to train", "distill.terms")),
 ])
 def test_registry_names_and_checked_values(tmp_path, capsys, override, key, named) -> None:
     code, err = run_cli(tmp_path, capsys, override)

@@ -224,6 +224,16 @@ def test_relative_by_hand() -> None:
     assert RelativeTeacherLoss()(student, teacher).item() == pytest.approx(10.0 / math.sqrt(3 * 2))
 
 
+def test_relative_mean_scale_by_hand() -> None:
+    # Scaled by their means, the 3-4-5 triangle and its double are the same (1/4 * (3, 4, 5)): zero.
+    assert RelativeTeacherLoss(scale="mean")(out(RIGHT), out(2 * RIGHT)).item() == pytest.approx(0.0, abs=1e-7)
+    # Student 3-4-5 (mean 4): 0.75, 1, 1.25. Teacher at x = 0, 1, 2 (distances 1, 2, 1, mean 4/3):
+    # 0.75, 1.5, 0.75. Differences 0, -0.5, 0.5, each pair twice: Frobenius sqrt(2 * 0.5) = 1.
+    student, teacher = out(RIGHT), out(line(0, 1, 2))
+    assert RelativeTeacherLoss("frobenius", scale="mean")(student, teacher).item() == pytest.approx(1.0)
+    assert RelativeTeacherLoss(scale="mean")(student, teacher).item() == pytest.approx(1.0 / math.sqrt(6))
+
+
 def test_relative_frobenius_is_mean_times_sqrt_pairs() -> None:
     student, teacher = out(unit_batch(7, 5, seed=0)), out(unit_batch(7, 9, seed=1))
     mean = RelativeTeacherLoss("mean")(student, teacher).item()
@@ -435,12 +445,13 @@ def test_darkrank_listnet_zero_at_equality() -> None:
     [
         RelativeTeacherLoss("mean"),
         RelativeTeacherLoss("frobenius"),
+        RelativeTeacherLoss(scale="mean"),
         RKDDistanceLoss(),
         RKDAngleLoss(),
         DarkRankLoss(),
         DarkRankLoss(method="listnet"),
     ],
-    ids=["relative-mean", "relative-frobenius", "rkd_distance", "rkd_angle", "darkrank-listmle", "darkrank-listnet"],
+    ids=["relative-mean", "relative-frobenius", "relative-scaled", "rkd_distance", "rkd_angle", "darkrank-listmle", "darkrank-listnet"],
 )
 def test_relational_losses_ignore_rotations_of_either_space(loss_fn: DistillationLoss) -> None:
     s, te = unit_batch(B, D_S, seed=5), unit_batch(B, D_T, seed=6)
@@ -483,7 +494,27 @@ def test_distill_registry_and_validation() -> None:
         build_distill_loss("hint")
     with pytest.raises(ValueError, match="'sum'"):
         RelativeTeacherLoss("sum")
+    with pytest.raises(ValueError, match="unknown scale 'max'; valid: none, mean"):
+        RelativeTeacherLoss(scale="max")
     with pytest.raises(ValueError, match="'listwise'"):
         DarkRankLoss(method="listwise")
     with pytest.raises(ValueError, match="1 student and 2 teacher"):
         AttentionTransferLoss(["a"], ["b", "c"])
+
+
+@pytest.mark.parametrize("metric_weight", [1.0, 0.5, 0.0])
+def test_objective_weighs_metric_and_terms(metric_weight: float) -> None:
+    # The 3-4-5 triangle against its double: relative (mean form) is 10 / sqrt(6), absolute the
+    # mean of |x_i - 2 x_i| = (0 + 3 + 4) / 3. Every part is reported unweighted.
+    from embdistill.losses.objective import Objective
+
+    metric = BatchHardTripletLoss(margin=0.5)
+    terms = {"relative": (2.0, RelativeTeacherLoss()), "absolute": (3.0, AbsoluteTeacherLoss())}
+    student, teacher, labels = out(RIGHT), out(2 * RIGHT), torch.tensor([0, 0, 1])
+    parts = Objective(metric, terms, metric_weight=metric_weight)(student, labels, teacher)
+    expected_metric = metric(RIGHT, labels)
+    assert parts["metric"].item() == pytest.approx(expected_metric.item())
+    assert parts["relative"].item() == pytest.approx(10 / math.sqrt(6))
+    assert parts["absolute"].item() == pytest.approx(7 / 3)
+    total = metric_weight * expected_metric.item() + 2.0 * 10 / math.sqrt(6) + 3.0 * 7 / 3
+    assert parts["loss"].item() == pytest.approx(total)

@@ -81,6 +81,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     metric_loss: str = "batch_hard_triplet"  # a name in losses/metric.py METRIC_LOSSES
     metric_loss_args: dict[str, Any] = field(default_factory=dict)
+    metric_weight: float = 1.0  # 0: the teacher alone trains the student (the metric loss is still logged)
     log_every: int = 10  # steps
     collapse_spread: float = 0.05  # warn when an epoch's mean batch embedding spread falls below this
     nan_policy: NanPolicy = "stop"  # skip: skipped batches are counted in summary.yaml
@@ -322,7 +323,12 @@ def validate(cfg: ExperimentConfig) -> None:
     _check_name("train.metric_loss", "metric loss", cfg.train.metric_loss, METRIC_LOSSES)
     _check_call("train.metric_loss_args", f"metric loss {cfg.train.metric_loss!r}",
                 METRIC_LOSSES[cfg.train.metric_loss], cfg.train.metric_loss_args)
+    if cfg.train.metric_weight < 0:
+        raise ConfigError(f"train.metric_weight: expected a value >= 0, got {cfg.train.metric_weight}")
     d = cfg.distill
+    if cfg.train.metric_weight == 0 and cfg.train.epochs > 0 and (d is None or not d.terms):
+        raise ConfigError("train.metric_weight: 0 leaves nothing to train without distill.terms; "
+                          "give distillation terms or a weight > 0")
     if d is None:
         return
     if d.teacher_backbone is not None:

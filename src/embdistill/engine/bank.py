@@ -219,7 +219,7 @@ def _fill_views(partial: Path, key: BankKey, views: ViewDataset, teacher: Frozen
         chunks = []
         for _, teacher_images, _, indices, batch_views in tqdm(loader, desc=f"teacher bank view {view + 1}/{key.views}",
                                                                  leave=False, disable=not progress):
-            chunks.append(teacher._forward(teacher_images.to(device)).embedding.cpu())
+            chunks.append(teacher.embed(teacher_images.to(device)).embedding.cpu())
         embeddings = torch.cat(chunks)
         _save_atomic(done, embeddings)
         per_view.append(embeddings)

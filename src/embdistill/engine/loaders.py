@@ -14,11 +14,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from embdistill.config import DataConfig, ExperimentConfig
-from embdistill.data.datasets import IMAGE_EXTENSIONS, DatasetError, ImageList, load_dataset
+from embdistill.data.datasets import DatasetError, ImageList, load_dataset
 from embdistill.data.images import DecodedImageCache, ImageDataset
 from embdistill.data.samplers import PKSampler
 from embdistill.data.transforms import Degrade, Normalization, build_transform
 from embdistill.engine.views import ViewCrop, ViewDataset
+from embdistill.imagefiles import list_images
 
 RESIZE_RATIO = 256 / 224  # eval: resize the shorter side to size*ratio, then center-crop size
 
@@ -201,11 +202,7 @@ def unlabelled_items(cfg: ExperimentConfig, train: ImageList, hidden: np.ndarray
         return None
     if semi.folder:
         root = Path(semi.folder)
-        # TODO(search-owner): list with the one image-folder lister (embdistill.imagefiles.list_images)
-        # once it has settled; it skips dot-files and keeps symlinks, which this listing does not.
-        paths = tuple(sorted(p.resolve() for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS))
-        if not paths:
-            raise DatasetError(f"distill.semi_supervised.folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        paths = tuple(list_images(root, what="distill.semi_supervised.folder"))
         # One placeholder class; the loader hands these images out with label -1.
         return ImageList(paths=paths, labels=np.zeros(len(paths), dtype=np.int64), class_names=("unlabelled",), name=f"unlabelled:{root}")
     if hidden is None or not hidden.any():

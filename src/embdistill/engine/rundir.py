@@ -36,6 +36,22 @@ def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> Ex
     return from_dict(values)
 
 
+def finished_with(cfg: ExperimentConfig) -> bool:
+    """Whether ``cfg.run_dir`` holds a finished run (``summary.yaml``) started with the same config.
+
+    The saved ``config.yaml`` is read through today's config classes, so a key added to
+    embdistill since then, at its default, does not make a finished run look different
+    (benchmarks reuse finished runs; rerunning a teacher would rewrite its checkpoint).
+    """
+    saved = cfg.run_dir / "config.yaml"
+    if not ((cfg.run_dir / "summary.yaml").is_file() and saved.is_file()):
+        return False
+    try:
+        return to_dict(from_dict(read_yaml(saved))) == to_dict(cfg)
+    except ConfigError:  # a key that no longer exists, or a value no longer valid: not the same run
+        return False
+
+
 def start_fresh(cfg: ExperimentConfig) -> None:
     """A new run: write config.yaml, and drop the log and teacher cache of any earlier run in the directory."""
     run_dir = cfg.run_dir

@@ -87,14 +87,16 @@ class FrozenTeacher:
     def __call__(self, images: Tensor, indices: Tensor, views: Tensor) -> EmbedderOutput:
         """Teacher outputs for a batch; with a cache, only the (image, view) pairs never seen run."""
         if self.cache is None:
-            return self._forward(images)
+            return self.embed(images)
         todo = self.cache.missing(indices, views)
         if bool(todo.any()):
             rows = _first_occurrences(indices * self.cache.num_views + views, todo)
-            self.cache.insert(indices[rows], views[rows], self._forward(images[rows.to(images.device)]))
+            self.cache.insert(indices[rows], views[rows], self.embed(images[rows.to(images.device)]))
         return _to(self.cache.get(indices, views), images.device)
 
-    def _forward(self, images: Tensor) -> EmbedderOutput:
+    @torch.no_grad()
+    def embed(self, images: Tensor) -> EmbedderOutput:
+        """The teacher's fp32 outputs for ``images`` (in the student's normalisation), bypassing any cache."""
         x = renormalize(images, self.input_normalization, self.model.normalization)
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             output = self.model(x, self.layers)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # importing embdistill.models at run time would pull in every
 
 
 Reduction = Literal["mean", "frobenius"]
+DistanceScale = Literal["none", "mean"]
 DarkRankMethod = Literal["listmle", "listnet"]
 
 
@@ -164,29 +165,43 @@ class RelativeTeacherLoss(DistillationLoss):
       contributes on the same scale whatever B is, so lambda carries over between
       batch sizes. To reuse a lambda from the paper at batch size B:
       ``lambda_mean = lambda_paper * sqrt(B * (B - 1))``.
+
+    ``scale="mean"`` first divides each matrix by its mean off-diagonal distance, as
+    RKD does (Park et al. 2019), so only the shape of the geometry is matched, not its
+    size: the student's metric loss keeps deciding how far apart its embeddings lie,
+    and the teacher decides only which pairs are nearer than others. ``scale="none"``
+    is the paper's.
     """
 
     batch_level = True
     REDUCTIONS: tuple[str, ...] = get_args(Reduction)
+    SCALES: tuple[str, ...] = get_args(DistanceScale)
 
-    def __init__(self, reduction: Reduction = "mean") -> None:
+    def __init__(self, reduction: Reduction = "mean", scale: DistanceScale = "none") -> None:
         super().__init__()
         if reduction not in self.REDUCTIONS:
             raise ValueError(f"unknown reduction {reduction!r}; valid: {', '.join(self.REDUCTIONS)}")
+        if scale not in self.SCALES:
+            raise ValueError(f"unknown scale {scale!r}; valid: {', '.join(self.SCALES)}")
         self.reduction = reduction
+        self.scale = scale
 
     def forward(self, student: EmbedderOutput, teacher: EmbedderOutput) -> Tensor:
         s, t = _embeddings(student, teacher)
         b = s.shape[0]
         if b < 2:
             return _zero(s)
-        frobenius = torch.linalg.vector_norm(pairwise_distances(s) - pairwise_distances(t))
+        d_s, d_t = pairwise_distances(s), pairwise_distances(t)
+        if self.scale == "mean":  # the diagonal is zero: sum / (B(B-1)) is the off-diagonal mean
+            d_s = d_s / (d_s.sum() / (b * (b - 1))).clamp_min(1e-12)
+            d_t = d_t / (d_t.sum() / (b * (b - 1))).clamp_min(1e-12)
+        frobenius = torch.linalg.vector_norm(d_s - d_t)
         if self.reduction == "frobenius":
             return frobenius
         return frobenius / math.sqrt(b * (b - 1))
 
     def extra_repr(self) -> str:
-        return f"reduction={self.reduction!r}"
+        return f"reduction={self.reduction!r}, scale={self.scale!r}"
 
 
 class RKDDistanceLoss(DistillationLoss):

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 class Objective(nn.Module):
-    """Combines one metric loss with weighted distillation terms.
+    """Combines one metric loss (weight ``metric_weight``) with weighted distillation terms.
 
     The metric loss sees only labelled images (label >= 0); distillation terms see
     the whole batch, unlabelled images included, which is what makes
@@ -31,9 +31,10 @@ class Objective(nn.Module):
     """
 
     def __init__(self, metric: nn.Module, terms: dict[str, tuple[float, DistillationLoss]] | None = None,
-                 gather: Callable[[Tensor], Tensor] | None = None) -> None:
+                 gather: Callable[[Tensor], Tensor] | None = None, metric_weight: float = 1.0) -> None:
         super().__init__()
         self.metric = metric
+        self.metric_weight = metric_weight
         self.gather = gather
         terms = terms or {}
         self.weights = {name: weight for name, (weight, _) in terms.items()}
@@ -61,7 +62,7 @@ class Objective(nn.Module):
         else:
             metric = student.embedding.sum() * 0.0
         parts = {"metric": metric}
-        total = metric
+        total = self.metric_weight * metric
         if self.terms and teacher is None:
             raise ValueError("distillation terms are configured but no teacher output was given")
         for name, term in self.terms.items():
@@ -91,7 +92,7 @@ def build_objective(cfg: ExperimentConfig, student: Embedder, teacher: Embedder 
             terms[key] = (term.weight, build_distill_loss(term.name, student, teacher, **term.args))
         except ValueError as err:
             raise ConfigError(f"distill.terms[{i}] ({term.name}): {err}") from err
-    return Objective(metric, terms, gather)
+    return Objective(metric, terms, gather, cfg.train.metric_weight)
 
 
 def all_finite(parts: dict[str, Tensor] | dict[str, float]) -> bool:
