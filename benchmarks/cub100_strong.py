@@ -12,9 +12,11 @@ never runs during training.
     .venv/bin/python benchmarks/cub100_strong.py --smoke    # every row, tiny: checks the plumbing
     .venv/bin/python benchmarks/cub100_strong.py --render   # the table again from the JSON
     .venv/bin/python benchmarks/cub100_strong.py --bank-only  # only score the teacher and fill the bank
+    .venv/bin/python benchmarks/cub100_strong.py --rows mobilenet_v2/relative  # rerun some rows, keep the rest
 
 Finished runs (same config, ``summary.yaml`` present) are reused, so an interrupted benchmark
-continues where it stopped.
+continues where it stopped. With ``--rows`` the other rows are kept from the JSON; every row
+records the command, date and minutes that produced it, and the table names them.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ import yaml
 
 from embdistill.config import ExperimentConfig, load_config, to_dict
 from embdistill.engine.bank import fill_bank_for_config
+from embdistill.engine.rundir import finished_with
 from embdistill.engine.train import run
 
 from cub100 import repo_relative  # benchmarks/cub100.py, beside this script
@@ -61,6 +64,7 @@ class Student:
 
 
 REL = {"name": "relative", "weight": 1.0, "args": {"reduction": "mean"}}
+REL_SCALED = {"name": "relative", "weight": 1.0, "args": {"reduction": "mean", "scale": "mean"}}  # scale-free distances
 ABS = {"name": "absolute", "weight": 1.0}
 RKD = ({"name": "rkd_distance", "weight": 25.0}, {"name": "rkd_angle", "weight": 50.0})
 
@@ -71,6 +75,7 @@ def _w(term: dict, weight: float) -> dict:
 
 # Each row's schedule, chosen on held-out train species (benchmarks/results/cub100_strong_tuning.md):
 # MobileNetV2 rows train for the epoch count where their held-out R@1 curve peaks (3-epoch mean);
+# absolute + relative was not tuned and uses the relative row's schedule;
 # MobileNet-0.25 rows all train for the 15-epoch tuning horizon, where no curve had turned down.
 BB1 = "train.backbone_lr_mult=1.0"
 STUDENTS = (
@@ -78,8 +83,9 @@ STUDENTS = (
         Method("alone", "metric loss alone", "all", (), ("train.epochs=3",)),
         Method("absolute", "+ absolute teacher", "all", (ABS,), ("train.epochs=6", BB1)),
         Method("relative", "+ relative teacher", "all", (_w(REL, 10.0),), ("train.epochs=4", BB1)),
+        Method("relative_scaled", "+ relative teacher, scale-free", "all", (_w(REL_SCALED, 10.0),), ("train.epochs=6", BB1)),
         Method("abs_rel", "+ absolute + relative", "one", (ABS, _w(REL, 10.0)), ("train.epochs=4", BB1)),
-        Method("rkd", "+ RKD distance & angle", "one", RKD, ("train.epochs=4", BB1)),
+        Method("rkd", "+ RKD distance & angle", "all", RKD, ("train.epochs=6", BB1)),
     )),
     Student("MobileNet-0.25 (scratch)", "mobilenet025.yaml", (
         Method("alone", "metric loss alone", "all"),
@@ -97,12 +103,13 @@ class Row:
     method: Method
     runs: list[dict] = field(default_factory=list)
     config: dict | None = None
+    ran: dict | None = None  # the command, date and minutes that produced the row
 
 
 def _run_cached(cfg: ExperimentConfig) -> dict:
     """Run ``cfg`` unless the same config already finished in its run directory."""
-    summary_path, config_path = cfg.run_dir / "summary.yaml", cfg.run_dir / "config.yaml"
-    if summary_path.is_file() and config_path.is_file() and yaml.safe_load(config_path.read_text()) == to_dict(cfg):
+    summary_path = cfg.run_dir / "summary.yaml"
+    if finished_with(cfg):
         print(f"[bench] reusing {cfg.run_dir}", flush=True)
     else:
         run(cfg, progress=False)
@@ -149,6 +156,9 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     rows: list[Row] = []
     for s in STUDENTS:
         for m in s.methods:
+            if args.rows and row_id(s, m) not in args.rows:
+                continue
+            row_started = time.perf_counter()
             row = Row(s.name, m)
             rows.append(row)
             for seed in args.seeds if m.seeds == "all" else args.seeds[:1]:
@@ -160,8 +170,10 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                 row.config = row.config or to_dict(cfg)
                 row.runs.append(_run_cached(cfg))
                 print(f"[bench] {s.name} {m.label} seed {seed}: R@1 {100 * row.runs[-1]['recall@1']:.1f}", flush=True)
-    return repo_relative({
-        "command": "python benchmarks/cub100_strong.py " + " ".join(sys.argv[1:]),
+            row.ran = {"command": _command(), "date": time.strftime("%Y-%m-%d"),
+                       "minutes": round((time.perf_counter() - row_started) / 60, 1)}
+    result = repo_relative({
+        "command": _command(),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpu_count": os.cpu_count()},
         "minutes": round((time.perf_counter() - started) / 60, 1),
@@ -171,8 +183,29 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "bank": {"path": str(bank), "views": views, "fill_seconds": bank_seconds},
         "teacher": {**teacher, "config": to_dict(teacher_cfg)},
         "rows": [{"student": r.student, "method": r.method.key, "label": r.method.label, "seeds": r.method.seeds,
-                  "runs": r.runs, "config": r.config} for r in rows],
+                  "ran": r.ran, "runs": r.runs, "config": r.config} for r in rows],
     })
+    return _keep_other_rows(result, Path(args.results) / "cub100_strong.json") if args.rows else result
+
+
+def row_id(student: Student, method: Method) -> str:
+    return f"{Path(student.config).stem}/{method.key}"
+
+
+def _command() -> str:
+    return "python benchmarks/cub100_strong.py " + " ".join(sys.argv[1:])
+
+
+def _keep_other_rows(result: dict, previous_path: Path) -> dict:
+    """``result`` plus every row of ``previous_path`` it did not rerun, in the order of ``STUDENTS``."""
+    if not previous_path.is_file():
+        raise SystemExit(f"--rows keeps the other rows from {previous_path}, which does not exist")
+    previous = json.loads(previous_path.read_text())
+    order = [(s.name, m.key) for s in STUDENTS for m in s.methods]
+    rerun = {(r["student"], r["method"]) for r in result["rows"]}
+    kept = [r for r in previous["rows"] if (r["student"], r["method"]) not in rerun and (r["student"], r["method"]) in order]
+    rows = sorted(kept + result["rows"], key=lambda r: order.index((r["student"], r["method"])))
+    return {**result, "rows": rows}
 
 
 # ----------------------------------------------------------------------------- the table
@@ -195,17 +228,31 @@ def pooled_std(a: list[float], b: list[float]) -> float | None:
     return math.sqrt((statistics.variance(a) + statistics.variance(b)) / 2)
 
 
+def _provenance_lines(rows: list[dict]) -> list[str]:
+    """One line per command that produced some of ``rows``: which rows, when, how long."""
+    by_command: dict[tuple, list[dict]] = {}
+    for r in rows:
+        ran = r.get("ran") or {}
+        by_command.setdefault((ran.get("command", "?").strip(), ran.get("date")), []).append(r)
+    lines = []
+    for (command, date), group in by_command.items():
+        minutes = [r["ran"]["minutes"] for r in group if (r.get("ran") or {}).get("minutes") is not None]
+        when = ", ".join(x for x in (date, minutes and f"{sum(minutes):.1f} min") if x)
+        lines.append(f"- `{command}`" + (f" ({when})" if when else "") + ": " + ", ".join(r["method"] for r in group))
+    return lines
+
+
 def markdown(result: dict) -> str:
     t = result["teacher"]
     teacher_r1 = 100 * t["recall@1"]
     bank = result["bank"]
     lines = [
-        f"# cub100 with a strong, banked teacher: {len(result['rows'])} rows, {result['minutes']} min",
+        f"# cub100 with a strong, banked teacher: {len(result['rows'])} rows",
         "",
-        f"`{result['command']}` on {result['machine']['processor']} ({result['machine']['cpu_count']} CPUs), "
-        f"{result['machine']['platform']}.",
+        f"On {result['machine']['processor']} ({result['machine']['cpu_count']} CPUs), {result['machine']['platform']}; "
+        "each student's section names the commands that produced its rows.",
         f"Teacher: EfficientNet-Lite0 ImageNet features at {result['teacher_image_size']} px (no head, not fine-tuned): "
-        f"R@1 {teacher_r1:.1f}, MAP@R {100 * t['map@r']:.1f} on the 42 unseen species. Teacher bank: {bank['views']} views "
+        f"R@1 {teacher_r1:.1f}, MAP@R {100 * t['map@r']:.1f} on the 42 unseen species. Teacher bank: {bank['views']} view{'s' if bank['views'] != 1 else ''} "
         f"of each of the 3,428 training images"
         + (f", filled in {bank['fill_seconds']:.0f} s" if bank["fill_seconds"] else " (already filled)")
         + "; distilled rows read it and never run the teacher.",
@@ -223,6 +270,8 @@ def markdown(result: dict) -> str:
         c = alone["config"]["train"]
         lines += [
             f"## {student}: alone {c['epochs']} epochs, lr {c['lr']:g}, backbone ×{c['backbone_lr_mult']:g}, {c['metric_loss']}",
+            "",
+            *_provenance_lines(rows),
             "",
             "| method | R@1 | R@2 | R@4 | R@8 | MAP@R | gain | gain / pooled std | gap closed | train s | × alone |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -257,10 +306,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="every row tiny, written under --output: checks the plumbing")
     p.add_argument("--render", action="store_true", help="no runs: the table again from --results/cub100_strong.json")
     p.add_argument("--bank-only", action="store_true", help="score the teacher and fill its bank, then stop")
+    p.add_argument("--rows", nargs="+", choices=[row_id(s, m) for s in STUDENTS for m in s.methods], metavar="STUDENT/METHOD",
+                   help="rerun only these rows; the others are kept from --results/cub100_strong.json")
     args = p.parse_args(argv)
     if args.smoke:
         args.output += "_smoke"
-    results = Path(args.output) if args.smoke else Path(args.results)
+        args.results = args.output
+    results = Path(args.results)
     if args.render:
         result = json.loads((results / "cub100_strong.json").read_text())
     else:

@@ -24,7 +24,9 @@ from pathlib import Path
 import yaml
 
 from embdistill.config import ExperimentConfig, load_config, to_dict
+from embdistill.engine.bank import fill_bank_for_config
 from embdistill.engine.runlog import read_log
+from embdistill.engine.rundir import finished_with
 from embdistill.engine.train import run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,6 +39,7 @@ VALIDATION_CLASSES = 14
 
 REL = {"name": "relative", "weight": 1.0, "args": {"reduction": "mean"}}
 ABS = {"name": "absolute", "weight": 1.0}
+RKD = ({"name": "rkd_distance", "weight": 25.0}, {"name": "rkd_angle", "weight": 50.0})
 
 
 def _distill(views: int, *terms: dict) -> list[str]:
@@ -65,6 +68,18 @@ TRIALS: dict[str, tuple[str, list[str]]] = {
     "v2_absolute_bb1": (V2, [V2_EPOCHS, "train.backbone_lr_mult=1.0", *_distill(4, ABS)]),
     "v2_absolute10_bb1": (V2, [V2_EPOCHS, "train.backbone_lr_mult=1.0", *_distill(4, _w(ABS, 10.0))]),
     "v2_abs_rel_bb1": (V2, [V2_EPOCHS, "train.backbone_lr_mult=1.0", *_distill(4, ABS, REL)]),
+    # The relative teacher with scale-free distances (each batch's distances over their mean, as RKD does):
+    # the metric loss keeps the scale of the student's space, the teacher gives only which pairs are nearer.
+    "v2_relscaled10_bb1": (V2, [V2_EPOCHS, "train.backbone_lr_mult=1.0", *_distill(4, _w(REL, 10.0, scale="mean"))]),
+    "v2_relscaled30_bb1": (V2, [V2_EPOCHS, "train.backbone_lr_mult=1.0", *_distill(4, _w(REL, 30.0, scale="mean"))]),
+    "v2_relscaled10": (V2, [V2_EPOCHS, *_distill(4, _w(REL, 10.0, scale="mean"))]),
+    # Still rising at the 6-epoch horizon: the same at 10.
+    "v2_relscaled10_bb1_e10": (V2, ["train.epochs=10", "train.backbone_lr_mult=1.0", *_distill(4, _w(REL, 10.0, scale="mean"))]),
+    "v2_rkd_bb1": (V2, [V2_EPOCHS, "train.backbone_lr_mult=1.0", *_distill(4, *RKD)]),
+    # The teacher alone trains the student (train.metric_weight=0): its targets, not the labels.
+    "v2_relscaled_only_bb1": (V2, [V2_EPOCHS, "train.backbone_lr_mult=1.0", "train.metric_weight=0",
+                                   *_distill(4, _w(REL, 10.0, scale="mean"))]),
+    "v2_absolute_only_bb1": (V2, [V2_EPOCHS, "train.backbone_lr_mult=1.0", "train.metric_weight=0", *_distill(4, ABS)]),
     # MobileNet-0.25 from random init.
     # The student alone with three metric losses; the config's (multi-similarity) won, and the distilled
     # trials use it.
@@ -74,6 +89,8 @@ TRIALS: dict[str, tuple[str, list[str]]] = {
     "s_absolute10": (S, [S_EPOCHS, *_distill(4, _w(ABS, 10.0))]),
     "s_relative10": (S, [S_EPOCHS, *_distill(4, _w(REL, 10.0))]),
     "s_abs10_rel10": (S, [S_EPOCHS, *_distill(4, _w(ABS, 10.0), _w(REL, 10.0))]),
+    "s_relscaled10": (S, [S_EPOCHS, *_distill(4, _w(REL, 10.0, scale="mean"))]),
+    "s_absolute_only": (S, [S_EPOCHS, "train.metric_weight=0", *_distill(4, ABS)]),
 }
 
 
@@ -83,10 +100,23 @@ def trial_config(name: str) -> ExperimentConfig:
                                            "eval.every_epochs=1", *overrides])
 
 
+def ensure_teacher_and_bank() -> None:
+    """The trials' teacher (Lite0's ImageNet features, scored on the held-out species, no training) and its
+    bank over the 44 training species' views, made once before any trial so no trial's time includes them."""
+    cfg = load_config(CONFIGS / "teacher.yaml", ["output_dir=runs/strong_val", f"data.validation_classes={VALIDATION_CLASSES}"])
+    if Path(cfg.run_dir) / "last.pt" != Path(TEACHER):
+        raise SystemExit(f"the teacher config writes {Path(cfg.run_dir) / 'last.pt'}, but the trials read {TEACHER}")
+    if not Path(TEACHER).is_file():
+        run(cfg, progress=False)
+    started = time.perf_counter()
+    path, _ = fill_bank_for_config(trial_config("v2_relative_bb1"), progress=False)  # every trial's bank (4 views)
+    print(f"[tuning] teacher bank {path} ready ({time.perf_counter() - started:.0f} s)", flush=True)
+
+
 def run_trial(name: str) -> dict:
     cfg = trial_config(name)
-    summary, config = cfg.run_dir / "summary.yaml", cfg.run_dir / "config.yaml"
-    if summary.is_file() and config.is_file() and yaml.safe_load(config.read_text()) == to_dict(cfg):
+    summary = cfg.run_dir / "summary.yaml"
+    if finished_with(cfg):
         print(f"[tuning] reusing {cfg.run_dir}")
     else:
         run(cfg, progress=False)
@@ -129,13 +159,14 @@ def plot(results: dict) -> None:
     groups = [("MobileNetV2 (ImageNet), 96 px", V2), ("MobileNet-0.25 (scratch), 96 px", S)]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, (title, student) in zip(axes, groups):
-        for name, trial in sorted(results["trials"].items()):
-            if trial["student"] != student:
-                continue
+        trials = [(name, t) for name, t in sorted(results["trials"].items()) if t["student"] == student]
+        colors = plt.get_cmap("tab20")  # more trials than the default cycle's 10 colours
+        for i, (name, trial) in enumerate(trials):
             xs = [p["epoch"] for p in trial["curve"]]
             ys = [100 * p["recall@1"] for p in trial["curve"]]
             distilled = any(o.startswith("distill.terms") for o in trial["overrides"])
-            ax.plot(xs, ys, marker="o", markersize=3, linestyle="-" if distilled else "--", label=name)
+            ax.plot(xs, ys, marker="o", markersize=3, linestyle="-" if distilled else "--", label=name,
+                    color=colors(i % 20))
         ax.set(title=title, xlabel="epoch", ylabel="R@1 on 14 held-out train species (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -165,6 +196,7 @@ def main() -> None:
     unknown = [t for t in args.trials if t not in TRIALS]
     if unknown:
         sys.exit(f"unknown trial(s) {unknown}; --list shows them")
+    ensure_teacher_and_bank()
     results = load_results()
     for name in args.trials:
         started = time.perf_counter()

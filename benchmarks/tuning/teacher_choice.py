@@ -24,12 +24,14 @@ CANDIDATES = [("efficientnet_lite0", 224), ("efficientnet_lite1", 240), ("effici
 VALIDATION_CLASSES = 14
 
 
-def main() -> None:
+def score_candidates(candidates: list[tuple[str, int]], out: Path, command: str) -> list[dict]:
+    """Each (backbone, px) candidate's pooled ImageNet features scored on the held-out species, written to ``out``
+    after each one (a stopped run keeps what it scored)."""
     torch.set_num_threads(2)
     data = DataConfig(root=str(ROOT.parent / "shared" / "data" / "cub100"), validation_classes=VALIDATION_CLASSES, num_workers=1)
     splits = load_splits(data)
     results = []
-    for backbone, size in CANDIDATES:
+    for backbone, size in candidates:
         model = create_embedder(ModelConfig(backbone=backbone, pretrained=True, dim=None)).eval()
         loader = eval_loader(splits.eval, size, model.normalization, 64, 1)
         start = time.perf_counter()
@@ -38,8 +40,13 @@ def main() -> None:
                         "images": len(splits.eval), "seconds": round(time.perf_counter() - start, 1),
                         **{k: round(v, 4) for k, v in metrics.items()}})
         print(json.dumps(results[-1]), flush=True)
-        out = ROOT / "benchmarks" / "results" / "teacher_choice.json"  # after each candidate: a stopped run keeps what it scored
-        out.write_text(json.dumps({"command": "python benchmarks/tuning/teacher_choice.py", "candidates": results}, indent=1) + "\n")
+        out.write_text(json.dumps({"command": command, "date": time.strftime("%Y-%m-%d"), "candidates": results}, indent=1) + "\n")
+    return results
+
+
+def main() -> None:
+    score_candidates(CANDIDATES, ROOT / "benchmarks" / "results" / "teacher_choice.json",
+                     "python benchmarks/tuning/teacher_choice.py")
 
 
 if __name__ == "__main__":
