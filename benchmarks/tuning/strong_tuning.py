@@ -76,6 +76,10 @@ TRIALS: dict[str, tuple[str, list[str]]] = {
     # Still rising at the 6-epoch horizon: the same at 10.
     "v2_relscaled10_bb1_e10": (V2, ["train.epochs=10", "train.backbone_lr_mult=1.0", *_distill(4, _w(REL, 10.0, scale="mean"))]),
     "v2_rkd_bb1": (V2, [V2_EPOCHS, "train.backbone_lr_mult=1.0", *_distill(4, *RKD)]),
+    # The same student at 128 px (the rows are at 96): does the teacher give more to a student that sees more?
+    "v2_alone_128": (V2, [V2_EPOCHS, "data.image_size=128"]),
+    "v2_relscaled10_bb1_128": (V2, [V2_EPOCHS, "data.image_size=128", "train.backbone_lr_mult=1.0",
+                                    *_distill(4, _w(REL, 10.0, scale="mean"))]),
     # The teacher alone trains the student (train.metric_weight=0): its targets, not the labels.
     "v2_relscaled_only_bb1": (V2, [V2_EPOCHS, "train.backbone_lr_mult=1.0", "train.metric_weight=0",
                                    *_distill(4, _w(REL, 10.0, scale="mean"))]),
@@ -156,7 +160,7 @@ def plot(results: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = [("MobileNetV2 (ImageNet), 96 px", V2), ("MobileNet-0.25 (scratch), 96 px", S)]
+    groups = [("MobileNetV2 (ImageNet), 96 px (trials named _128: 128 px)", V2), ("MobileNet-0.25 (scratch), 96 px", S)]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, (title, student) in zip(axes, groups):
         trials = [(name, t) for name, t in sorted(results["trials"].items()) if t["student"] == student]
