@@ -3,8 +3,8 @@
 One teacher, EfficientNet-Lite0's ImageNet features at 224 px (``configs/cub100/strong/teacher.yaml``),
 is run once over ``VIEWS`` fixed augmented views of the 3,428 training images and stored in a
 teacher bank; then two students at 96 px, MobileNetV2 from ImageNet weights and MobileNet-0.25
-from random init, are trained alone and with the absolute teacher, the relative teacher, both,
-and RKD, each row with the schedule chosen for it on held-out train species
+from random init, are trained alone and with the absolute teacher, the relative teacher (for
+MobileNetV2 also its scale-free form), both, and RKD, each row with the schedule chosen for it on held-out train species
 (``benchmarks/results/cub100_strong_tuning.md``). Every distilled row reads the bank: the teacher
 never runs during training.
 

@@ -1,0 +1,45 @@
+"""The strong benchmark's bookkeeping: rerunning some rows keeps the others, and the table says which command made each."""
+from __future__ import annotations
+
+import json
+import sys
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import cub100_strong as bench  # noqa: E402
+
+V2, SCRATCH = bench.STUDENTS[0].name, bench.STUDENTS[1].name
+TRAIN = {"epochs": 3, "lr": 1e-4, "backbone_lr_mult": 0.1, "metric_loss": "batch_hard_triplet"}
+
+
+def row(student: str, method: str, r1: list[float], command: str, date: str) -> dict:
+    runs = [{"seed": i, **{k: r for k in bench.KEYS}, "train_seconds": 100.0} for i, r in enumerate(r1)]
+    return {"student": student, "method": method, "label": method, "seeds": "all" if len(r1) > 1 else "one",
+            "ran": {"command": command, "date": date, "minutes": 1.5}, "runs": runs, "config": {"train": TRAIN}}
+
+
+def result(rows: list[dict]) -> dict:
+    return {"command": "x", "machine": {"platform": "p", "processor": "cpu", "cpu_count": 2}, "minutes": 1.0,
+            "seeds": [0, 1], "teacher_image_size": 224, "student_image_size": 96,
+            "bank": {"path": "b", "views": 4, "fill_seconds": 600.0}, "teacher": {"recall@1": 0.9, "map@r": 0.4},
+            "rows": rows}
+
+
+def test_rerun_rows_replace_theirs_and_keep_the_rest_in_table_order(tmp_path):
+    old = "python benchmarks/cub100_strong.py"
+    previous = result([row(V2, "alone", [0.70, 0.72], old, "2026-11-28"), row(V2, "relative", [0.72, 0.73], old, "2026-11-28"),
+                       row(SCRATCH, "alone", [0.03, 0.02], old, "2026-11-28")])
+    (tmp_path / "cub100_strong.json").write_text(json.dumps(previous))
+    new = "python benchmarks/cub100_strong.py --rows mobilenet_v2/relative mobilenet_v2/rkd"
+    rerun = result([row(V2, "rkd", [0.74], new, "2026-11-29"), row(V2, "relative", [0.75, 0.76], new, "2026-11-29")])
+
+    merged = bench._keep_other_rows(rerun, tmp_path / "cub100_strong.json")
+
+    assert [(r["student"], r["method"]) for r in merged["rows"]] == [
+        (V2, "alone"), (V2, "relative"), (V2, "rkd"), (SCRATCH, "alone")]
+    assert [x["recall@1"] for x in merged["rows"][1]["runs"]] == [0.75, 0.76]  # the rerun, not the old row
+    table = bench.markdown(merged)
+    assert f"- `{old}` (2026-11-28, 1.5 min): alone" in table
+    assert f"- `{new}` (2026-11-29, 3.0 min): relative, rkd" in table
+    assert "| relative * | 75.5 ± 0.7 |" in table  # mean ± std over the rerun's two seeds
