@@ -59,6 +59,9 @@ def test_missing_and_foreign_files_are_clear_errors(tmp_path):
     (tmp_path / "garbage.bank").write_bytes(b"\x00not a torch file")
     with pytest.raises(BankError, match="cannot be read"):
         load_bank(tmp_path / "garbage.bank")
+    torch.save({"format": 1, "key": {}, "embeddings": torch.zeros(1)}, tmp_path / "old.bank")
+    with pytest.raises(BankError, match=f"bank format 1; this version reads format {bank_module.FORMAT}.*refill"):
+        load_bank(tmp_path / "old.bank")
 
 
 def test_a_write_killed_midway_leaves_the_previous_bank(tmp_path, monkeypatch):
@@ -123,6 +126,27 @@ def teacher_ckpt(tmp_path_factory, cub100) -> Path:
     out = tmp_path_factory.mktemp("teacher")
     cfg = load_config(STUDENT, tiny_overrides(out, cub100, "teacher", **{"model.backbone_args": "{width: 0.5}", "model.dim": 64}))
     return run(cfg, progress=False).checkpoint
+
+
+def test_the_teacher_is_keyed_by_its_weights_not_its_file(tmp_path, teacher_ckpt):
+    # Rewriting a checkpoint with the same weights (another stored training config, a re-save) keeps its
+    # banks valid; other weights or another model config do not.
+    fingerprint = bank_module.teacher_fingerprint(teacher_ckpt)
+    payload = torch.load(teacher_ckpt, weights_only=False)
+    payload["rewritten"] = "by a later embdistill"
+    resaved = tmp_path / "resaved.pt"
+    torch.save(payload, resaved)
+    assert resaved.read_bytes() != teacher_ckpt.read_bytes()
+    assert bank_module.teacher_fingerprint(resaved) == fingerprint
+    assert bank_module.teacher_fingerprint(teacher_ckpt.parent) == fingerprint  # a run directory means its last.pt
+    name = next(k for k, v in payload["model_state"].items() if v.is_floating_point())
+    payload["model_state"][name] = payload["model_state"][name] + 1e-3
+    torch.save(payload, tmp_path / "other_weights.pt")
+    assert bank_module.teacher_fingerprint(tmp_path / "other_weights.pt") != fingerprint
+    payload = torch.load(teacher_ckpt, weights_only=False)
+    payload["model_config"] = {**payload["model_config"], "pooling": "max"}
+    torch.save(payload, tmp_path / "other_pooling.pt")
+    assert bank_module.teacher_fingerprint(tmp_path / "other_pooling.pt") != fingerprint
 
 
 def _distill_overrides(tmp_path: Path, cub100: Path, teacher: Path, name: str, *extra: str, **values) -> list[str]:

@@ -8,7 +8,7 @@ every training image and writes one file; every later run of any student, method
 seed reads it and never runs the teacher.
 
 A bank is only valid for the exact inputs that produced it, so its file carries a
-:class:`BankKey` (teacher checkpoint hash, training images and labels, view seed and
+:class:`BankKey` (teacher weights hash, training images and labels, view seed and
 count, crop size, transform, decoded-image size, teacher precision). A run whose key
 differs is refused with the fields that differ. Writes are atomic and the fill is
 resumable view by view: a half-written bank is never read.
@@ -33,12 +33,13 @@ from tqdm import tqdm
 from embdistill.config import ConfigError, ExperimentConfig
 from embdistill.data.datasets import ImageList
 from embdistill.data.transforms import Normalization
+from embdistill.engine.checkpoint import load_checkpoint
 from embdistill.engine.loaders import view_size
 from embdistill.engine.teacher import FrozenTeacher, TeacherCache
 from embdistill.engine.views import ViewDataset
 from embdistill.models.embedder import Embedder
 
-FORMAT = 1
+FORMAT = 2  # 2: the teacher is keyed by its weights and model config, no longer by the checkpoint file's bytes
 
 
 class BankError(ValueError):
@@ -49,7 +50,7 @@ class BankError(ValueError):
 class BankKey:
     """Everything that determines a teacher's output for (image, view); two runs share a bank iff equal."""
 
-    teacher_sha256: str  # the checkpoint file's bytes
+    teacher_sha256: str  # the teacher's weights, model config and input normalisation (teacher_fingerprint)
     teacher_precision: str
     data: str  # dataset name and a hash of the ordered (path, label) list
     images: int
@@ -65,11 +66,20 @@ class BankKey:
         return [f"{k}: the bank has {mine[k]!r}, this run needs {theirs[k]!r}" for k in mine if mine[k] != theirs[k]]
 
 
-def file_sha256(path: str | Path) -> str:
+def teacher_fingerprint(checkpoint: str | Path) -> str:
+    """SHA-256 of what decides a checkpoint's outputs: its model config, input normalisation and weights.
+
+    Not the file's bytes: a checkpoint rewritten with the same weights (another training
+    config stored beside them, another pickle) keeps its banks valid.
+    """
+    payload = load_checkpoint(checkpoint)
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    digest.update(json.dumps({"model_config": payload["model_config"], "normalization": payload.get("normalization")},
+                             sort_keys=True, default=str).encode())
+    for name, tensor in sorted(payload["model_state"].items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"\n{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -94,11 +104,8 @@ def bank_key(
     crop_size: int,
     decoded_size: int | None,
 ) -> BankKey:
-    checkpoint = Path(teacher_checkpoint)
-    if checkpoint.is_dir():
-        checkpoint = checkpoint / "last.pt"
     return BankKey(
-        teacher_sha256=file_sha256(checkpoint),
+        teacher_sha256=teacher_fingerprint(teacher_checkpoint),
         teacher_precision=teacher_precision,
         data=data_fingerprint(items, data_root),
         images=len(items),
@@ -153,6 +160,9 @@ def load_bank(path: str | Path, expected: BankKey | None = None) -> TeacherBank:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise BankError(f"teacher bank {path} cannot be read ({type(err).__name__}: {err})") from err
+    if isinstance(payload, dict) and isinstance(payload.get("format"), int) and payload["format"] != FORMAT:
+        raise BankError(f"teacher bank {path} was written in bank format {payload['format']}; this version reads "
+                        f"format {FORMAT}. Delete it (or point distill.bank at another file) to refill it")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or "key" not in payload:
         raise BankError(f"teacher bank {path} is not an embdistill bank of format {FORMAT}")
     try:
