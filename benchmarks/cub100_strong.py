@@ -204,6 +204,9 @@ def _keep_other_rows(result: dict, previous_path: Path) -> dict:
     order = [(s.name, m.key) for s in STUDENTS for m in s.methods]
     rerun = {(r["student"], r["method"]) for r in result["rows"]}
     kept = [r for r in previous["rows"] if (r["student"], r["method"]) not in rerun and (r["student"], r["method"]) in order]
+    for r in previous["rows"]:
+        if (r["student"], r["method"]) not in order:
+            print(f"[bench] dropping the row {r['student']} / {r['method']} of {previous_path}: no such row in STUDENTS", flush=True)
     rows = sorted(kept + result["rows"], key=lambda r: order.index((r["student"], r["method"])))
     return {**result, "rows": rows}
 

@@ -26,10 +26,10 @@ def result(rows: list[dict]) -> dict:
             "rows": rows}
 
 
-def test_rerun_rows_replace_theirs_and_keep_the_rest_in_table_order(tmp_path):
+def test_rerun_rows_replace_theirs_and_keep_the_rest_in_table_order(tmp_path, capsys):
     old = "python benchmarks/cub100_strong.py"
     previous = result([row(V2, "alone", [0.70, 0.72], old, "2026-11-28"), row(V2, "relative", [0.72, 0.73], old, "2026-11-28"),
-                       row(SCRATCH, "alone", [0.03, 0.02], old, "2026-11-28")])
+                       row(SCRATCH, "alone", [0.03, 0.02], old, "2026-11-28"), row(V2, "retired", [0.5], old, "2026-11-28")])
     (tmp_path / "cub100_strong.json").write_text(json.dumps(previous))
     new = "python benchmarks/cub100_strong.py --rows mobilenet_v2/relative mobilenet_v2/rkd"
     rerun = result([row(V2, "rkd", [0.74], new, "2026-11-29"), row(V2, "relative", [0.75, 0.76], new, "2026-11-29")])
@@ -39,6 +39,7 @@ def test_rerun_rows_replace_theirs_and_keep_the_rest_in_table_order(tmp_path):
     assert [(r["student"], r["method"]) for r in merged["rows"]] == [
         (V2, "alone"), (V2, "relative"), (V2, "rkd"), (SCRATCH, "alone")]
     assert [x["recall@1"] for x in merged["rows"][1]["runs"]] == [0.75, 0.76]  # the rerun, not the old row
+    assert f"dropping the row {V2} / retired" in capsys.readouterr().out  # a row no longer in STUDENTS: said, not silent
     table = bench.markdown(merged)
     assert f"- `{old}` (2026-11-28, 1.5 min): alone" in table
     assert f"- `{new}` (2026-11-29, 3.0 min): relative, rkd" in table
