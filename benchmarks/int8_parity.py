@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         from export_speed import CUB100, STUDENT, STUDENT_SIZE, write_checkpoint
 
         args.checkpoint = str(write_checkpoint(Path(workdir.name) / "imagenet" / "last.pt", STUDENT, STUDENT_SIZE,
-                                               {"dataset": "cub200", "root": str(args.root or CUB100)}))
+                                               {"dataset": "cub200", "root": args.root or os.path.relpath(CUB100)}))
         label = "imagenet (ImageNet MobileNetV2 + fresh 512-d head, not fine-tuned)"
     else:
         label = str(Path(args.checkpoint))

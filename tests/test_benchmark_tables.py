@@ -10,13 +10,15 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import cub100_strong as bench  # noqa: E402
 
 V2, SCRATCH = bench.STUDENTS[0].name, bench.STUDENTS[1].name
-TRAIN = {"epochs": 3, "lr": 1e-4, "backbone_lr_mult": 0.1, "metric_loss": "batch_hard_triplet"}
+TRAIN = {"epochs": 3, "lr": 1e-4, "backbone_lr_mult": 0.1, "metric_loss": "batch_hard_triplet",
+         "classes_per_batch": 4, "images_per_class": 8}
 
 
-def row(student: str, method: str, r1: list[float], command: str, date: str) -> dict:
+def row(student: str, method: str, r1: list[float], command: str, date: str, **train) -> dict:
     runs = [{"seed": i, **{k: r for k in bench.KEYS}, "train_seconds": 100.0} for i, r in enumerate(r1)]
     return {"student": student, "method": method, "label": method, "seeds": "all" if len(r1) > 1 else "one",
-            "ran": {"command": command, "date": date, "minutes": 1.5}, "runs": runs, "config": {"train": TRAIN}}
+            "ran": {"command": command, "date": date, "minutes": 1.5}, "runs": runs,
+            "config": {"train": {**TRAIN, **train}}}
 
 
 def result(rows: list[dict]) -> dict:
@@ -32,7 +34,8 @@ def test_rerun_rows_replace_theirs_and_keep_the_rest_in_table_order(tmp_path, ca
                        row(SCRATCH, "alone", [0.03, 0.02], old, "2026-11-28"), row(V2, "retired", [0.5], old, "2026-11-28")])
     (tmp_path / "cub100_strong.json").write_text(json.dumps(previous))
     new = "python benchmarks/cub100_strong.py --rows mobilenet_v2/relative mobilenet_v2/rkd"
-    rerun = result([row(V2, "rkd", [0.74], new, "2026-11-29"), row(V2, "relative", [0.75, 0.76], new, "2026-11-29")])
+    rerun = result([row(V2, "rkd", [0.74], new, "2026-11-29", epochs=6, classes_per_batch=16, images_per_class=4),
+                    row(V2, "relative", [0.75, 0.76], new, "2026-11-29")])
 
     merged = bench._keep_other_rows(rerun, tmp_path / "cub100_strong.json")
 
@@ -44,3 +47,5 @@ def test_rerun_rows_replace_theirs_and_keep_the_rest_in_table_order(tmp_path, ca
     assert f"- `{old}` (2026-11-28, 1.5 min): alone" in table
     assert f"- `{new}` (2026-11-29, 3.0 min): relative, rkd" in table
     assert "| relative * | 75.5 ± 0.7 |" in table  # mean ± std over the rerun's two seeds
+    assert "## MobileNetV2 (ImageNet): alone 3 epochs, lr 0.0001, backbone ×0.1, 4 species × 8 images a batch," in table
+    assert "rkd: 6 epochs, lr 0.0001, backbone ×0.1, 16 species × 4 images a batch." in table  # a row's own schedule
