@@ -87,8 +87,8 @@ TRIALS: dict[str, tuple[str, list[str]]] = {
     "v2_relscaled_only_bb1": (V2, [V2_EPOCHS, "train.backbone_lr_mult=1.0", "train.metric_weight=0",
                                    *_distill(4, _w(REL, 10.0, scale="mean"))]),
     "v2_absolute_only_bb1": (V2, [V2_EPOCHS, "train.backbone_lr_mult=1.0", "train.metric_weight=0", *_distill(4, ABS)]),
-    # Third round: 16 species × 4 images a batch instead of 4 × 8 (32 → 64 images a batch, the same images per epoch): a batch-level
-    # teacher term then sees distances between 16 species, not 4; the student alone gets the same batches.
+    # Third round: 16 species × 4 images a batch instead of 4 × 8 (64 images, not 32; the same images per epoch).
+    # A batch-level teacher term then sees distances between 16 species, not 4; the student alone gets the same batches.
     "v2_alone_p16": (V2, [V2_EPOCHS, *P16]),
     "v2_relscaled10_bb1_p16": (V2, [V2_EPOCHS, *P16, "train.backbone_lr_mult=1.0", *_distill(4, _w(REL, 10.0, scale="mean"))]),
     "v2_rkd_bb1_p16": (V2, [V2_EPOCHS, *P16, "train.backbone_lr_mult=1.0", *_distill(4, *RKD)]),
