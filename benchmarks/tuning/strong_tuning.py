@@ -55,6 +55,7 @@ def _w(term: dict, weight: float, **args) -> dict:
 V2, S = "mobilenet_v2.yaml", "mobilenet025.yaml"
 V2_EPOCHS, S_EPOCHS = "train.epochs=6", "train.epochs=15"  # the tuning horizons; each curve shows every shorter length
 TRIPLET = ["train.metric_loss=batch_hard_triplet"]
+P8 = ["train.classes_per_batch=8", "train.images_per_class=4"]
 P16 = ["train.classes_per_batch=16", "train.images_per_class=4"]
 P32 = ["train.classes_per_batch=32", "train.images_per_class=4"]
 # name: (student config, overrides)
@@ -93,6 +94,8 @@ TRIALS: dict[str, tuple[str, list[str]]] = {
     "v2_relscaled10_bb1_p16": (V2, [V2_EPOCHS, *P16, "train.backbone_lr_mult=1.0", *_distill(4, _w(REL, 10.0, scale="mean"))]),
     "v2_rkd_bb1_p16": (V2, [V2_EPOCHS, *P16, "train.backbone_lr_mult=1.0", *_distill(4, *RKD)]),
     "v2_relscaled10_bb1_p32": (V2, [V2_EPOCHS, *P32, "train.backbone_lr_mult=1.0", *_distill(4, _w(REL, 10.0, scale="mean"))]),
+    # 8 species × 4 images: 32 images a batch and the steps of 4 × 8, so species count and step count come apart.
+    "v2_relscaled10_bb1_p8": (V2, [V2_EPOCHS, *P8, "train.backbone_lr_mult=1.0", *_distill(4, _w(REL, 10.0, scale="mean"))]),
     # DarkRank's soft (ListNet) transfer: each sample's neighbour distribution, weighted towards the nearest.
     "v2_darkrank_bb1": (V2, [V2_EPOCHS, "train.backbone_lr_mult=1.0", *_distill(4, DARKRANK)]),
     # MobileNet-0.25 from random init.
