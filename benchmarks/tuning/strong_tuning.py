@@ -142,9 +142,9 @@ def run_trial(name: str) -> dict:
     else:
         run(cfg, progress=False)
     s = yaml.safe_load(summary.read_text())
-    curve = [{"epoch": r["epoch"], "recall@1": r["recall@1"], "map@r": r["map@r"]}
-             for r in read_log(cfg.run_dir) if r["kind"] == "eval"]
-    spreads = [r["spread"] for r in read_log(cfg.run_dir) if r["kind"] == "step" and "spread" in r]
+    log = read_log(cfg.run_dir)
+    curve = [{"epoch": r["epoch"], "recall@1": r["recall@1"], "map@r": r["map@r"]} for r in log if r["kind"] == "eval"]
+    spreads = [r["spread"] for r in log if r["kind"] == "step" and "spread" in r]
     return {"student": TRIALS[name][0], "overrides": TRIALS[name][1], "split": s["split"],
             "recall@1": s["recall@1"], "map@r": s["map@r"], "train_seconds": s["train_seconds"],
             "teacher_forward_images": s["teacher_forward_images"], "final_spread": s.get("embedding_spread"),

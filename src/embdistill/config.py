@@ -25,6 +25,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from embdistill.evaluation.collapse import COLLAPSE_SPREAD
 from embdistill.models.embedder import ModelConfig
 
 
@@ -83,7 +84,7 @@ class TrainConfig:
     metric_loss_args: dict[str, Any] = field(default_factory=dict)
     metric_weight: float = 1.0  # 0: the teacher alone trains the student (the metric loss is still logged)
     log_every: int = 10  # steps
-    collapse_spread: float = 0.01  # warn when an epoch's mean batch spread falls below this (= collapse.COLLAPSE_SPREAD)
+    collapse_spread: float = COLLAPSE_SPREAD  # warn when an epoch's mean batch embedding spread falls below this
     nan_policy: NanPolicy = "stop"  # skip: skipped batches are counted in summary.yaml
     checkpoint_every: int = 0  # also checkpoint every N steps mid-epoch (0: only at epoch ends)
     gather_global_batch: bool = True  # multi-process: batch-level losses see every process's images (exact)
