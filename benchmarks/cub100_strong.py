@@ -40,6 +40,7 @@ from embdistill.engine.rundir import finished_with
 from embdistill.engine.train import run
 
 from cub100 import repo_relative  # benchmarks/cub100.py, beside this script
+from teacher_terms import ABS, REL, REL_SCALED, RKD, weighted as _w
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "cub100" / "strong"
@@ -64,16 +65,6 @@ class Student:
     methods: tuple[Method, ...]
 
 
-REL = {"name": "relative", "weight": 1.0, "args": {"reduction": "mean"}}
-REL_SCALED = {"name": "relative", "weight": 1.0, "args": {"reduction": "mean", "scale": "mean"}}  # scale-free distances
-ABS = {"name": "absolute", "weight": 1.0}
-RKD = ({"name": "rkd_distance", "weight": 25.0}, {"name": "rkd_angle", "weight": 50.0})
-
-
-def _w(term: dict, weight: float) -> dict:
-    return {**term, "weight": weight}
-
-
 # Each row's schedule, chosen on held-out train species (benchmarks/results/cub100_strong_tuning.md):
 # MobileNetV2 rows train for the epoch count where their held-out R@1 curve peaks (3-epoch mean), with the
 # batch composition that scored higher there (16 species × 4 images, or the paper's 4 × 8; the absolute,
@@ -96,7 +87,8 @@ STUDENTS = (
     Student("MobileNet-0.25 (scratch)", "mobilenet025.yaml", (
         Method("alone", "metric loss alone", "all"),
         Method("absolute", "+ absolute teacher", "all", (_w(ABS, 10.0),)),
-        Method("absolute_long", "+ absolute teacher, 57 epochs", "one", (_w(ABS, 10.0),), ("train.epochs=57",)),
+        Method("alone_long", "metric loss alone, 57 epochs", "one", (), ("train.epochs=57",)),
+        Method("absolute_long", "+ absolute teacher, 57 epochs", "all", (_w(ABS, 10.0),), ("train.epochs=57",)),
         Method("relative", "+ relative teacher", "all", (_w(REL, 10.0),)),
         Method("abs_rel", "+ absolute + relative", "one", (_w(ABS, 10.0), _w(REL, 10.0))),
         Method("rkd", "+ RKD distance & angle", "one", RKD),

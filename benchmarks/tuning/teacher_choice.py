@@ -24,11 +24,13 @@ CANDIDATES = [("efficientnet_lite0", 224), ("efficientnet_lite1", 240), ("effici
 VALIDATION_CLASSES = 14
 
 
-def score_candidates(candidates: list[tuple[str, int]], out: Path, command: str) -> list[dict]:
+def score_candidates(candidates: list[tuple[str, int]], out: Path, command: str,
+                     validation_classes: int = VALIDATION_CLASSES) -> list[dict]:
     """Each (backbone, px) candidate's pooled ImageNet features scored on the held-out species, written to ``out``
-    after each one (a stopped run keeps what it scored)."""
+    after each one (a stopped run keeps what it scored). ``validation_classes=0`` scores the test species
+    instead: for reporting what a network does there, never for a choice."""
     torch.set_num_threads(2)
-    data = DataConfig(root=str(ROOT.parent / "shared" / "data" / "cub100"), validation_classes=VALIDATION_CLASSES, num_workers=1)
+    data = DataConfig(root=str(ROOT.parent / "shared" / "data" / "cub100"), validation_classes=validation_classes, num_workers=1)
     splits = load_splits(data)
     results = []
     for backbone, size in candidates:

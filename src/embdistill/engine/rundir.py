@@ -2,8 +2,8 @@
 
 ``RUN_DIR`` holds ``config.yaml`` (what the run was started with), ``metrics.jsonl``,
 ``last.pt`` and, for distillation, ``teacher_cache.pt``. A fresh run clears what an
-earlier run left; a resumed run must have the same config, up to the keys in
-``RESUME_MAY_CHANGE``.
+earlier run left; a resumed run, or a finished run a benchmark reuses, must have the same
+config, up to the keys in ``RESUME_MAY_CHANGE``.
 """
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ from embdistill.engine.checkpoint import CheckpointError, load_checkpoint, remov
 
 TEACHER_CACHE = "teacher_cache.pt"
 
-# Config keys that may differ between a run and its resumption: they change where
-# things are and how fast they run, not what is computed.
+# Config keys that may differ between a run and its resumption (or its reuse): they change where
+# things are, how fast they run and what is reported, not what is computed.
 RESUME_MAY_CHANGE = frozenset({
     "name", "output_dir", "device", "threads", "data.root", "data.num_workers", "data.cache_images",
-    "train.log_every", "train.checkpoint_every", "train.nan_policy", "eval.batch_size", "eval.every_epochs",
+    "train.log_every", "train.checkpoint_every", "train.nan_policy", "train.collapse_spread",
+    "eval.batch_size", "eval.every_epochs",
 })
 
 
@@ -39,15 +40,16 @@ def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> Ex
 def finished_with(cfg: ExperimentConfig) -> bool:
     """Whether ``cfg.run_dir`` holds a finished run (``summary.yaml``) started with the same config.
 
-    The saved ``config.yaml`` is read through today's config classes, so a key added to
-    embdistill since then, at its default, does not make a finished run look different
-    (benchmarks reuse finished runs; rerunning a teacher would rewrite its checkpoint).
+    Same means equal up to ``RESUME_MAY_CHANGE``, with the saved ``config.yaml`` read through
+    today's config classes: a key added to embdistill since then, at its default, or a changed
+    log or warning setting does not make a finished run look different (benchmarks reuse
+    finished runs; rerunning a teacher would rewrite its checkpoint and stale its bank).
     """
     saved = cfg.run_dir / "config.yaml"
     if not ((cfg.run_dir / "summary.yaml").is_file() and saved.is_file()):
         return False
     try:
-        return to_dict(from_dict(read_yaml(saved))) == to_dict(cfg)
+        return not config_differences(to_dict(from_dict(read_yaml(saved))), to_dict(cfg))
     except ConfigError:  # a key that no longer exists, or a value no longer valid: not the same run
         return False
 
