@@ -184,6 +184,7 @@ BENCHMARK_TRIALS = {
     "v2_alone": "alone, 4 × 8 (row: alone, paper's batches)",
     "v2_relscaled10_bb1_p16": "relative scale-free, 16 × 4",
     "v2_rkd_bb1_p16": "RKD, 16 × 4",
+    "v2_relscaled10_abs_bb1_p16": "absolute + relative scale-free, 16 × 4",
     "v2_relative10_bb1": "relative (paper), 4 × 8",
     "v2_absolute_bb1": "absolute, 4 × 8",
     "s_alone_ms": "alone (multi-similarity)",
