@@ -402,6 +402,9 @@ def test_finished_with_reads_old_configs_through_todays_defaults(tmp_path):
     # What only changes the log or its warnings does not make it another run.
     assert finished_with(load_config(None, [f"output_dir={tmp_path}", "name=run", "train.epochs=2",
                                             "train.collapse_spread=0.2", "eval.every_epochs=2"]))
+    # Other images are another run, though a resumed run may find its images moved.
+    assert not finished_with(load_config(None, [f"output_dir={tmp_path}", "name=run", "train.epochs=2",
+                                                f"data.root={tmp_path / 'elsewhere'}"]))
     saved["train"]["no_such_key"] = 1  # a key this version does not know: not the same run
     write(cfg.run_dir / "config.yaml", yaml.safe_dump(saved))
     assert not finished_with(cfg)

@@ -119,6 +119,7 @@ TRIALS: dict[str, tuple[str, list[str]]] = {
     # R@1 against training length far past the 15-epoch horizon: 60 epochs, scored every 3.
     "s_alone_ms_e60": (S, ["train.epochs=60", "eval.every_epochs=3"]),
     "s_absolute10_e60": (S, ["train.epochs=60", "eval.every_epochs=3", *_distill(4, _w(ABS, 10.0))]),
+    "s_rkd_e60": (S, ["train.epochs=60", "eval.every_epochs=3", *_distill(4, *RKD)]),
 }
 
 

@@ -2,8 +2,8 @@
 
 ``RUN_DIR`` holds ``config.yaml`` (what the run was started with), ``metrics.jsonl``,
 ``last.pt`` and, for distillation, ``teacher_cache.pt``. A fresh run clears what an
-earlier run left; a resumed run, or a finished run a benchmark reuses, must have the same
-config, up to the keys in ``RESUME_MAY_CHANGE``.
+earlier run left; a resumed run must have the same config up to the keys in
+``RESUME_MAY_CHANGE``, and a finished run a benchmark reuses up to ``REUSE_MAY_CHANGE``.
 """
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ RESUME_MAY_CHANGE = frozenset({
     "train.log_every", "train.checkpoint_every", "train.nan_policy", "train.collapse_spread",
     "eval.batch_size", "eval.every_epochs",
 })
+# A finished run is reused only on the same images: a moved dataset may be resumed, another one is not it.
+REUSE_MAY_CHANGE = RESUME_MAY_CHANGE - {"data.root"}
 
 
 def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -40,7 +42,7 @@ def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> Ex
 def finished_with(cfg: ExperimentConfig) -> bool:
     """Whether ``cfg.run_dir`` holds a finished run (``summary.yaml``) started with the same config.
 
-    Same means equal up to ``RESUME_MAY_CHANGE``, with the saved ``config.yaml`` read through
+    Same means equal up to ``REUSE_MAY_CHANGE``, with the saved ``config.yaml`` read through
     today's config classes: a key added to embdistill since then, at its default, or a changed
     log or warning setting does not make a finished run look different (benchmarks reuse
     finished runs; rerunning a teacher would rewrite its checkpoint and stale its bank).
@@ -49,7 +51,7 @@ def finished_with(cfg: ExperimentConfig) -> bool:
     if not ((cfg.run_dir / "summary.yaml").is_file() and saved.is_file()):
         return False
     try:
-        return not config_differences(to_dict(from_dict(read_yaml(saved))), to_dict(cfg))
+        return not config_differences(to_dict(from_dict(read_yaml(saved))), to_dict(cfg), REUSE_MAY_CHANGE)
     except ConfigError:  # a key that no longer exists, or a value no longer valid: not the same run
         return False
 
@@ -81,11 +83,12 @@ def resume_checkpoint(cfg: ExperimentConfig) -> dict[str, Any] | None:
     return payload
 
 
-def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``key: saved -> current`` for every key that matters to the result (not in RESUME_MAY_CHANGE)."""
+def config_differences(saved: dict[str, Any], current: dict[str, Any],
+                       may_change: frozenset[str] = RESUME_MAY_CHANGE) -> list[str]:
+    """``key: saved -> current`` for every key that matters to the result (not in ``may_change``)."""
     a, b = _flatten(saved), _flatten(current)
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
-            if k not in RESUME_MAY_CHANGE and a.get(k) != b.get(k)]
+            if k not in may_change and a.get(k) != b.get(k)]
 
 
 def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
