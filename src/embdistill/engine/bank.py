@@ -57,7 +57,7 @@ class BankKey:
     view_seed: int
     views: int
     crop_size: int  # the teacher's crop, distill.teacher_image_size or data.image_size
-    transform: str  # the training transform's repr (crop scale, flip, normalisation)
+    transform: str  # the teacher's view crop, ViewCrop.teacher_signature() (size, scale, ratio, flip, normalisation)
     decoded_size: int | None  # side of the decoded-image cache the crops are cut from (None: the files)
 
     def differences(self, other: BankKey) -> list[str]:

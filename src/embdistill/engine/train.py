@@ -1,4 +1,4 @@
-"""The training loop: set up, loop, finish, each a named step.
+"""The training loop: set up, start (or resume), loop, finish, each a named step.
 
 ``run(config)`` trains an embedder with a metric loss and, when ``config.distill``
 is set, distils a frozen teacher into it; it leaves the checkpoint, the log,
