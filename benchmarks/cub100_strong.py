@@ -42,7 +42,7 @@ from embdistill.engine.rundir import finished_with
 from embdistill.engine.train import run
 
 from cub100 import repo_relative  # benchmarks/cub100.py, beside this script
-from teacher_terms import ABS, REL, REL_SCALED, RKD, weighted as _w
+from teacher_terms import ABS, BB1, P16, REL, REL_SCALED, RKD, weighted as _w
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "cub100" / "strong"
@@ -77,8 +77,6 @@ class Student:
 # MobileNet-0.25 rows train for the 15-epoch tuning horizon, where no curve had turned down; a 60-epoch trial
 # later showed the absolute teacher climbing to its best at 57 while the student alone stayed flat, hence
 # absolute_long, and alone_long as its control at the same length.
-BB1 = "train.backbone_lr_mult=1.0"
-P16 = ("train.classes_per_batch=16", "train.images_per_class=4")
 STUDENTS = (
     Student("MobileNetV2 (ImageNet)", "mobilenet_v2.yaml", (
         Method("alone", "metric loss alone", "all", (), ("train.epochs=5", *P16)),

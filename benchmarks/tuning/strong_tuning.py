@@ -31,7 +31,7 @@ from embdistill.engine.rundir import finished_with
 from embdistill.engine.train import run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for the terms the benchmark shares
-from teacher_terms import ABS, DARKRANK, REL, REL_SCALED, RKD, weighted as _w  # noqa: E402
+from teacher_terms import ABS, BB1, DARKRANK, P16, REL, REL_SCALED, RKD, weighted as _w  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs" / "cub100" / "strong"
@@ -51,65 +51,64 @@ V2, S = "mobilenet_v2.yaml", "mobilenet025.yaml"
 V2_EPOCHS, S_EPOCHS = "train.epochs=6", "train.epochs=15"  # the tuning horizons; each curve shows every shorter length
 TRIPLET = ["train.metric_loss=batch_hard_triplet"]
 P8 = ["train.classes_per_batch=8", "train.images_per_class=4"]
-P16 = ["train.classes_per_batch=16", "train.images_per_class=4"]
 P32 = ["train.classes_per_batch=32", "train.images_per_class=4"]
 # name: (student config, overrides)
 TRIALS: dict[str, tuple[str, list[str]]] = {
     # MobileNetV2 (ImageNet) at 96 px, held-out R@1 after each epoch.
     "v2_alone": (V2, [V2_EPOCHS]),
-    "v2_alone_bb1": (V2, [V2_EPOCHS, "train.backbone_lr_mult=1.0"]),
+    "v2_alone_bb1": (V2, [V2_EPOCHS, BB1]),
     "v2_alone_lr3e-4": (V2, [V2_EPOCHS, "train.lr=3.0e-4"]),
     "v2_relative": (V2, [V2_EPOCHS, *_distill(4, REL)]),
     "v2_relative10": (V2, [V2_EPOCHS, *_distill(4, _w(REL, 10.0))]),
-    "v2_relative_bb1": (V2, [V2_EPOCHS, "train.backbone_lr_mult=1.0", *_distill(4, REL)]),
-    "v2_relative10_bb1": (V2, [V2_EPOCHS, "train.backbone_lr_mult=1.0", *_distill(4, _w(REL, 10.0))]),
-    "v2_relative30_bb1": (V2, [V2_EPOCHS, "train.backbone_lr_mult=1.0", *_distill(4, _w(REL, 30.0))]),
-    "v2_absolute_bb1": (V2, [V2_EPOCHS, "train.backbone_lr_mult=1.0", *_distill(4, ABS)]),
-    "v2_absolute10_bb1": (V2, [V2_EPOCHS, "train.backbone_lr_mult=1.0", *_distill(4, _w(ABS, 10.0))]),
-    "v2_abs_rel_bb1": (V2, [V2_EPOCHS, "train.backbone_lr_mult=1.0", *_distill(4, ABS, REL)]),
+    "v2_relative_bb1": (V2, [V2_EPOCHS, BB1, *_distill(4, REL)]),
+    "v2_relative10_bb1": (V2, [V2_EPOCHS, BB1, *_distill(4, _w(REL, 10.0))]),
+    "v2_relative30_bb1": (V2, [V2_EPOCHS, BB1, *_distill(4, _w(REL, 30.0))]),
+    "v2_absolute_bb1": (V2, [V2_EPOCHS, BB1, *_distill(4, ABS)]),
+    "v2_absolute10_bb1": (V2, [V2_EPOCHS, BB1, *_distill(4, _w(ABS, 10.0))]),
+    "v2_abs_rel_bb1": (V2, [V2_EPOCHS, BB1, *_distill(4, ABS, REL)]),
     # The relative teacher with scale-free distances (each batch's distances over their mean, as RKD does):
     # the metric loss keeps the scale of the student's space, the teacher gives only which pairs are nearer.
-    "v2_relscaled10_bb1": (V2, [V2_EPOCHS, "train.backbone_lr_mult=1.0", *_distill(4, _w(REL_SCALED, 10.0))]),
-    "v2_relscaled30_bb1": (V2, [V2_EPOCHS, "train.backbone_lr_mult=1.0", *_distill(4, _w(REL_SCALED, 30.0))]),
+    "v2_relscaled10_bb1": (V2, [V2_EPOCHS, BB1, *_distill(4, _w(REL_SCALED, 10.0))]),
+    "v2_relscaled30_bb1": (V2, [V2_EPOCHS, BB1, *_distill(4, _w(REL_SCALED, 30.0))]),
     "v2_relscaled10": (V2, [V2_EPOCHS, *_distill(4, _w(REL_SCALED, 10.0))]),
     # Still rising at the 6-epoch horizon: the same at 10.
-    "v2_relscaled10_bb1_e10": (V2, ["train.epochs=10", "train.backbone_lr_mult=1.0", *_distill(4, _w(REL_SCALED, 10.0))]),
-    "v2_rkd_bb1": (V2, [V2_EPOCHS, "train.backbone_lr_mult=1.0", *_distill(4, *RKD)]),
+    "v2_relscaled10_bb1_e10": (V2, ["train.epochs=10", BB1, *_distill(4, _w(REL_SCALED, 10.0))]),
+    "v2_rkd_bb1": (V2, [V2_EPOCHS, BB1, *_distill(4, *RKD)]),
     # The same student at 128 px (the issue's rows are at 96): does the teacher give more to a student that sees more?
     "v2_alone_128": (V2, [V2_EPOCHS, "data.image_size=128"]),
-    "v2_relscaled10_bb1_128": (V2, [V2_EPOCHS, "data.image_size=128", "train.backbone_lr_mult=1.0",
+    "v2_relscaled10_bb1_128": (V2, [V2_EPOCHS, "data.image_size=128", BB1,
                                     *_distill(4, _w(REL_SCALED, 10.0))]),
     # The teacher alone trains the student (train.metric_weight=0): its targets, not the labels.
-    "v2_relscaled_only_bb1": (V2, [V2_EPOCHS, "train.backbone_lr_mult=1.0", "train.metric_weight=0",
+    "v2_relscaled_only_bb1": (V2, [V2_EPOCHS, BB1, "train.metric_weight=0",
                                    *_distill(4, _w(REL_SCALED, 10.0))]),
-    "v2_absolute_only_bb1": (V2, [V2_EPOCHS, "train.backbone_lr_mult=1.0", "train.metric_weight=0", *_distill(4, ABS)]),
+    "v2_absolute_only_bb1": (V2, [V2_EPOCHS, BB1, "train.metric_weight=0", *_distill(4, ABS)]),
     # Third round: 16 species × 4 images a batch instead of 4 × 8 (64 images, not 32; the same images per epoch).
     # A batch-level teacher term then sees distances between 16 species, not 4; the student alone gets the same batches.
     "v2_alone_p16": (V2, [V2_EPOCHS, *P16]),
-    "v2_relscaled10_bb1_p16": (V2, [V2_EPOCHS, *P16, "train.backbone_lr_mult=1.0", *_distill(4, _w(REL_SCALED, 10.0))]),
-    "v2_rkd_bb1_p16": (V2, [V2_EPOCHS, *P16, "train.backbone_lr_mult=1.0", *_distill(4, *RKD)]),
-    "v2_relscaled10_bb1_p32": (V2, [V2_EPOCHS, *P32, "train.backbone_lr_mult=1.0", *_distill(4, _w(REL_SCALED, 10.0))]),
+    "v2_relscaled10_bb1_p16": (V2, [V2_EPOCHS, *P16, BB1, *_distill(4, _w(REL_SCALED, 10.0))]),
+    "v2_rkd_bb1_p16": (V2, [V2_EPOCHS, *P16, BB1, *_distill(4, *RKD)]),
+    "v2_relscaled10_bb1_p32": (V2, [V2_EPOCHS, *P32, BB1, *_distill(4, _w(REL_SCALED, 10.0))]),
     # 8 species × 4 images: 32 images a batch and the steps of 4 × 8, so species count and step count come apart.
-    "v2_relscaled10_bb1_p8": (V2, [V2_EPOCHS, *P8, "train.backbone_lr_mult=1.0", *_distill(4, _w(REL_SCALED, 10.0))]),
+    "v2_relscaled10_bb1_p8": (V2, [V2_EPOCHS, *P8, BB1, *_distill(4, _w(REL_SCALED, 10.0))]),
     # DarkRank's soft (ListNet) transfer: each sample's neighbour distribution, weighted towards the nearest.
-    "v2_darkrank_bb1": (V2, [V2_EPOCHS, "train.backbone_lr_mult=1.0", *_distill(4, DARKRANK)]),
+    "v2_darkrank_bb1": (V2, [V2_EPOCHS, BB1, *_distill(4, DARKRANK)]),
     # Fourth round: is 16 × 4's lead real? The four trials it rests on again with seed 1.
     "v2_alone_s1": (V2, [V2_EPOCHS, "seed=1"]),
     "v2_alone_p16_s1": (V2, [V2_EPOCHS, *P16, "seed=1"]),
-    "v2_relscaled10_bb1_s1": (V2, [V2_EPOCHS, "seed=1", "train.backbone_lr_mult=1.0", *_distill(4, _w(REL_SCALED, 10.0))]),
-    "v2_relscaled10_bb1_p16_s1": (V2, [V2_EPOCHS, *P16, "seed=1", "train.backbone_lr_mult=1.0",
+    "v2_relscaled10_bb1_s1": (V2, [V2_EPOCHS, "seed=1", BB1, *_distill(4, _w(REL_SCALED, 10.0))]),
+    "v2_relscaled10_bb1_p16_s1": (V2, [V2_EPOCHS, *P16, "seed=1", BB1,
                                        *_distill(4, _w(REL_SCALED, 10.0))]),
     # And the scale-free relative teacher at 16 × 4 with a second term: RKD's angles, or the absolute target.
-    "v2_relscaled10_angle_bb1_p16": (V2, [V2_EPOCHS, *P16, "train.backbone_lr_mult=1.0",
+    "v2_relscaled10_angle_bb1_p16": (V2, [V2_EPOCHS, *P16, BB1,
                                           *_distill(4, _w(REL_SCALED, 10.0), RKD[1])]),
-    "v2_relscaled10_abs_bb1_p16": (V2, [V2_EPOCHS, *P16, "train.backbone_lr_mult=1.0",
+    "v2_relscaled10_abs_bb1_p16": (V2, [V2_EPOCHS, *P16, BB1,
                                         *_distill(4, _w(REL_SCALED, 10.0), ABS)]),
-    "v2_relscaled10_bb1_p16_lr2e-4": (V2, [V2_EPOCHS, *P16, "train.lr=2.0e-4", "train.backbone_lr_mult=1.0",
+    "v2_relscaled10_bb1_p16_lr2e-4": (V2, [V2_EPOCHS, *P16, "train.lr=2.0e-4", BB1,
                                            *_distill(4, _w(REL_SCALED, 10.0))]),
     # Fifth round: R@1 against training length for MobileNetV2, 30 epochs scored every 3 (the paper trains far
     # longer than the 6-epoch horizon): does the teacher's lead grow with length, as it did for the scratch student?
     "v2_alone_p16_e30": (V2, ["train.epochs=30", "eval.every_epochs=3", *P16]),
-    "v2_relscaled10_bb1_p16_e30": (V2, ["train.epochs=30", "eval.every_epochs=3", *P16, "train.backbone_lr_mult=1.0",
+    "v2_relscaled10_bb1_p16_e30": (V2, ["train.epochs=30", "eval.every_epochs=3", *P16, BB1,
                                         *_distill(4, _w(REL_SCALED, 10.0))]),
     # MobileNet-0.25 from random init.
     # The student alone with three metric losses; the config's (multi-similarity) won, and the distilled
