@@ -218,8 +218,8 @@ def test_export_records_preprocessing(student: Path, student_onnx: Path, tmp_pat
     expected = {
         "image_size": STUDENT_SIZE,
         "resize_size": round(STUDENT_SIZE * RESIZE_RATIO),
-        "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225],
+        "mean": [0.5, 0.5, 0.5],  # MobileNetV1's own (Keras) normalisation: inputs in [-1, 1]
+        "std": [0.5, 0.5, 0.5],
         "embedding_dim": 64,
         "backbone": "mobilenet_v1",
     }

@@ -12,7 +12,7 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms as T
 
-from embdistill.data.transforms import IMAGENET, TF_LITE
+from embdistill.data.transforms import IMAGENET, KERAS, TF_LITE
 from embdistill.models import (
     Backbone,
     Embedder,
@@ -120,7 +120,8 @@ def test_backbone_embeds_and_returns_feature_maps(name):
     backbone = model.backbone
     assert set(backbone.channels) == set(backbone.stage_names)
     assert backbone.num_features == backbone.channels[backbone.stage_names[-1]]
-    assert model.normalization == (TF_LITE if name.startswith("efficientnet_lite") else IMAGENET)
+    own = {"mobilenet_v1": KERAS}.get(name, TF_LITE if name.startswith("efficientnet_lite") else IMAGENET)
+    assert model.normalization == own
     layers = backbone.stage_names[1:]  # every stage but the stem
     x = torch.randn(3, 3, SIZE, SIZE)
     with torch.no_grad():
@@ -189,9 +190,9 @@ def test_mobilenet_v1_quarter_width():
     assert [f.shape[-1] for f in features.values()] == [32, 16, 8, 4, 2]
 
 
-def test_mobilenet_pretrained_true_without_published_weights():
+def test_mobilenet_pretrained_true_at_an_unpublished_width():
     with pytest.raises(WeightsError, match="mobilenet_v1"):
-        create_backbone("mobilenet_v1", pretrained=True, width=0.25)
+        create_backbone("mobilenet_v1", pretrained=True, width=0.3)
     with pytest.raises(WeightsError, match="width 1.0"):
         create_backbone("mobilenet_v2", pretrained=True, width=0.5)
 

@@ -372,8 +372,8 @@ def test_a_teacher_that_does_not_match_the_config_names_each_difference(tmp_path
     assert "architecture: distill.teacher_backbone=resnet18, the checkpoint is a mobilenet_v1" in err
     assert "embedding size: distill.teacher_dim=128, the checkpoint embeds in 64-d" in err
     assert "image size: the teacher was trained at 128 px, data.image_size is 64 px" in err
-    odd = _fake_teacher(tmp_path / "odd.pt", normalization=((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)))
-    assert "normalisation: the checkpoint was trained on inputs normalised with mean (0.5, 0.5, 0.5)" in distill(odd)
+    odd = _fake_teacher(tmp_path / "odd.pt", normalization=((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
+    assert "normalisation: the checkpoint was trained on inputs normalised with mean (0.485, 0.456, 0.406)" in distill(odd)
 
     # Matching values pass; another image size is only a note unless strict.
     payload = load_checkpoint(teacher)

