@@ -1,15 +1,22 @@
 """The teacher bank: keyed by what determines it, written atomically, filled resumably, and a run
-that reads it reproduces the run that computes the teacher live on the same views."""
+that reads it reproduces the run that computes the teacher live on the same views; processes that
+fill one bank at once take turns, and one killed mid-fill is resumed by the next."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from conftest import REPO, tiny_overrides
+from conftest import CUB100, REPO, tiny_overrides
 from embdistill.cli import main
 from embdistill.config import load_config
 from embdistill.data.transforms import IMAGENET
@@ -119,6 +126,131 @@ def test_an_interrupted_fill_resumes_at_its_view_and_never_leaves_a_readable_hal
         views.set_view(view)
         images = torch.stack([views[i][1] for i in range(len(views))])
         torch.testing.assert_close(bank.embeddings[view], teacher.embed(images).embedding, rtol=1e-5, atol=1e-6)
+
+
+def _tiny_bank(root: Path, num_views: int) -> tuple[BankKey, ViewDataset, FrozenTeacher]:
+    """The same small bank in every process: 12 real images, 48-px teacher crops, a seeded untrained teacher."""
+    items = load_dataset("cub200", root, "train").subset(list(range(12)))
+    views = ViewDataset(ImageDataset(items), ViewCrop(32, 48, IMAGENET), seed=0)
+    torch.manual_seed(0)
+    model = create_embedder(ModelConfig(backbone="mobilenet_v1", pretrained=False, dim=16, backbone_args={"width": 0.25}))
+    return _key(images=len(items), views=num_views, crop_size=48), views, FrozenTeacher(model, (), IMAGENET)
+
+
+def _fill_in_child(bank: str, num_views: str, log_dir: str, pause_in_view: str) -> None:
+    """One process's fill of the tiny bank (see :func:`_start_fill`).
+
+    Every image its teacher embeds is counted in ``log_dir/embedded``; at the first batch of
+    view ``pause_in_view`` it writes ``log_dir/paused.PID`` and waits, holding the lock, for
+    ``log_dir/go``. The bank it returns goes to ``log_dir/result.PID.pt``.
+    """
+    log = Path(log_dir)
+    torch.set_num_threads(1)
+    key, views, teacher = _tiny_bank(CUB100, int(num_views))
+    forward, paused = FrozenTeacher.embed, []
+
+    def counted(self, images):
+        if views.view == int(pause_in_view) and not paused:
+            paused.append(True)
+            (log / f"paused.{os.getpid()}").touch()
+            for _ in range(3000):  # at most 5 minutes, so that a test gone wrong fails instead of hanging
+                if (log / "go").exists():
+                    break
+                time.sleep(0.1)
+            else:
+                raise RuntimeError(f"{log / 'go'} never appeared")
+        with open(log / "embedded", "a") as counter:
+            counter.write(f"{len(images)}\n")
+        return forward(self, images)
+
+    FrozenTeacher.embed = counted
+    bank = fill_bank(bank, key, views, teacher, batch_size=5, progress=False)
+    torch.save(bank.embeddings, log / f"result.{os.getpid()}.pt")
+
+
+def _start_fill(log_dir: Path, bank: Path, num_views: int, pause_in_view: int, name: str) -> subprocess.Popen:
+    """A real process running :func:`_fill_in_child`; its stdout and stderr go to ``log_dir/NAME.log``."""
+    code = (f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); from test_bank import _fill_in_child; "
+            "_fill_in_child(*sys.argv[1:])")
+    with open(log_dir / f"{name}.log", "w") as out:
+        return subprocess.Popen([sys.executable, "-c", code, str(bank), str(num_views), str(log_dir), str(pause_in_view)],
+                                stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def _wait_until(condition: Callable[[], bool], procs: list[subprocess.Popen], logs: Path, what: str) -> None:
+    """Poll for ``condition``. A child that exits first fails the test; the deadline only keeps a broken lock from hanging it."""
+    deadline = time.monotonic() + 300
+    while not condition():
+        if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
+            pytest.fail(f"never saw {what}; the children said:\n" + "\n".join(p.read_text() for p in logs.glob("*.log")))
+        time.sleep(0.05)
+
+
+def _embedded(log_dir: Path) -> int:
+    """Images the teacher embedded, over every child process."""
+    return sum(int(line) for line in (log_dir / "embedded").read_text().split())
+
+
+@pytest.fixture
+def children() -> Iterator[list[subprocess.Popen]]:
+    """The test's child processes; any still running at the end are killed."""
+    procs: list[subprocess.Popen] = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_fills_started_together_run_the_teacher_once_and_the_others_wait_and_read_it(tmp_path, cub100, children):
+    bank = tmp_path / "banks" / "teacher.bank"
+    children += [_start_fill(tmp_path, bank, 2, pause_in_view=0, name=f"fill{i}") for i in range(2)]
+    # Whichever takes the lock pauses in its first batch until the other says that it waits.
+    _wait_until(lambda: any(tmp_path.glob("paused.*")), children, tmp_path, "a fill in its first batch")
+    holder = int(next(tmp_path.glob("paused.*")).suffix[1:])
+    waiter = next(i for i, p in enumerate(children) if p.pid != holder)
+    log = tmp_path / f"fill{waiter}.log"
+    _wait_until(lambda: "waiting" in log.read_text(), children, tmp_path, "the second fill waiting")
+    (tmp_path / "go").touch()
+    for p in children:
+        assert p.wait(timeout=300) == 0, "\n".join(f.read_text() for f in tmp_path.glob("*.log"))
+
+    message = next(line for line in log.read_text().splitlines() if "waiting" in line)
+    assert message == (f"teacher bank {bank}: another process (pid {holder}) holds {bank}.lock and is filling it; "
+                       "waiting for it to finish, then reading the bank")
+    assert _embedded(tmp_path) == 2 * 12  # each (image, view) once, by the holder; the waiter never ran its teacher
+    assert [p.name for p in tmp_path.glob("paused.*")] == [f"paused.{holder}"]
+    assert [p.name for p in bank.parent.iterdir()] == ["teacher.bank"]  # no .partial, no .lock left behind
+    key, views, teacher = _tiny_bank(cub100, 2)
+    expected = fill_bank(tmp_path / "reference" / "teacher.bank", key, views, teacher, batch_size=5, progress=False)
+    torch.testing.assert_close(load_bank(bank, key).embeddings, expected.embeddings, rtol=1e-5, atol=1e-6)
+    for p in children:  # the waiter returned the holder's bank, read from disk
+        assert torch.equal(torch.load(tmp_path / f"result.{p.pid}.pt"), load_bank(bank, key).embeddings)
+
+
+def test_a_fill_killed_while_holding_the_lock_is_resumed_by_the_next_process(tmp_path, cub100, children):
+    bank = tmp_path / "banks" / "teacher.bank"
+    partial, lock = bank.with_name("teacher.bank.partial"), bank.with_name("teacher.bank.lock")
+    killed = _start_fill(tmp_path, bank, 3, pause_in_view=1, name="killed")
+    children.append(killed)
+    _wait_until(lambda: (tmp_path / f"paused.{killed.pid}").exists(), children, tmp_path, "the fill in view 1")
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait(timeout=300) == -signal.SIGKILL
+    assert not bank.exists() and sorted(p.name for p in partial.iterdir()) == ["key.json", "view_0.pt"]
+    assert lock.read_text().split()[0] == str(killed.pid)  # its lock file stays; the OS dropped its lock
+    view_0 = torch.load(partial / "view_0.pt")
+
+    resumed = _start_fill(tmp_path, bank, 3, pause_in_view=-1, name="resumed")
+    children.append(resumed)
+    assert resumed.wait(timeout=300) == 0, (tmp_path / "resumed.log").read_text()
+    assert "waiting" not in (tmp_path / "resumed.log").read_text()
+    assert _embedded(tmp_path) == 3 * 12  # view 0 by the killed process, views 1 and 2 by the next: each once
+    key, views, teacher = _tiny_bank(cub100, 3)
+    filled = load_bank(bank, key).embeddings
+    assert torch.equal(filled[0], view_0)
+    expected = fill_bank(tmp_path / "reference" / "teacher.bank", key, views, teacher, batch_size=5, progress=False)
+    torch.testing.assert_close(filled, expected.embeddings, rtol=1e-5, atol=1e-6)  # as if never interrupted
+    assert [p.name for p in bank.parent.iterdir()] == ["teacher.bank"]
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from conftest import REPO
 sys.path.insert(0, str(REPO / "benchmarks"))
 import cub100_strong as bench  # noqa: E402
 
-V2, SCRATCH = bench.STUDENTS[0].name, bench.STUDENTS[1].name
+V2, SCRATCH = "MobileNetV2 (ImageNet)", "MobileNet-0.25 (scratch)"
 TRAIN = {"epochs": 3, "lr": 1e-4, "backbone_lr_mult": 0.1, "metric_loss": "batch_hard_triplet",
          "classes_per_batch": 4, "images_per_class": 8}
 
@@ -18,14 +18,14 @@ def row(student: str, method: str, r1: list[float], command: str, date: str, **t
     runs = [{"seed": i, **{k: r for k in bench.KEYS}, "train_seconds": 100.0} for i, r in enumerate(r1)]
     return {"student": student, "method": method, "label": method, "seeds": "all" if len(r1) > 1 else "one",
             "ran": {"command": command, "date": date, "minutes": 1.5}, "runs": runs,
-            "config": {"train": {**TRAIN, **train}}}
+            "config": {"train": {**TRAIN, **train}, "data": {"image_size": 96}}}
 
 
 def result(rows: list[dict]) -> dict:
     return {"command": "x", "machine": {"platform": "p", "processor": "cpu", "cpu_count": 2}, "minutes": 1.0,
             "seeds": [0, 1], "teacher_image_size": 224, "student_image_size": 96,
             "bank": {"path": "b", "views": 4, "fill_seconds": 600.0}, "teacher": {"recall@1": 0.9, "map@r": 0.4},
-            "rows": rows}
+            "banks": {bench.MAIN_BANK: {"path": "b", "views": 4, "fill_seconds": 600.0}}, "rows": rows}
 
 
 def test_rerun_rows_replace_theirs_and_keep_the_rest_in_table_order(tmp_path, capsys):
@@ -47,5 +47,5 @@ def test_rerun_rows_replace_theirs_and_keep_the_rest_in_table_order(tmp_path, ca
     assert f"- `{old}` (2026-11-28, 1.5 min): alone" in table
     assert f"- `{new}` (2026-11-29, 3.0 min): relative, rkd" in table
     assert "| relative * | 75.5 ± 0.7 |" in table  # mean ± std over the rerun's two seeds
-    assert "## MobileNetV2 (ImageNet): alone 3 epochs, lr 0.0001, backbone ×0.1, 4 species × 8 images a batch," in table
+    assert "## MobileNetV2 (ImageNet) at 96 px: alone 3 epochs, lr 0.0001, backbone ×0.1, 4 species × 8 images a batch," in table
     assert "rkd: 6 epochs, lr 0.0001, backbone ×0.1, 16 species × 4 images a batch." in table  # a row's own schedule

@@ -2,12 +2,15 @@
 
 Every key with a fixed set of choices (a ``Literal`` in the config dataclasses, found
 by walking them, so a new one is covered without editing this file) gets a wrong
-value; so do the keys checked against a registry, a loss argument, an unknown key
-and a wrong type.
+value; so does every numeric key, below and above the range declared beside its
+field (walked the same way: a new number without a range fails here), while the
+ends of each range stay accepted; so do the keys checked against a registry, a loss
+argument, an unknown key and a wrong type.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import subprocess
 import sys
 import types
@@ -16,10 +19,12 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import pytest
+import yaml
 
 from conftest import REPO
 from embdistill.cli import main
-from embdistill.config import ExperimentConfig
+from embdistill.config import ConfigError, ExperimentConfig, load_config, to_dict
+from embdistill.ranges import RANGE, Range
 
 CONFIG = REPO / "configs" / "cub100" / "student.yaml"
 DISTILL = ["distill.teacher=runs/nowhere/last.pt", "distill.terms=[{name: relative}]"]
@@ -65,7 +70,7 @@ def assert_one_line_error(code: int, err: str, key: str, *named: str) -> None:
 def test_the_walk_finds_every_fixed_choice_key() -> None:
     assert set(literal_keys()) == {
         "model.pooling", "train.schedule", "train.nan_policy", "train.precision", "train.channels_last",
-        "distill.teacher_precision",
+        "train.select", "train.select_metric", "eval.split", "distill.teacher_precision", "data.resize",
     }
 
 
@@ -121,3 +126,147 @@ def test_a_bad_value_ends_the_real_command_the_same_way(tmp_path) -> None:
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == "embdistill train: error: train.nan_policy: expected one of 'stop', 'skip', got 'stpo'"
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- numeric ranges
+
+# An override writing one item of a list of sections must give that section's required fields too.
+SECTION_ITEM = {"distill.terms": "name: relative"}
+# A value at one end of its range that is valid only together with another key's value.
+COMPANIONS = {"distill.teacher_image_size": ["data.image_size=1"]}
+
+
+@dataclasses.dataclass(frozen=True)
+class Numeric:
+    """A number-valued config key: its dataclass field, int or float, and whether the field is a list of them."""
+
+    key: str  # dotted; inside a list of sections: "distill.terms[0].weight"
+    field: dataclasses.Field
+    kind: type
+    listed: bool
+
+    @property
+    def bounds(self) -> Range | None:
+        return self.field.metadata.get(RANGE)
+
+    def override(self, value: float) -> tuple[str, str]:
+        """The ``key=value`` override setting this key to ``value``, and the key its error must name."""
+        text = ".nan" if math.isnan(value) else (".inf" if value == math.inf else repr(value))
+        section, item, leaf = self.key.partition("[0].")
+        if item:
+            assert section in SECTION_ITEM, f"add the required fields of a {section} item to SECTION_ITEM"
+            return f"{section}=[{{{SECTION_ITEM[section]}, {leaf}: {text}}}]", self.key
+        if self.listed:
+            return f"{self.key}=[{text}]", f"{self.key}[0]"
+        return f"{self.key}={text}", self.key
+
+
+def numeric_keys(cls: type = ExperimentConfig, prefix: str = "") -> list[Numeric]:
+    """Every int or float field (plain, optional or a list of them), in nested sections and lists of sections too."""
+    found: list[Numeric] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key, tp = f"{prefix}{f.name}", hints[f.name]
+        for option in typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else (tp,):
+            listed = typing.get_origin(option) is list
+            inner = typing.get_args(option)[0] if listed else option
+            if inner in (int, float):  # bool is neither
+                found.append(Numeric(key, f, inner, listed))
+            elif dataclasses.is_dataclass(inner):
+                found.extend(numeric_keys(inner, f"{key}[0]." if listed else f"{key}."))
+    return found
+
+
+def outside(n: Numeric) -> list[float]:
+    """Values just past each end of the key's range; for floats also NaN and infinity."""
+    r, step = n.bounds, 1 if n.kind is int else 0.5
+    values = [] if r.low is None else [n.kind(r.low if r.low_open else r.low - step)]
+    values += [] if r.high is None else [n.kind(r.high if r.high_open else r.high + step)]
+    return values + ([math.nan, math.inf] if n.kind is float else [])
+
+
+def ends(n: Numeric) -> list[float]:
+    """The ends of the key's range, or just inside an open end."""
+    r, nudge = n.bounds, 1 if n.kind is int else 1e-6
+    values = [] if r.low is None else [n.kind(r.low + nudge if r.low_open else r.low)]
+    return values + ([] if r.high is None else [n.kind(r.high - nudge if r.high_open else r.high)])
+
+
+def read_back(values: Any, key: str) -> Any:
+    for part in key.replace("[0]", ".0").split("."):
+        values = values[int(part)] if isinstance(values, list) else values[part]
+    return values
+
+
+NUMERIC = numeric_keys()
+RANGED = [n for n in NUMERIC if n.bounds is not None]
+
+
+def test_every_numeric_key_declares_a_range() -> None:
+    missing = [n.key for n in NUMERIC if n.bounds is None]
+    assert not missing, f"declare a range beside these fields (metadata=at_least(...), see ranges.py): {missing}"
+    # The walk reaches optional sections, lists of numbers and lists of sections.
+    assert {"train.epochs", "model.dim", "eval.ks", "distill.terms[0].weight",
+            "distill.semi_supervised.hide_label_fraction", "distill.cross_quality.jpeg_quality"} <= {n.key for n in NUMERIC}
+
+
+@pytest.mark.parametrize("n", RANGED, ids=lambda n: n.key)
+def test_every_default_is_in_its_range(n: Numeric) -> None:
+    f = n.field
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    for value in default if n.listed else [default]:
+        assert value is None or value in n.bounds, f"{n.key}: default {value!r} is not {n.bounds}"
+
+
+@pytest.mark.parametrize("n, value", [(n, v) for n in RANGED for v in outside(n)],
+                         ids=lambda x: x.key if isinstance(x, Numeric) else repr(x))
+def test_every_numeric_key_refuses_a_value_outside_its_range(tmp_path, capsys, n: Numeric, value: float) -> None:
+    override, key = n.override(value)
+    code, err = run_cli(tmp_path, capsys, override)
+    assert_one_line_error(code, err, f"{key}: expected a value {n.bounds}, got {value!r}")
+
+
+@pytest.mark.parametrize("n, value", [(n, v) for n in RANGED for v in ends(n)],
+                         ids=lambda x: x.key if isinstance(x, Numeric) else repr(x))
+def test_the_ends_of_every_range_are_accepted(n: Numeric, value: float) -> None:
+    override, key = n.override(value)
+    cfg = load_config(CONFIG, [*DISTILL, *COMPANIONS.get(n.key, []), override])  # with distill terms, metric_weight=0 is valid
+    assert read_back(to_dict(cfg), key) == value
+
+
+def test_the_range_check_names_the_key_in_lists() -> None:
+    with pytest.raises(ConfigError, match=r"^eval\.ks\[2\]: expected a value >= 1, got 0$"):
+        load_config(None, ["eval.ks=[1, 4, 0]"])
+    with pytest.raises(ConfigError, match=r"^distill\.terms\[1\]\.weight: expected a value >= 0, got -2\.0$"):
+        load_config(None, [*DISTILL, "distill.terms=[{name: relative}, {name: absolute, weight: -2}]"])
+
+
+def test_a_negative_epoch_count_ends_the_real_command(tmp_path) -> None:
+    out = tmp_path / "runs"
+    done = subprocess.run(
+        [sys.executable, "-m", "embdistill", "train", "-c", str(CONFIG), f"output_dir={out}", "train.epochs=-1"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == "embdistill train: error: train.epochs: expected a value >= 0, got -1"
+    assert not out.exists()
+
+
+def test_an_old_run_holding_a_value_now_out_of_range(tmp_path, capsys) -> None:
+    # Saved configs are read through the same checks: resuming stops with the key named, and a
+    # benchmark does not take the old run for a finished run of a valid config.
+    from embdistill.engine.rundir import finished_with
+
+    cfg = load_config(CONFIG, [f"output_dir={tmp_path}", "name=old"])
+    saved = to_dict(cfg)
+    saved["train"]["log_every"] = 0  # a key a finished run may differ in, but not with a value no run can have
+    cfg.run_dir.mkdir(parents=True)
+    (cfg.run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    (cfg.run_dir / "summary.yaml").write_text("recall@1: 0.5\n")
+    code = main(["train", "--resume", str(cfg.run_dir), "--no-progress"])
+    assert_one_line_error(code, capsys.readouterr().err, "train.log_every: expected a value >= 1, got 0")
+    assert sorted(p.name for p in cfg.run_dir.iterdir()) == ["config.yaml", "summary.yaml"]
+    assert not finished_with(cfg)
+    saved["train"]["log_every"] = 1  # the end of the range: the same run
+    (cfg.run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert finished_with(cfg)

@@ -24,6 +24,7 @@ from embdistill.data import (
     build_transform,
     load_dataset,
 )
+from embdistill.data.transforms import RESIZE_MODES, draw_box, eval_transform, render_box
 
 CUB100 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cub100"
 
@@ -211,6 +212,66 @@ def test_cars_errors(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="1 of 2 referenced image files are missing.*000003.jpg"):
         load_dataset("cars196", root, "train", train_classes=1)
 
+
+def test_cars_folder_per_class_layout(tmp_path: Path) -> None:
+    """Without cars_annos.mat, sorted folder order is class order: the first train_classes folders train."""
+    names = ["003_Audi_R8_Coupe_2012", "001_AM_General_Hummer_SUV_2000", "002_Acura_RL_Sedan_2012"]
+    for i, name in enumerate(names):
+        for j in range(i + 1):
+            write_jpeg(tmp_path / name / f"{j:05d}.jpg", seed=10 * i + j)
+    (tmp_path / names[0] / ".DS_Store").write_bytes(b"\0")
+    train = load_dataset("cars196", tmp_path, "train", train_classes=2)
+    assert train.name == "cars196/train"
+    assert train.class_names == ("001_AM_General_Hummer_SUV_2000", "002_Acura_RL_Sedan_2012")
+    assert train.labels.tolist() == [0, 0, 1, 1, 1]
+    test = load_dataset("cars196", tmp_path, "test", train_classes=2)
+    assert test.class_names == ("003_Audi_R8_Coupe_2012",) and len(test) == 1
+    assert len(load_dataset("cars196", tmp_path, "all", train_classes=2)) == 6
+    with pytest.raises(DatasetError, match="no cars_annos.mat and 3 class folders.*train_classes=98"):
+        load_dataset("cars196", tmp_path, "train")
+    (tmp_path / names[1] / "labels.txt").write_text("x")
+    with pytest.raises(DatasetError, match="cars196: .*not images: labels.txt.*cars_annos.mat.*one folder per class"):
+        load_dataset("cars196", tmp_path, "train", train_classes=2)
+
+
+CARS196 = CUB100.parent / "cars196"
+needs_cars196 = pytest.mark.skipif(not CARS196.is_dir(), reason=f"{CARS196} not present")
+
+
+@needs_cars196
+def test_cars196_shared_folder_is_the_papers_split() -> None:
+    train = load_dataset("cars196", CARS196, "train")
+    test = load_dataset("cars196", CARS196, "test")
+    assert (train.num_classes, len(train)) == (98, 4052)
+    assert (test.num_classes, len(test)) == (98, 4092)
+    assert train.class_names[0] == "001_AM_General_Hummer_SUV_2000"
+    assert [int(n[:3]) for n in train.class_names] == list(range(1, 99))
+    assert [int(n[:3]) for n in test.class_names] == list(range(99, 197))
+    assert set(train.labels.tolist()) == set(range(98)) == set(test.labels.tolist())
+    assert not set(train.paths) & set(test.paths)
+    assert all(p.parent.name == train.class_names[label] for p, label in zip(train.paths[::97], train.labels[::97]))
+
+
+@needs_cars196
+@pytest.mark.parametrize("resize", ["crop", "squash", "pad"])
+def test_cars196_real_images_through_the_eval_transform(resize: str) -> None:
+    """A run's evaluation loader, built from a config, on real wide car photographs."""
+    from embdistill.config import from_dict
+    from embdistill.engine.loaders import evaluation_set
+
+    cfg = from_dict({"data": {"dataset": "cars196", "root": str(CARS196), "image_size": 64, "num_workers": 0,
+                              "resize": resize}, "eval": {"batch_size": 3}})
+    evaluated = evaluation_set(cfg, TF_LITE)
+    assert evaluated.name == "test" and len(evaluated.items) == 4092
+    images, labels, _ = next(iter(evaluated.loader))
+    assert images.shape == (3, 3, 64, 64) and labels.tolist() == [0, 0, 0]
+    for image, path in zip(images, evaluated.items.paths):
+        width, height = Image.open(path).size
+        assert width > 1.3 * height  # the crops are wide: what the modes are for
+        rows = round(height * 64 / width) if resize == "pad" else 64  # pad: longer side 64, aspect kept
+        top = (64 - rows) // 2
+        assert torch.count_nonzero(image[:, :top]) == torch.count_nonzero(image[:, top + rows:]) == 0
+        assert (image[:, top:top + rows].abs() > 0).float().mean() > 0.9  # the car, over its full rows
 
 # --------------------------------------------------------------------------- SOP
 
@@ -477,6 +538,115 @@ def test_tf_lite_normalisation_by_hand() -> None:
     assert torch.allclose(out[:, 7], torch.ones(3, 8), atol=1e-6)  # (255 - 127) / 128 = 1
     imagenet = build_transform(False, 8, IMAGENET, resize_ratio=1.0)(Image.fromarray(pixels))
     assert abs(imagenet[0, 7, 0].item() - (1 - 0.485) / 0.229) < 1e-5
+
+
+@pytest.fixture
+def wide_png(tmp_path: Path) -> Path:
+    """20x10 PNG: left half white, right half black."""
+    pixels = np.zeros((10, 20, 3), dtype=np.uint8)
+    pixels[:, :10] = 255
+    Image.fromarray(pixels).save(tmp_path / "wide.png")
+    return tmp_path / "wide.png"
+
+
+def test_resize_modes_by_hand_on_a_wide_png(wide_png: Path) -> None:
+    """At size 10 with TF-Lite normalisation: white -> (255-127)/128 = 1, black -> -127/128.
+
+    Halving 20 columns to 10 (PIL bilinear, antialiased: a triangle over 4 input columns,
+    weights 1/8, 3/8, 3/8, 1/8) mixes output column 4 from inputs 7-10: 7/8 white = 223,
+    and column 5 from inputs 9-12: 1/8 white = 32; columns 0-3 and 6-9 stay pure.
+    """
+    image = ImageDataset(ImageList((wide_png,), np.zeros(1), ("a",), "png")).load_image(0)
+    white, black = 1.0, -127 / 128
+    mixed = [white] * 4 + [(223 - 127) / 128, (32 - 127) / 128] + [black] * 4
+
+    def run(resize: str) -> torch.Tensor:
+        out = build_transform(False, 10, TF_LITE, resize_ratio=1.0, resize=resize)(image)
+        assert out.shape == (3, 10, 10)
+        return out
+
+    crop = run("crop")  # shorter side already 10: the middle 10 columns, 5 white and 5 black
+    assert torch.allclose(crop, torch.tensor([white] * 5 + [black] * 5).expand(3, 10, 10), atol=1e-6)
+    squash = run("squash")  # the rows stay as they are, the columns halve
+    assert torch.allclose(squash, torch.tensor(mixed).expand(3, 10, 10), atol=1e-6)
+    pad = run("pad")  # 10x5 (rows halve as well), rows 2-6, zeros above (2 rows) and below (3)
+    assert torch.count_nonzero(pad[:, :2]) == torch.count_nonzero(pad[:, 7:]) == 0
+    assert torch.allclose(pad[:, 2:7], torch.tensor(mixed).expand(3, 5, 10), atol=1e-6)
+    with pytest.raises(ValueError, match="resize must be one of crop, squash, pad, got 'fit'"):
+        build_transform(False, 10, resize="fit")
+
+
+def test_training_box_follows_the_resize_mode(wide_png: Path) -> None:
+    from embdistill.engine.views import ViewCrop
+
+    image = Image.open(wide_png).convert("RGB")
+    # scale 1: the whole area. crop's box must stay within 4:3, so RandomResizedCrop falls back to
+    # the centred 13x10 box; squash and pad draw the ratio relative to the image's 2:1, so the box is it all.
+    assert draw_box(image, (1.0, 1.0), (3 / 4, 4 / 3), "crop") == (0, 3, 10, 13)
+    assert draw_box(image, (1.0, 1.0), (3 / 4, 4 / 3), "squash") == (0, 0, 10, 20)
+    assert render_box(image, (0, 0, 10, 20), 8, "squash").size == (8, 8)
+    assert render_box(image, (0, 0, 10, 20), 8, "pad").size == (8, 4)
+
+    crop = ViewCrop(8, 16, TF_LITE, scale=(1.0, 1.0))
+    pad = ViewCrop(8, 16, TF_LITE, scale=(1.0, 1.0), resize="pad")
+    view = pad.render(image, pad.draw(image)[0], False, 16)
+    assert view.shape == (3, 16, 16) and torch.count_nonzero(view[:, :4]) == torch.count_nonzero(view[:, 12:]) == 0
+    assert torch.count_nonzero(view[:, 4:12]) == 3 * 8 * 16
+    assert build_transform(True, 16, TF_LITE, resize="pad")(image).shape == (3, 16, 16)
+    # a teacher bank's key: unchanged for crop (banks filled before data.resize stay valid), new otherwise
+    assert crop.teacher_signature() == (
+        f"ViewCrop(size=16, scale=(1.0, 1.0), ratio=(0.75, 1.333333), bilinear+antialias, hflip p=0.5, "
+        f"mean={TF_LITE.mean}, std={TF_LITE.std})")
+    assert pad.teacher_signature() == crop.teacher_signature()[:-1] + ", resize=pad)"
+
+
+def test_decoded_cache_longer_side_for_pad(tmp_path: Path) -> None:
+    path = write_jpeg(tmp_path / "wide.jpg", size=(90, 60))
+    cache = DecodedImageCache(size=32, side="longer")
+    assert cache.get(path).size == (32, 21)  # 60 * 32 / 90 = 21.3
+    assert DecodedImageCache(size=32).get(path).size == (48, 32)
+    with pytest.raises(ValueError, match="side must be 'shorter' or 'longer', got 'wide'"):
+        DecodedImageCache(size=32, side="wide")
+
+
+def test_resize_choice_in_config_and_export_metadata(wide_png: Path) -> None:
+    import typing
+
+    from embdistill.config import ConfigError, ResizeMode, from_dict
+    from embdistill.export import ExportMetadata
+    from embdistill.formats import DeployError
+
+    assert typing.get_args(ResizeMode) == RESIZE_MODES
+    assert from_dict({}).data.resize == "crop"
+    with pytest.raises(ConfigError, match="data.resize: expected one of .*'crop'.*got 'fit'"):
+        from_dict({"data": {"resize": "fit"}})
+    stored = {"image_size": 10, "resize_size": 11, "mean": list(TF_LITE.mean), "std": list(TF_LITE.std),
+              "embedding_dim": 4, "backbone": "b", "pooling": "avg"}
+    assert ExportMetadata.from_dict(stored, "old.json").resize == "crop"  # files written before data.resize
+    meta = ExportMetadata.from_dict({**stored, "resize": "squash"}, "m.json")
+    image = Image.open(wide_png).convert("RGB")
+    expected = build_transform(False, 10, TF_LITE, resize_ratio=1.1, resize="squash")(image)
+    assert torch.equal(eval_transform(meta)(image), expected)
+    with pytest.raises(DeployError, match="m.json: malformed embdistill metadata .*got 'fit'"):
+        ExportMetadata.from_dict({**stored, "resize": "fit"}, "m.json")
+
+
+def test_export_records_the_runs_resize() -> None:
+    """export, embed, search and serve rebuild the transform from this record (data/transforms.py eval_transform)."""
+    from embdistill.config import to_dict
+    from embdistill.export import ExportMetadata, metadata_from_checkpoint
+    from embdistill.models.embedder import ModelConfig, create_embedder
+
+    config = ModelConfig(backbone="mobilenet_v1", pretrained=False, dim=8, backbone_args={"width": 0.25})
+    model = create_embedder(config)
+    payload = {"model_config": to_dict(config), "model_state": model.state_dict(), "image_size": 32,
+               "config": {"data": {"resize": "pad"}}}
+    meta = metadata_from_checkpoint(payload, model)
+    assert meta.resize == "pad" and "square of zeros" in meta.input_layout
+    assert ExportMetadata.from_props(meta.to_props(), "m.onnx") == meta
+    assert eval_transform(meta)(Image.new("RGB", (64, 32), "white"))[:, :8].abs().sum() == 0  # 32x16, 8 rows of zeros
+    del payload["config"]  # a checkpoint from before data.resize
+    assert metadata_from_checkpoint(payload, model).resize == "crop"
 
 
 def test_degrade_changes_image_keeps_size() -> None:

@@ -464,6 +464,66 @@ def test_relational_losses_ignore_rotations_of_either_space(loss_fn: Distillatio
 def test_student_and_teacher_batches_must_match() -> None:
     with pytest.raises(ValueError, match="3 samples but teacher batch has 2"):
         RelativeTeacherLoss()(out(unit_batch(3, 2, 0)), out(unit_batch(2, 2, 1)))
+    with pytest.raises(ValueError, match="3 samples but teacher batch has 2"):
+        RelativeTeacherLoss()(unit_batch(3, 2, 0), unit_batch(2, 2, 1))
+
+
+EMBEDDING_LOSSES = [
+    make_loss("absolute"),
+    RelativeTeacherLoss("mean"),
+    RelativeTeacherLoss("frobenius"),
+    RelativeTeacherLoss(scale="mean"),
+    RKDDistanceLoss(),
+    RKDAngleLoss(),
+    DarkRankLoss(),
+    DarkRankLoss(method="listnet"),
+]
+EMBEDDING_LOSS_IDS = ["absolute", "relative-mean", "relative-frobenius", "relative-scaled", "rkd_distance",
+                      "rkd_angle", "darkrank-listmle", "darkrank-listnet"]
+
+
+def test_embedding_losses_cover_every_registered_embedding_loss() -> None:
+    assert {type(fn) for fn in EMBEDDING_LOSSES} == {
+        DISTILL_LOSSES[name] for name in DISTILL_LOSSES if name not in FEATURE_KWARGS
+    }
+
+
+@pytest.mark.parametrize("loss_fn", EMBEDDING_LOSSES, ids=EMBEDDING_LOSS_IDS)
+def test_plain_tensors_give_exactly_the_embedder_output_value_and_gradient(loss_fn: DistillationLoss) -> None:
+    student, teacher = make_pair(seed=9)
+    expected = loss_fn(student, teacher)
+    expected.backward()
+    expected_grad = student.embedding.grad.clone()
+    s, te = student.embedding.detach().clone().requires_grad_(), teacher.embedding.detach().clone().requires_grad_()
+    for s_arg, t_arg in [(s, te), (s, out(te)), (out(s), te)]:
+        s.grad = None
+        value = loss_fn(s_arg, t_arg)
+        assert torch.equal(value, expected.detach())
+        value.backward()
+        assert torch.equal(s.grad, expected_grad)
+        assert te.grad is None  # the teacher tensor is detached inside the loss, as the teacher output is
+
+
+@pytest.mark.parametrize("name", sorted(FEATURE_KWARGS))
+def test_feature_map_losses_refuse_plain_tensors_by_name(name: str) -> None:
+    loss_fn = make_loss(name)
+    student, teacher = make_pair(seed=0)
+    cls = type(loss_fn).__name__
+    with pytest.raises(TypeError, match=rf"{cls} compares feature maps, not embeddings: give the student as "
+                                        r"EmbedderOutput\(embedding, features=\{'s1': its \(B, C, H, W\) map\}\)"):
+        loss_fn(student.embedding, teacher)
+    with pytest.raises(TypeError, match=rf"{cls} compares feature maps.*the teacher.*'t1'"):
+        loss_fn(student, teacher.embedding)
+
+
+def test_embedding_inputs_of_the_wrong_kind_are_named() -> None:
+    s, te = unit_batch(4, 3, seed=0), unit_batch(4, 3, seed=1)
+    with pytest.raises(TypeError, match="teacher must be a .B, D. embedding Tensor or an EmbedderOutput, got list"):
+        RelativeTeacherLoss()(s, te.tolist())
+    with pytest.raises(ValueError, match=r"student embedding must be a \(B, D\) tensor, got shape \(4, 3, 1, 1\)"):
+        RKDDistanceLoss()(s.view(4, 3, 1, 1), te)
+    with pytest.raises(ValueError, match=r"teacher embedding must be a \(B, D\) tensor, got shape \(12,\)"):
+        AbsoluteTeacherLoss()(out(s), out(te.flatten()))
 
 
 def test_missing_feature_map_is_named() -> None:
@@ -518,3 +578,9 @@ def test_objective_weighs_metric_and_terms(metric_weight: float) -> None:
     assert parts["absolute"].item() == pytest.approx(7 / 3)
     total = metric_weight * expected_metric.item() + 2.0 * 10 / math.sqrt(6) + 3.0 * 7 / 3
     assert parts["loss"].item() == pytest.approx(total)
+    # Plain embedding tensors, and the gathering path (one process: gather is the identity), give the same parts.
+    for gather, args in [(None, (RIGHT, labels, 2 * RIGHT)), (lambda x: x, (student, labels, teacher)),
+                         (lambda x: x, (RIGHT, labels, 2 * RIGHT))]:
+        other = Objective(metric, terms, gather, metric_weight=metric_weight)(*args)
+        assert other.keys() == parts.keys()
+        assert all(torch.equal(other[k], parts[k]) for k in parts)

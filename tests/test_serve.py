@@ -347,3 +347,55 @@ def test_serve_refuses_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixtu
 
     assert cli("serve", tmp_path / "missing.faiss") == 2
     assert "missing.faiss does not exist" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- one embedding space per gallery
+
+
+@pytest.fixture(scope="module")
+def other_model(galleries: Galleries, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another network with the student's embedding size: the wrong model for the student's gallery."""
+    other = ModelConfig(backbone="mobilenet_v1", pretrained=False, backbone_args={"width": 0.5}, dim=STUDENT.dim)
+    return write_checkpoint(tmp_path_factory.mktemp("other") / "last.pt", other, 64)
+
+
+def test_serve_refuses_a_model_of_another_space(galleries: Galleries, other_model: Path, capsys: pytest.CaptureFixture) -> None:
+    from test_deploy import cli
+
+    for argv in (("--model", other_model), ("--compare", galleries.student, "--compare-model", other_model)):
+        assert cli("serve", galleries.student, *argv, "--port", free_port()) == 2
+        captured = capsys.readouterr()
+        lines = captured.err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"embdistill serve: error: model {other_model.resolve()} embeds into space")
+        assert f"gallery {galleries.student} was embedded by {galleries.student.parent / 'student' / 'last.pt'}" in lines[0]
+        assert "--allow-other-space" in lines[0] and "search page" not in captured.out
+
+
+def test_serve_takes_another_space_when_asked(galleries: Galleries, other_model: Path, tmp_path: Path) -> None:
+    """`embdistill serve GALLERY --model OTHER --allow-other-space` in its own process: it serves OTHER's neighbours."""
+    port, log_path = free_port(), tmp_path / "server.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "embdistill", "serve", str(galleries.student), "--model", str(other_model),
+             "--allow-other-space", "--port", str(port), "-k", "3", "--threads", "1"],
+            cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{url}/api/info", timeout=2) as response:
+                        info = json.loads(response.read())
+                    break
+                except OSError:
+                    pass
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"the server did not start: {log_path.read_text()}")
+                time.sleep(0.3)
+            assert info["galleries"][0]["model"] == str(other_model.resolve())
+            status, body = post_image(url, galleries.query.read_bytes(), galleries.query.name)
+            assert status == 200 and len(body["results"][0]["hits"]) == 3, body
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    assert "error" not in log_path.read_text() and "warning" not in log_path.read_text()

@@ -6,8 +6,9 @@ arguments override both.
 
 Everything is checked here, when the config is read, before any work starts:
 unknown keys, values of the wrong type, values outside a fixed set of choices
-(the ``Literal`` fields), names looked up in a registry (dataset, backbone, metric
-and distillation losses, and those losses' arguments), and the device string. Each
+(the ``Literal`` fields), numbers outside the range declared beside their field
+(``metadata=at_least(0)``, see ranges.py), names looked up in a registry (dataset,
+backbone, metric and distillation losses, and those losses' arguments), and the device string. Each
 failure is one :class:`ConfigError` naming the key, the value and what is valid,
 so a typo never silently falls back to a default or surfaces as a traceback later.
 """
@@ -27,6 +28,7 @@ import yaml
 
 from embdistill.evaluation.collapse import COLLAPSE_SPREAD
 from embdistill.models.embedder import ModelConfig
+from embdistill.ranges import RANGE, SEED_MAX, above, at_least, between
 
 
 class ConfigError(ValueError):
@@ -37,6 +39,10 @@ Schedule = Literal["cosine", "step", "constant"]
 NanPolicy = Literal["stop", "skip"]
 Precision = Literal["auto", "fp32", "bf16"]
 TeacherPrecision = Literal["fp32", "bf16"]
+Select = Literal["last", "best"]
+SelectMetric = Literal["recall@1", "map@r"]
+EvalSplit = Literal["auto", "test", "validation"]
+ResizeMode = Literal["crop", "squash", "pad"]  # data/transforms.py RESIZE_MODES
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
@@ -44,11 +50,14 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 class DataConfig:
     dataset: str = "cub200"  # a reader of data/datasets.py DATASETS: cub200 | cars196 | sop | folder
     root: str = "../shared/data/cub100"
-    image_size: int = 224
-    num_workers: int = 2
+    image_size: int = field(default=224, metadata=at_least(1))
+    num_workers: int = field(default=2, metadata=at_least(0))
     cache_images: bool = False  # keep decoded images in memory (2-core machines are decode-bound)
     skip_bad_images: bool = False  # skip (and list) corrupt files instead of stopping
-    validation_classes: int = 0  # hold out the last N train classes to choose lambda/epochs
+    validation_classes: int = field(default=0, metadata=at_least(0))  # hold out the last N train classes to choose lambda/epochs
+    # How a non-square image becomes the square input, for eval and training crops alike:
+    # crop (centre square; cuts the ends off wide Cars-196 crops) | squash (stretch) | pad (whole, zero border)
+    resize: ResizeMode = "crop"
 
 
 @dataclass
@@ -70,46 +79,51 @@ class TrainConfig:
     convolutions on GPUs; ``auto`` means on for CUDA, off on the CPU.
     """
 
-    epochs: int = 30
-    classes_per_batch: int = 4  # P, paper: 4
-    images_per_class: int = 8  # K, paper: 8
-    batches_per_epoch: int | None = None  # default: one pass over the train images
-    lr: float = 1e-4  # head learning rate (Adam)
-    backbone_lr_mult: float = 0.1  # backbone lr = lr * this
-    weight_decay: float = 5e-4
+    epochs: int = field(default=30, metadata=at_least(0))  # 0: only evaluate the starting network
+    classes_per_batch: int = field(default=4, metadata=at_least(2))  # P, paper: 4 (a triplet needs a negative class)
+    images_per_class: int = field(default=8, metadata=at_least(2))  # K, paper: 8 (and a positive)
+    batches_per_epoch: int | None = field(default=None, metadata=at_least(1))  # default: one pass over the train images
+    lr: float = field(default=1e-4, metadata=above(0))  # head learning rate (Adam)
+    backbone_lr_mult: float = field(default=0.1, metadata=at_least(0))  # backbone lr = lr * this (0: its weights stay as they are)
+    weight_decay: float = field(default=5e-4, metadata=at_least(0))
     schedule: Schedule = "cosine"
-    step_epochs: list[int] = field(default_factory=list)  # for schedule=step: decay x0.1 at these
-    warmup_epochs: float = 0.0
+    step_epochs: list[int] = field(default_factory=list, metadata=at_least(1))  # for schedule=step: decay x0.1 at these
+    warmup_epochs: float = field(default=0.0, metadata=at_least(0))
     metric_loss: str = "batch_hard_triplet"  # a name in losses/metric.py METRIC_LOSSES
     metric_loss_args: dict[str, Any] = field(default_factory=dict)
-    metric_weight: float = 1.0  # 0: the teacher alone trains the student (the metric loss is still logged)
-    log_every: int = 10  # steps
-    collapse_spread: float = COLLAPSE_SPREAD  # warn when an epoch's mean batch embedding spread falls below this
+    metric_weight: float = field(default=1.0, metadata=at_least(0))  # 0: the teacher alone trains the student (the metric loss is still logged)
+    log_every: int = field(default=10, metadata=at_least(1))  # steps
+    collapse_spread: float = field(default=COLLAPSE_SPREAD, metadata=at_least(0))  # warn when an epoch's mean batch embedding spread falls below this
     nan_policy: NanPolicy = "stop"  # skip: skipped batches are counted in summary.yaml
-    checkpoint_every: int = 0  # also checkpoint every N steps mid-epoch (0: only at epoch ends)
+    checkpoint_every: int = field(default=0, metadata=at_least(0))  # also checkpoint every N steps mid-epoch (0: only at epoch ends)
     gather_global_batch: bool = True  # multi-process: batch-level losses see every process's images (exact)
     precision: Precision = "auto"  # student forward under autocast; auto: bf16 on CUDA
     channels_last: bool | Literal["auto"] = "auto"  # auto: on for CUDA
+    # Which weights are scored: the last epoch's, or the best on the held-out train classes (best.pt,
+    # engine/select.py) by select_metric, evaluated every eval.every_epochs and after the last epoch.
+    select: Select = "last"
+    select_metric: SelectMetric = "recall@1"
+    patience: int = field(default=0, metadata=at_least(0))  # select=best: stop after N evaluations without a better one (0: never)
 
 
 @dataclass
 class DistillTermConfig:
     name: str  # a name in losses/distill.py DISTILL_LOSSES: absolute | relative | rkd_distance | rkd_angle | darkrank | hint | attention
-    weight: float = 1.0
+    weight: float = field(default=1.0, metadata=at_least(0))  # lambda
     args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class SemiSupervisedConfig:
     folder: str | None = None  # extra unlabelled images (any layout, searched recursively)
-    hide_label_fraction: float = 0.0  # or: this fraction of train classes becomes unlabelled
-    unlabelled_per_batch: int = 16
+    hide_label_fraction: float = field(default=0.0, metadata=between(0, 1, high_open=True))  # or: this fraction of train classes becomes unlabelled
+    unlabelled_per_batch: int = field(default=16, metadata=at_least(1))
 
 
 @dataclass
 class CrossQualityConfig:
-    resolution: int | None = None  # student sees images down-scaled to this and back
-    jpeg_quality: int | None = None  # and/or re-encoded at this JPEG quality
+    resolution: int | None = field(default=None, metadata=at_least(1))  # student sees images down-scaled to this and back
+    jpeg_quality: int | None = field(default=None, metadata=between(1, 100))  # and/or re-encoded at this JPEG quality
     degrade_test: bool = True  # evaluate on test images degraded the same way
 
 
@@ -117,20 +131,20 @@ class CrossQualityConfig:
 class DistillConfig:
     teacher: str = ""  # checkpoint written by `embdistill train`
     teacher_backbone: str | None = None  # expected teacher architecture (None: accept the checkpoint's)
-    teacher_dim: int | None = None  # expected teacher embedding size (None: accept the checkpoint's)
+    teacher_dim: int | None = field(default=None, metadata=at_least(1))  # expected teacher embedding size (None: accept the checkpoint's)
     strict_teacher: bool = False  # a teacher trained at another image size is an error, not a note
     terms: list[DistillTermConfig] = field(default_factory=list)
     cache_teacher: bool = True  # compute teacher outputs once per fixed augmented view
-    cache_views: int = 4  # number of fixed views per image when caching (and in the bank)
+    cache_views: int = field(default=4, metadata=at_least(1))  # number of fixed views per image when caching (and in the bank)
     # The fixed views are seeded by this, not by the run's seed: every seed of a row sees the same
     # views, so they can share one teacher bank.
-    view_seed: int = 0
+    view_seed: int = field(default=0, metadata=between(0, SEED_MAX))
     # A file of the teacher's embeddings of every (image, view), filled once (`embdistill bank`, or the
     # first run that names it) and read by every later run; refused if made for other inputs.
     bank: str | None = None
     # The teacher sees each augmented crop at this size, the student the same crop resized to
     # data.image_size: a big teacher keeps its resolution while a phone student runs small.
-    teacher_image_size: int | None = None  # None: data.image_size
+    teacher_image_size: int | None = field(default=None, metadata=at_least(1))  # None: data.image_size
     teacher_precision: TeacherPrecision = "fp32"
     semi_supervised: SemiSupervisedConfig | None = None
     cross_quality: CrossQualityConfig | None = None
@@ -138,19 +152,23 @@ class DistillConfig:
 
 @dataclass
 class EvalConfig:
-    ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
-    every_epochs: int = 0  # 0: only at the end
-    batch_size: int = 64
+    ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8], metadata=at_least(1))
+    every_epochs: int = field(default=0, metadata=at_least(0))  # 0: only at the end
+    batch_size: int = field(default=64, metadata=at_least(1))
     initial: bool = False  # also evaluate before training (e.g. a pretrained starting point)
+    # What summary.yaml and the report score. auto: the held-out train classes when data.validation_classes > 0
+    # (what that key alone always meant), else the test classes. test with validation classes: those are scored
+    # every every_epochs (train.select chooses on them), the test classes once, at the end.
+    split: EvalSplit = "auto"
 
 
 @dataclass
 class ExperimentConfig:
     name: str = "run"
     output_dir: str = "runs"
-    seed: int = 0
+    seed: int = field(default=0, metadata=between(0, SEED_MAX))
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int | None = None  # torch CPU threads; None: torch's default
+    threads: int | None = field(default=None, metadata=at_least(1))  # torch CPU threads; None: torch's default
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -317,15 +335,15 @@ def validate(cfg: ExperimentConfig) -> None:
     from embdistill.losses.distill import DISTILL_LOSSES
     from embdistill.losses.metric import METRIC_LOSSES
 
+    _check_ranges(cfg)
     if not DEVICE_PATTERN.fullmatch(cfg.device):
         raise ConfigError(f"device: expected auto, cpu, cuda, cuda:N or mps, got {cfg.device!r}")
+    _check_selection(cfg)
     _check_name("data.dataset", "dataset", cfg.data.dataset, DATASETS)
     _check_backbone("model.backbone", cfg.model.backbone, "model.backbone_args", cfg.model.backbone_args)
     _check_name("train.metric_loss", "metric loss", cfg.train.metric_loss, METRIC_LOSSES)
     _check_call("train.metric_loss_args", f"metric loss {cfg.train.metric_loss!r}",
                 METRIC_LOSSES[cfg.train.metric_loss], cfg.train.metric_loss_args)
-    if cfg.train.metric_weight < 0:
-        raise ConfigError(f"train.metric_weight: expected a value >= 0, got {cfg.train.metric_weight}")
     d = cfg.distill
     if cfg.train.metric_weight == 0 and cfg.train.epochs > 0 and (d is None or not d.terms):
         raise ConfigError("train.metric_weight: 0 leaves nothing to train without distill.terms; "
@@ -342,11 +360,43 @@ def validate(cfg: ExperimentConfig) -> None:
     if d.teacher_image_size is not None and d.teacher_image_size < cfg.data.image_size:
         raise ConfigError(f"distill.teacher_image_size: expected an int >= data.image_size ({cfg.data.image_size}), "
                           f"got {d.teacher_image_size}")
-    if d.cache_teacher and d.cache_views < 1:
-        raise ConfigError(f"distill.cache_views: expected >= 1 with distill.cache_teacher, got {d.cache_views}")
-    semi = d.semi_supervised
-    if semi is not None and not 0.0 <= semi.hide_label_fraction < 1.0:
-        raise ConfigError(f"distill.semi_supervised.hide_label_fraction: expected a value in [0, 1), got {semi.hide_label_fraction}")
+
+
+def _check_ranges(section: Any, prefix: str = "") -> None:
+    """Every field declaring a range (``metadata=at_least(0)`` and the like, see ranges.py) holds a value in it.
+
+    Walks the built config, nested sections and lists of them included, so a field
+    gets checked by declaring its range, wherever it sits.
+    """
+    for f in dataclasses.fields(section):
+        key, value = f"{prefix}{f.name}", getattr(section, f.name)
+        bounds = f.metadata.get(RANGE)
+        items = [(f"{key}[{i}]", v) for i, v in enumerate(value)] if isinstance(value, list) else [(key, value)]
+        for where, item in items:
+            if dataclasses.is_dataclass(item):
+                _check_ranges(item, f"{where}.")
+            elif bounds is not None and item is not None and item not in bounds:
+                raise ConfigError(f"{where}: expected a value {bounds}, got {item!r}")
+
+
+def _check_selection(cfg: ExperimentConfig) -> None:
+    """Only held-out train classes may choose an epoch: never the test classes, never nothing."""
+    t, e, held_out = cfg.train, cfg.eval, cfg.data.validation_classes
+    if e.split == "validation" and not held_out:
+        raise ConfigError("eval.split: 'validation' scores the held-out train classes, but data.validation_classes is 0; "
+                          "set data.validation_classes to N > 0")
+    if t.select == "best":
+        if not held_out:
+            raise ConfigError("train.select: 'best' chooses on held-out train classes, but data.validation_classes is 0 "
+                              "(nothing may choose on the test classes); set data.validation_classes to N > 0")
+        if not e.every_epochs:
+            raise ConfigError("train.select: 'best' chooses among the evaluations every eval.every_epochs, which is 0; "
+                              "set eval.every_epochs to N >= 1")
+        if t.select_metric.startswith("recall@") and int(t.select_metric[len("recall@"):]) not in e.ks:
+            raise ConfigError(f"train.select_metric: {t.select_metric!r} is not computed: eval.ks is {e.ks}")
+    elif t.patience:
+        raise ConfigError(f"train.patience: {t.patience} stops on the validation score, which only train.select: 'best' "
+                          f"watches (train.select is {t.select!r}); set train.select: best or train.patience: 0")
 
 
 def _check_name(key: str, what: str, name: str, registry: Mapping[str, Any]) -> None:

@@ -8,15 +8,35 @@ faiss and the web framework (seconds). The choices come from :mod:`embdistill.fo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-from embdistill.formats import EXPORT_FORMATS, INDEX_KINDS, QUANTIZE_MODES, DeployError
+from embdistill.formats import EXPORT_FORMATS, INDEX_KINDS, QUANTIZE_MODES, DeployError, EmbeddingSpaceWarning
 
 Command = Callable[[argparse.Namespace], int]
+
+
+@contextlib.contextmanager
+def _space_warnings_as_lines(command: str) -> Iterator[None]:
+    """An :class:`EmbeddingSpaceWarning` is one line on stderr like the errors, not Python's file:line form."""
+    with warnings.catch_warnings():  # puts showwarning back on the way out
+        warnings.simplefilter("always", EmbeddingSpaceWarning)
+        show = warnings.showwarning
+
+        def one_line(message: Any, category: type[Warning], *rest: Any) -> None:
+            if issubclass(category, EmbeddingSpaceWarning):
+                print(f"embdistill {command}: warning: {message}", file=sys.stderr, flush=True)
+            else:
+                show(message, category, *rest)
+
+        warnings.showwarning = one_line
+        yield
 
 
 def _reports_errors(fn: Command) -> Command:
@@ -25,7 +45,8 @@ def _reports_errors(fn: Command) -> Command:
     @functools.wraps(fn)
     def wrapper(args: argparse.Namespace) -> int:
         try:
-            return fn(args)
+            with _space_warnings_as_lines(args.command):
+                return fn(args)
         except DeployError as err:
             print(f"embdistill {args.command}: error: {err}", file=sys.stderr)
             return 2
@@ -95,7 +116,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from embdistill.search import save_grid, search_image
 
-    result = search_image(args.index, args.query, args.k, args.model)
+    result = search_image(args.index, args.query, args.k, args.model, allow_other_space=args.allow_other_space)
     print(f"query {result.query} (model {result.model})")
     print("rank  score   path")
     print("\n".join(result.lines()))
@@ -111,8 +132,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return run_server(
         args.gallery, args.compare, host=args.host, port=args.port, k=args.k, max_upload_mb=args.max_upload_mb,
         model=args.model, compare_model=args.compare_model, name=args.name, compare_name=args.compare_name,
-        threads=args.threads,
+        threads=args.threads, allow_other_space=args.allow_other_space,
     )
+
+
+_ALLOW_OTHER_SPACE = ("accept a model that is not the network that embedded the gallery "
+                      "(refused by default: scores between two embedding spaces mean nothing)")
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
@@ -157,6 +182,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("query", help="query image")
     p.add_argument("-k", type=int, default=8)
     p.add_argument("--model", help="checkpoint or .onnx (default: the one the index was embedded with)")
+    p.add_argument("--allow-other-space", action="store_true", help=_ALLOW_OTHER_SPACE)
     p.add_argument("--output", "-o", type=Path, help="write a PNG grid of the query and its results")
     p.set_defaults(func=cmd_search)
 
@@ -169,6 +195,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="larger uploads are refused with 413")
     p.add_argument("--model", help="model for GALLERY (default: the one it was embedded with)")
     p.add_argument("--compare-model", help="model for --compare (default: the one it was embedded with)")
+    p.add_argument("--allow-other-space", action="store_true", help=_ALLOW_OTHER_SPACE)
     p.add_argument("--name", help="title of GALLERY's column (default: its model's run directory name)")
     p.add_argument("--compare-name", help="title of the --compare column")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")

@@ -4,7 +4,9 @@ A deployed model is useless without the exact preprocessing it was trained with
 (input size, resize, mean/std), so every exported file carries it: ONNX in
 ``metadata_props`` plus a sidecar ``OUT.json``, TorchScript as the extra file
 ``embdistill.json``. The exported graph takes a normalised N×3×S×S float tensor
-(any N) and returns the L2-normalised N×D embedding.
+(any N) and returns the L2-normalised N×D embedding. The metadata also holds
+``model_fingerprint``, the checkpoint's :func:`~embdistill.engine.checkpoint.checkpoint_fingerprint`:
+the embedding space, which `search` and `serve` check a gallery's model against.
 
 ``quantize="int8"`` (``embdistill export --quantize int8``) writes a statically
 quantized ONNX file with the same metadata plus a ``quantization`` record; the
@@ -24,8 +26,8 @@ import torch
 from torch import Tensor, nn
 
 import embdistill
-from embdistill.data.transforms import Normalization, build_transform
-from embdistill.engine.checkpoint import embedder_from_checkpoint, load_checkpoint
+from embdistill.data.transforms import Normalization, check_resize, eval_transform  # eval_transform re-exported: defined here before
+from embdistill.engine.checkpoint import checkpoint_fingerprint, embedder_from_checkpoint, load_checkpoint
 from embdistill.formats import EXPORT_FORMATS, QUANTIZE_MODES, DeployError  # re-exported: defined here before
 from embdistill.models.embedder import Embedder
 
@@ -52,6 +54,12 @@ INPUT_NAME, OUTPUT_NAME = "image", "embedding"
 TORCHSCRIPT_EXTRA = "embdistill.json"
 DEFAULT_OPSET = 17
 RESIZE_RATIO = 256 / 224  # the eval transform's, see engine/loaders.py
+INPUT_LAYOUTS = {  # ExportMetadata.input_layout for each data.resize mode
+    "crop": "NCHW float32, RGB, resize shorter side to resize_size, centre crop image_size, (x/255 - mean) / std",
+    "squash": "NCHW float32, RGB, resize the whole image to image_size x image_size (aspect not kept), (x/255 - mean) / std",
+    "pad": "NCHW float32, RGB, resize longer side to image_size (aspect kept), (x/255 - mean) / std, "
+           "centred on an image_size x image_size square of zeros",
+}
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -72,9 +80,11 @@ class ExportMetadata:
     pooling: str
     input_name: str = INPUT_NAME
     output_name: str = OUTPUT_NAME
-    input_layout: str = "NCHW float32, RGB, resize shorter side to resize_size, centre crop image_size, (x/255 - mean) / std"
+    input_layout: str = INPUT_LAYOUTS["crop"]
     output_layout: str = "N x embedding_dim float32, L2-normalised"
+    resize: str = "crop"  # data.resize the model was trained with: crop | squash | pad (older files: crop)
     source: str = ""
+    model_fingerprint: str = ""  # checkpoint_fingerprint of the source checkpoint: its embedding space ("": unknown, older file)
     embdistill_version: str = embdistill.__version__
 
     @property
@@ -104,6 +114,7 @@ class ExportMetadata:
                 std=tuple(float(v) for v in values["std"]),
             )
             Normalization(values["mean"], values["std"])  # 3 means, 3 positive stds
+            check_resize(values.get("resize", "crop"))
             meta = cls(**values)
         except (TypeError, ValueError) as err:
             raise DeployError(f"{where}: malformed embdistill metadata ({err}): {data}") from err
@@ -125,6 +136,7 @@ def metadata_from_checkpoint(payload: dict[str, Any], model: Embedder, source: s
     if "normalization" in payload:
         mean, std = payload["normalization"]
         norm = Normalization(tuple(mean), tuple(std))
+    resize = check_resize(str(((payload.get("config") or {}).get("data") or {}).get("resize", "crop")))
     return ExportMetadata(
         image_size=size,
         resize_size=round(size * RESIZE_RATIO),
@@ -134,12 +146,10 @@ def metadata_from_checkpoint(payload: dict[str, Any], model: Embedder, source: s
         backbone=str(payload["model_config"].get("backbone", "")),
         pooling=str(model.pooling),
         source=source,
+        model_fingerprint=checkpoint_fingerprint(payload),
+        resize=resize,
+        input_layout=INPUT_LAYOUTS[resize],
     )
-
-
-def eval_transform(meta: ExportMetadata):
-    """The PIL -> tensor transform the exported model expects (same as evaluation's)."""
-    return build_transform(False, meta.image_size, meta.normalization, resize_ratio=meta.resize_size / meta.image_size)
 
 
 class EmbeddingOnly(nn.Module):

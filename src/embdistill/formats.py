@@ -7,7 +7,7 @@ choices. The libraries (:mod:`embdistill.export`, :mod:`embdistill.quantize`,
 """
 from __future__ import annotations
 
-__all__ = ["EXPORT_FORMATS", "INDEX_KINDS", "QUANTIZE_MODES", "DeployError"]
+__all__ = ["EXPORT_FORMATS", "INDEX_KINDS", "QUANTIZE_MODES", "DeployError", "EmbeddingSpaceError", "EmbeddingSpaceWarning"]
 
 EXPORT_FORMATS = ("onnx", "torchscript")
 INDEX_KINDS = ("flat", "ivf", "hnsw")
@@ -16,3 +16,11 @@ QUANTIZE_MODES = ("int8",)  # ONNX only: static post-training quantization, see 
 
 class DeployError(ValueError):
     """Bad input to export / embed / index / search / serve: the message names the file and what was expected."""
+
+
+class EmbeddingSpaceError(DeployError):
+    """A query model from another network than the one that embedded the gallery: every score would be meaningless."""
+
+
+class EmbeddingSpaceWarning(UserWarning):
+    """A gallery or model file older than model fingerprints: whether query and gallery share a space is unchecked."""

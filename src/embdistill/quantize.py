@@ -147,7 +147,7 @@ class ImageCalibrationReader:
     """onnxruntime's CalibrationDataReader over image files: batches preprocessed as the metadata says."""
 
     def __init__(self, paths: Sequence[Path], input_name: str, meta: Any, batch_size: int = 16) -> None:
-        from embdistill.export import eval_transform
+        from embdistill.data.transforms import eval_transform
 
         self.paths, self.input_name, self.batch_size = list(paths), input_name, batch_size
         self.transform = eval_transform(meta)

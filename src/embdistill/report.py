@@ -50,7 +50,7 @@ GRID_QUERIES, GRID_NEIGHBOURS, GRID_SEED = 6, 5, 0
 
 
 def _embedded(run_dir: Path, device: str = "auto", root: str | None = None, progress: bool = False) -> Embedded:
-    """The run's evaluation split embedded by its last.pt: from the cache, or embedded now and cached."""
+    """The run's evaluation split embedded by its checkpoint (best.pt or last.pt): from the cache, or embedded now and cached."""
     cached = load_test_embeddings(run_dir)
     if cached is not None:
         return cached
@@ -78,8 +78,9 @@ def test_embeddings(
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(embeddings (N, D) float32, labels (N,), image paths) of the run's evaluation split.
 
-    Computed once from last.pt and the dataset named in its config, then read from
-    ``RUN_DIR/test_embeddings.npz`` until last.pt changes. ``root`` overrides the
+    Computed once from the run's checkpoint (best.pt when it chose an epoch, else
+    last.pt) and the dataset named in its config, then read from
+    ``RUN_DIR/test_embeddings.npz`` until that changes. ``root`` overrides the
     recorded dataset root (e.g. a relative root read from another directory).
     """
     e = _embedded(Path(run_dir), device, root, progress)
@@ -252,6 +253,10 @@ def _row(name: str, run_dir: Path, remeasure: bool, device: str, root: str | Non
         "cpu_images_per_s": stats["cpu_images_per_s"],
         "run_dir": str(run_dir),
         "collapse_warning": summary.get("collapse_warning"),
+        # Not table columns: the run's own section shows them (_selection_lines).
+        "epoch": summary.get("epoch"),
+        "selected": summary.get("selected"),
+        "validation_curve": summary.get("validation_curve"),
     }
 
 
@@ -319,6 +324,26 @@ def _collapse_warnings(rows: list[dict[str, Any]]) -> list[str]:
     return ["", *warnings] if warnings else []
 
 
+def _selection_lines(row: dict[str, Any]) -> list[str]:
+    """Which epoch's weights the numbers are of, and the held-out curve they were chosen on (if any)."""
+    selected, curve = row.get("selected"), row.get("validation_curve") or []
+    lines = []
+    if selected:
+        early = ", stopped early" if selected.get("stopped_early") else ""
+        metric = _HEADINGS.get(selected["metric"], selected["metric"].replace("recall@", "R@"))
+        lines += [f"Scored with the weights of epoch {row['epoch']} of {selected['epochs_trained']}{early}: the best "
+                  f"{metric} on the held-out train classes ({_cell(selected['metric'], selected['validation'])}).", ""]
+    if curve:
+        keys = [k for k in curve[0] if k.startswith("recall@") or k == "map@r"]
+        lines += ["| Epoch | " + " | ".join(_HEADINGS.get(k, k.replace("recall@", "R@")) for k in keys) + " |",
+                  "|" + "---:|" * (1 + len(keys))]
+        for point in curve:
+            mark = " (scored)" if selected and point["epoch"] == row["epoch"] else ""
+            lines.append(f"| {point['epoch']}{mark} | " + " | ".join(_cell(k, point.get(k)) for k in keys) + " |")
+        lines += ["", "Held-out train classes (`data.validation_classes`) after each evaluated epoch, in %.", ""]
+    return lines
+
+
 def _link(target: Path, out_dir: Path) -> str:
     return Path(os.path.relpath(target.resolve(), out_dir.resolve())).as_posix()
 
@@ -375,6 +400,7 @@ def write_report(
             plot_training_curves(d)
         if curve.is_file():
             lines += [f"![training curves of {row['run']}]({_link(curve, out)})", ""]
+        lines += _selection_lines(row)
         grid = write_retrieval_grid(d, device=device, root=root, progress=progress)
         lines += [
             f"Queries from the {row.get('split') or 'evaluation'} split (grey frame) and their {GRID_NEIGHBOURS} "

@@ -45,8 +45,10 @@ _LAYOUTS = {
     "cub200": "<root>/images.txt ('<image id> <relative path>'), "
     "<root>/image_class_labels.txt ('<image id> <class id>'), "
     "<root>/classes.txt ('<class id> <name>'), images under <root>/images/",
-    "cars196": "<root>/cars_annos.mat (struct array 'annotations' with fields "
-    "relative_im_path, class, ...; cell array 'class_names'), images under <root>/car_ims/",
+    "cars196": "either <root>/cars_annos.mat (struct array 'annotations' with fields "
+    "relative_im_path, class, ...; cell array 'class_names'), images under <root>/car_ims/; "
+    "or, without cars_annos.mat, one folder per class in class order, "
+    "<root>/NNN_Make_Model_Type_Year/<image>",
     "sop": "<root>/Ebay_train.txt and <root>/Ebay_test.txt (header "
     "'image_id class_id super_class_id path', then one row per image), "
     "images at <root>/<path>, e.g. <root>/bicycle_final/111085122871_0.JPG",
@@ -274,13 +276,15 @@ def read_cub200(root: str | Path, split: str, *, train_classes: int = 100) -> Im
 
 
 def read_cars196(root: str | Path, split: str, *, train_classes: int = 98) -> ImageList:
-    """Stanford Cars-196 from the official ``cars_annos.mat`` (the 'test' flag is unused)."""
+    """Stanford Cars-196 from the official ``cars_annos.mat`` (the 'test' flag is unused), or,
+    when there is none, from one folder per class: the first ``train_classes`` folders in
+    sorted order train, the rest test."""
     import scipy.io  # slow import, only needed here
 
     root = _root(root, "cars196")
     mat_path = root / "cars_annos.mat"
     if not mat_path.is_file():
-        raise DatasetError(f"cars196: missing file {mat_path}. {_hint('cars196')}")
+        return _read_cars196_folders(root, split, train_classes)
     try:
         mat = scipy.io.loadmat(mat_path, squeeze_me=True)
     except Exception as err:  # scipy raises several unrelated types for a bad file
@@ -324,6 +328,20 @@ def read_cars196(root: str | Path, split: str, *, train_classes: int = 98) -> Im
         records.append((root / rel, class_id))
     records = _split_by_id("cars196", split, records, train_classes)
     return _image_list("cars196", split, records, class_names)
+
+
+def _read_cars196_folders(root: Path, split: str, train_classes: int) -> ImageList:
+    """Folder ``k`` in sorted order is class id ``k`` (1-based), so the id split is the folder-order split."""
+    names = [p.name for p in _class_folders(root, "cars196")]
+    if len(names) <= train_classes:
+        raise DatasetError(
+            f"cars196: {root} has no cars_annos.mat and {len(names)} class folders; the split "
+            f"needs more than train_classes={train_classes} (first {train_classes} train, "
+            f"the rest test). {_hint('cars196')}"
+        )
+    records = [(p, k) for k, name in enumerate(names, start=1) for p in _class_images(root / name, "cars196")]
+    records = _split_by_id("cars196", split, records, train_classes)
+    return _image_list("cars196", split, records, dict(enumerate(names, start=1)))
 
 
 _SOP_HEADER = ["image_id", "class_id", "super_class_id", "path"]
@@ -392,18 +410,7 @@ def read_folder(
     folder inside a class folder, is an error rather than silently skipped.
     """
     root = _root(root, "folder")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    stray = sorted(
-        p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
-    if stray:
-        raise DatasetError(
-            f"folder: image files directly in {root} belong to no class: {_listing(stray)}. "
-            f"{_hint('folder')}"
-        )
-    if not class_dirs:
-        raise DatasetError(f"folder: {root} has no class sub-folders. {_hint('folder')}")
-    all_names = [p.name for p in class_dirs]
+    all_names = [p.name for p in _class_folders(root, "folder")]
     train, test = _folder_class_split(root, all_names, train_classes, test_classes)
     chosen = {"train": train, "test": test, "all": sorted(set(train) | set(test))}[split]
 
@@ -451,7 +458,23 @@ def _folder_class_split(
     return train, test
 
 
-def _class_images(class_dir: Path) -> list[Path]:
+def _class_folders(root: Path, dataset: str) -> list[Path]:
+    """The class sub-folders of ``root`` in sorted order; stray images or none at all are errors."""
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    stray = sorted(
+        p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+    if stray:
+        raise DatasetError(
+            f"{dataset}: image files directly in {root} belong to no class: {_listing(stray)}. "
+            f"{_hint(dataset)}"
+        )
+    if not class_dirs:
+        raise DatasetError(f"{dataset}: {root} has no class sub-folders. {_hint(dataset)}")
+    return class_dirs
+
+
+def _class_images(class_dir: Path, dataset: str = "folder") -> list[Path]:
     images, other = [], []
     for p in sorted(class_dir.iterdir()):
         if p.name.startswith("."):
@@ -459,11 +482,11 @@ def _class_images(class_dir: Path) -> list[Path]:
         (images if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS else other).append(p)
     if other:
         raise DatasetError(
-            f"folder: {class_dir} holds entries that are not images: "
-            f"{_listing([p.name for p in other])}. {_hint('folder')}"
+            f"{dataset}: {class_dir} holds entries that are not images: "
+            f"{_listing([p.name for p in other])}. {_hint(dataset)}"
         )
     if not images:
-        raise DatasetError(f"folder: class folder {class_dir} has no images. {_hint('folder')}")
+        raise DatasetError(f"{dataset}: class folder {class_dir} has no images. {_hint(dataset)}")
     return images
 
 

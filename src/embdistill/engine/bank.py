@@ -11,7 +11,9 @@ A bank is only valid for the exact inputs that produced it, so its file carries 
 :class:`BankKey` (teacher weights hash, training images and labels, view seed and
 count, crop size, transform, decoded-image size, teacher precision). A run whose key
 differs is refused with the fields that differ. Writes are atomic and the fill is
-resumable view by view: a half-written bank is never read.
+resumable view by view: a half-written bank is never read. Processes that need one
+missing bank at once (parallel rows, seeds) take turns under a lock beside it: the
+first fills it, the others wait and read it.
 """
 from __future__ import annotations
 
@@ -20,8 +22,11 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,11 +38,16 @@ from tqdm import tqdm
 from embdistill.config import ConfigError, ExperimentConfig
 from embdistill.data.datasets import ImageList
 from embdistill.data.transforms import Normalization
-from embdistill.engine.checkpoint import load_checkpoint
+from embdistill.engine.checkpoint import checkpoint_fingerprint
 from embdistill.engine.loaders import view_size
 from embdistill.engine.teacher import FrozenTeacher, TeacherCache
 from embdistill.engine.views import ViewDataset
 from embdistill.models.embedder import Embedder
+
+try:
+    import fcntl
+except ImportError:  # Windows: fills of one bank there are not serialised
+    fcntl = None
 
 FORMAT = 2  # 2: the teacher is keyed by its weights and model config, no longer by the checkpoint file's bytes
 
@@ -66,21 +76,7 @@ class BankKey:
         return [f"{k}: the bank has {mine[k]!r}, this run needs {theirs[k]!r}" for k in mine if mine[k] != theirs[k]]
 
 
-def teacher_fingerprint(checkpoint: str | Path) -> str:
-    """SHA-256 of what decides a checkpoint's outputs: its model config, input normalisation and weights.
-
-    Not the file's bytes: a checkpoint rewritten with the same weights (another training
-    config stored beside them, another pickle) keeps its banks valid.
-    """
-    payload = load_checkpoint(checkpoint)
-    digest = hashlib.sha256()
-    digest.update(json.dumps({"model_config": payload["model_config"], "normalization": payload.get("normalization")},
-                             sort_keys=True, default=str).encode())
-    for name, tensor in sorted(payload["model_state"].items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"\n{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+teacher_fingerprint = checkpoint_fingerprint  # the one fingerprint, shared with galleries and exports
 
 
 def data_fingerprint(items: ImageList, root: str | Path | None = None) -> str:
@@ -184,6 +180,75 @@ def _partial_dir(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
 
 
+def _lock_file(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+@contextmanager
+def bank_lock(path: str | Path) -> Iterator[None]:
+    """Hold ``PATH.lock`` exclusively, so one process fills the bank at ``path`` and the others wait.
+
+    ``fcntl.flock``, because the kernel drops it when its holder dies, SIGKILL included: a
+    killed fill never leaves a stale lock behind, as an ``O_EXCL`` lock file would (whose
+    staleness could only be guessed from a pid). Unlike ``fcntl.lockf`` (POSIX record locks)
+    it belongs to the open file, not the process, so no other ``close()`` of the file in this
+    process can drop it, and it means the same on Linux and macOS. A waiter says once, on
+    stderr, which bank it waits for and the holder's pid (written into the lock file).
+
+    The holder removes the lock file before it lets go, so none is left beside a finished
+    bank; a waiter that then wins the lock on the removed file queues again on the new one.
+    Not reentrant: a second ``bank_lock`` on one path in one process waits forever.
+    """
+    path = Path(path)
+    lock = _lock_file(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    told = False
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not told:
+                    print(_waiting_message(path, lock, os.pread(fd, 256, 0)), file=sys.stderr, flush=True)
+                    told = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            if _names(lock, fd):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # its holder removed this file on letting go: queue on the one that replaced it
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)  # before letting go: a waiter must never win a file no longer at `lock`
+        os.close(fd)
+
+
+def _names(lock: Path, fd: int) -> bool:
+    """Whether ``lock`` still names the open file ``fd``."""
+    try:
+        here, held = os.stat(lock), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _waiting_message(path: Path, lock: Path, recorded: bytes) -> str:
+    pid, _, host = recorded.decode(errors="replace").strip().partition(" ")
+    holder = "no pid recorded yet"
+    if pid:
+        holder = f"pid {pid}" + (f" on {host}" if host and host != socket.gethostname() else "")
+    return (f"teacher bank {path}: another process ({holder}) holds {lock} and is filling it; "
+            f"waiting for it to finish, then reading the bank")
+
+
 def fill_bank(
     path: str | Path,
     key: BankKey,
@@ -192,27 +257,40 @@ def fill_bank(
     batch_size: int = 64,
     num_workers: int = 0,
     progress: bool = True,
+    say: Callable[[str], None] | None = None,
 ) -> TeacherBank:
-    """Run the teacher once over every (image, view) and write the bank.
+    """Run the teacher once over every (image, view) and write the bank, unless another process just did.
 
-    Each finished view is saved atomically in ``PATH.partial/``, so a killed fill
-    resumes at the view it was in; the bank file itself appears only when complete.
+    Fills of one path take turns under :func:`bank_lock`; one that finds the bank written
+    when its turn comes reads it instead (refused as usual if made for other inputs). Each
+    finished view is saved atomically in ``PATH.partial/``, so a killed fill (SIGKILL too:
+    the OS drops its lock) is resumed at the view it was in by the next; the bank file
+    itself appears only when complete. ``say`` hears that the teacher is about to run.
     """
     path = Path(path)
     partial = _partial_dir(path)
-    if partial.is_dir() and _read_json(partial / "key.json") != dataclasses.asdict(key):
-        shutil.rmtree(partial)  # a fill for other inputs: useless here
-    partial.mkdir(parents=True, exist_ok=True)
-    (partial / "key.json").write_text(json.dumps(dataclasses.asdict(key), indent=1))
-    device = next(teacher.model.parameters()).device
-    rendered, views.teacher_images = views.teacher_images, True
-    try:
-        per_view = _fill_views(partial, key, views, teacher, device, batch_size, num_workers, progress)
-    finally:
-        views.teacher_images = rendered
-    bank = TeacherBank(key, torch.stack(per_view))
-    save_bank(path, bank)
-    shutil.rmtree(partial)
+    with bank_lock(path):  # the only place .partial is created, written or removed
+        if path.is_file():
+            bank = load_bank(path, key)
+            shutil.rmtree(partial, ignore_errors=True)  # views left by a fill killed just after writing the bank
+            return bank
+        if _read_json(partial / "key.json") != dataclasses.asdict(key):
+            shutil.rmtree(partial, ignore_errors=True)  # none, half made, or a fill for other inputs: useless here
+            partial.mkdir(parents=True)
+            _write_atomic(partial / "key.json", json.dumps(dataclasses.asdict(key), indent=1).encode())
+        if say is not None:
+            done = sum((partial / f"view_{v}.pt").is_file() for v in range(key.views))
+            say(f"filling the teacher bank {path}: {key.views} view(s) x {key.images} images"
+                + (f", resuming after {done} view(s) in {partial}" if done else ""))
+        device = next(teacher.model.parameters()).device
+        rendered, views.teacher_images = views.teacher_images, True
+        try:
+            per_view = _fill_views(partial, key, views, teacher, device, batch_size, num_workers, progress)
+        finally:
+            views.teacher_images = rendered
+        bank = TeacherBank(key, torch.stack(per_view))
+        save_bank(path, bank)
+        shutil.rmtree(partial)
     return bank
 
 
@@ -249,6 +327,12 @@ def _save_atomic(path: Path, tensor: Tensor) -> None:
     os.replace(tmp, path)
 
 
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
 def bank_for_run(
     cfg: ExperimentConfig,
     teacher: Embedder,
@@ -263,7 +347,8 @@ def bank_for_run(
 ) -> TeacherBank:
     """The bank ``distill.bank`` names for this run's teacher and views: read it, or fill it first.
 
-    Under data parallelism rank 0 fills it and the others wait at ``barrier``.
+    Under data parallelism rank 0 fills it and the others wait at ``barrier``; other runs
+    filling the same bank at once wait in :func:`fill_bank` for the first.
     """
     d = cfg.distill
     if not d.cache_teacher:
@@ -271,9 +356,9 @@ def bank_for_run(
     key = bank_key(d.teacher, d.teacher_precision, items, cfg.data.root, views, d.cache_views, view_size(cfg), decoded_size)
     path = Path(d.bank)
     if is_main and not path.is_file():
-        print(f"[{cfg.name}] filling the teacher bank {path}: {d.cache_views} view(s) x {len(items)} images")
         frozen = FrozenTeacher(teacher, (), input_normalization, d.teacher_precision)
-        fill_bank(path, key, views, frozen, cfg.eval.batch_size, cfg.data.num_workers, progress)
+        fill_bank(path, key, views, frozen, cfg.eval.batch_size, cfg.data.num_workers, progress,
+                  say=lambda message: print(f"[{cfg.name}] {message}", flush=True))
     barrier()
     return load_bank(path, key)
 

@@ -1,6 +1,8 @@
 """Checkpoints: written atomically, and enough inside to rebuild the embedder anywhere."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -12,8 +14,21 @@ from embdistill.data.transforms import Normalization
 from embdistill.models.embedder import Embedder, ModelConfig, create_embedder
 
 
+BEST = "best.pt"  # the epoch chosen on held-out classes (train.select: best; engine/select.py)
+
+
 class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable or not what the config expects."""
+
+
+def run_checkpoint(run_dir: str | Path) -> Path:
+    """The checkpoint a run directory stands for: ``best.pt`` when the run chose an epoch, else ``last.pt``.
+
+    ``last.pt`` is always the latest state, what a resumed run continues from; a run
+    with ``train.select: best`` is scored, reported and exported as its ``best.pt``.
+    """
+    best = Path(run_dir) / BEST
+    return best if best.is_file() else Path(run_dir) / "last.pt"
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
@@ -51,7 +66,7 @@ def remove_partial_writes(directory: str | Path) -> list[Path]:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
-        path = path / "last.pt"
+        path = run_checkpoint(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
@@ -86,6 +101,26 @@ def embedder_from_checkpoint(payload: dict[str, Any]) -> Embedder:
 def checkpoint_normalization(payload: dict[str, Any]) -> Normalization:
     mean, std = payload["normalization"]
     return Normalization(tuple(mean), tuple(std))
+
+
+def checkpoint_fingerprint(checkpoint: str | Path | dict[str, Any]) -> str:
+    """SHA-256 of what decides a checkpoint's outputs: its model config, input normalisation and weights.
+
+    Not the file's bytes: a checkpoint rewritten with the same weights (another training
+    config stored beside them, another pickle) keeps its fingerprint. It names an
+    embedding space: a teacher bank is keyed by it, and a gallery, an ONNX or INT8
+    export record the fingerprint of the checkpoint they came from. ``checkpoint``: a
+    file, a run directory (:func:`run_checkpoint`) or an already loaded payload.
+    """
+    payload = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"model_config": payload["model_config"], "normalization": payload.get("normalization")},
+                             sort_keys=True, default=str).encode())
+    for name, tensor in sorted(payload["model_state"].items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"\n{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def check_teacher(

@@ -1,8 +1,9 @@
-"""A run's evaluation split, embedded once: ``RUN_DIR/test_embeddings.npz``, valid for one ``last.pt``.
+"""A run's evaluation split, embedded once: ``RUN_DIR/test_embeddings.npz``, valid for one checkpoint.
 
 The trainer writes it from its final evaluation, so the report (Recall@K, NMI,
 retrieval grids) never embeds the test images a second time. The file records a
-key of the checkpoint it came from; once ``last.pt`` is rewritten it is ignored.
+key of the checkpoint it came from (the run's ``best.pt`` when it chose an epoch,
+else ``last.pt``: checkpoint.run_checkpoint); once that is rewritten it is ignored.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
+
+from embdistill.engine.checkpoint import run_checkpoint
 
 EMBEDDINGS_FILE = "test_embeddings.npz"
 
@@ -27,8 +30,8 @@ class Embedded:
 
 
 def checkpoint_key(run_dir: str | Path) -> str:
-    """Changes whenever last.pt is rewritten, which invalidates every cache derived from it."""
-    st = (Path(run_dir) / "last.pt").stat()
+    """Changes whenever the run's checkpoint is rewritten, which invalidates every cache derived from it."""
+    st = run_checkpoint(run_dir).stat()
     return f"{st.st_mtime_ns}-{st.st_size}"
 
 
@@ -39,7 +42,7 @@ def save_test_embeddings(
     paths: Sequence[str | Path],
     class_names: Sequence[str] = (),
 ) -> Path:
-    """Write the cache for the current last.pt (atomically)."""
+    """Write the cache for the run's current checkpoint (atomically)."""
     run_dir = Path(run_dir)
     emb = embeddings.detach().cpu().numpy() if isinstance(embeddings, torch.Tensor) else np.asarray(embeddings)
     out = run_dir / EMBEDDINGS_FILE
@@ -59,7 +62,7 @@ def save_test_embeddings(
 
 
 def load_test_embeddings(run_dir: str | Path) -> Embedded | None:
-    """The cached embeddings if they belong to the current last.pt, else None."""
+    """The cached embeddings if they belong to the run's current checkpoint, else None."""
     path = Path(run_dir) / EMBEDDINGS_FILE
     if not path.is_file():
         return None

@@ -27,8 +27,9 @@ RESIZE_RATIO = 256 / 224  # eval: resize the shorter side to size*ratio, then ce
 @dataclass
 class Splits:
     train: ImageList
-    eval: ImageList  # the test classes, or held-out train classes when tuning
+    eval: ImageList  # what the run is scored on at the end (run_split): the test classes, or the held-out train classes
     eval_name: str  # "test" | "validation"
+    validation: ImageList | None = None  # the held-out train classes (data.validation_classes), scored while training
 
 
 @dataclass
@@ -46,23 +47,34 @@ def _without_bad_images(items: ImageList, skip_bad: bool, log: list[tuple[Path, 
     return checked.items
 
 
-def load_splits(data: DataConfig, skipped: list[tuple[Path, str]] | None = None) -> Splits:
+def run_split(cfg: ExperimentConfig) -> str:
+    """The split a run is scored on at the end: ``eval.split``, where ``auto`` is the held-out train classes
+    when ``data.validation_classes`` > 0 (all that key meant before ``eval.split``), else the test classes."""
+    if cfg.eval.split != "auto":
+        return cfg.eval.split
+    return "validation" if cfg.data.validation_classes > 0 else "test"
+
+
+def load_splits(data: DataConfig, skipped: list[tuple[Path, str]] | None = None, scored: str = "auto") -> Splits:
     """Train and evaluation classes; ``validation_classes`` carves the last N train classes out.
 
-    With ``data.skip_bad_images`` unreadable files are removed here, once, and
+    ``scored`` (the run's ``eval.split``) names what ``eval`` holds: with held-out
+    classes, ``auto`` and ``validation`` are those, ``test`` the test classes. With
+    ``data.skip_bad_images`` unreadable files are removed here, once, and
     appended to ``skipped`` so the run can list them.
     """
     skipped = [] if skipped is None else skipped
     train = _without_bad_images(load_dataset(data.dataset, data.root, "train"), data.skip_bad_images, skipped)
     n = data.validation_classes
-    if n <= 0:
-        test = _without_bad_images(load_dataset(data.dataset, data.root, "test"), data.skip_bad_images, skipped)
-        return Splits(train, test, "test")
-    if n >= train.num_classes - 1:
+    if n > 0 and n >= train.num_classes - 1:
         raise DatasetError(f"data.validation_classes={n} leaves fewer than 2 of {train.num_classes} train classes")
-    keep = list(range(train.num_classes - n))
-    held = list(range(train.num_classes - n, train.num_classes))
-    return Splits(train.class_subset(keep), train.class_subset(held), "validation")
+    held = train.class_subset(range(train.num_classes - n, train.num_classes)) if n > 0 else None
+    if n > 0:
+        train = train.class_subset(range(train.num_classes - n))
+    if held is not None and scored != "test":
+        return Splits(train, held, "validation", held)
+    test = _without_bad_images(load_dataset(data.dataset, data.root, "test"), data.skip_bad_images, skipped)
+    return Splits(train, test, "test", held)
 
 
 def check_pk_classes(train: ImageList, labels: np.ndarray) -> None:
@@ -80,24 +92,27 @@ def evaluation_set(
 ) -> EvalSet:
     """The images ``cfg`` is scored on and the loader that embeds them.
 
-    ``split`` None is the run's own evaluation split: the test classes, or the
-    held-out train classes with ``data.validation_classes``; otherwise that split
-    of ``data.dataset`` ("train", "test" or "all"). ``splits``: already loaded
-    (the trainer's), used as they are. Images are resized to ``data.image_size``,
+    ``split`` None is the run's own evaluation split (:func:`run_split`: the test
+    classes, or the held-out train classes); "validation" is the held-out train
+    classes; otherwise that split of ``data.dataset`` ("train", "test" or "all").
+    ``splits``: already loaded (the trainer's), used as they are. Images are resized to ``data.image_size``,
     batched by ``eval.batch_size`` with ``data.num_workers`` workers, and degraded
     like the student's for cross-quality runs (``distill.cross_quality.degrade_test``).
     """
     data = cfg.data
-    if splits is not None:
-        items, name = splits.eval, splits.eval_name
-    elif split is None and data.validation_classes > 0:
-        items, name = load_splits(data).eval, "validation"
+    name = split or run_split(cfg)
+    if name == "validation":
+        items = (splits or load_splits(data)).validation
+        if items is None:
+            raise DatasetError("the validation split is the held-out train classes, and data.validation_classes is 0")
+    elif splits is not None and name == splits.eval_name:
+        items = splits.eval
     else:
-        name = split or "test"
         items = _without_bad_images(load_dataset(data.dataset, data.root, name), data.skip_bad_images, [])
     cq = cfg.distill.cross_quality if cfg.distill else None
     degrade = student_degrade(cfg) if cq and cq.degrade_test else None
-    loader = eval_loader(items, data.image_size, normalization, cfg.eval.batch_size, data.num_workers, degrade)
+    loader = eval_loader(items, data.image_size, normalization, cfg.eval.batch_size, data.num_workers, degrade,
+                         resize=data.resize)
     return EvalSet(items, name, loader)
 
 
@@ -111,7 +126,8 @@ def image_cache(data: DataConfig, items: ImageList, size: int | None = None) -> 
     """Decoded images at the working resolution (``size``, default data.image_size), filled before loader workers fork."""
     if not data.cache_images:
         return None
-    cache = DecodedImageCache(size=round((size or data.image_size) * RESIZE_RATIO))
+    side = "longer" if data.resize == "pad" else "shorter"  # the side the transforms fix, see DecodedImageCache
+    cache = DecodedImageCache(size=round((size or data.image_size) * RESIZE_RATIO), side=side)
     cache.fill(items.paths, num_workers=max(1, data.num_workers))
     return cache
 
@@ -133,7 +149,7 @@ def student_degrade(cfg: ExperimentConfig) -> Degrade | None:
 
 def view_crop(cfg: ExperimentConfig, normalization: Normalization) -> ViewCrop:
     """The training crop: one box per view, at the student's size and at the teacher's (``view_size``)."""
-    return ViewCrop(cfg.data.image_size, view_size(cfg), normalization)
+    return ViewCrop(cfg.data.image_size, view_size(cfg), normalization, resize=cfg.data.resize)
 
 
 def view_seed_of(cfg: ExperimentConfig) -> int:
@@ -218,9 +234,10 @@ def eval_loader(
     num_workers: int,
     degrade: Degrade | None = None,
     cache: DecodedImageCache | None = None,
+    resize: str = "crop",
 ) -> DataLoader:
-    """Deterministic resize + centre crop of ``items`` in order; prefer :func:`evaluation_set`, which reads the config."""
-    transform = build_transform(False, image_size, normalization, resize_ratio=RESIZE_RATIO, degrade=degrade)
+    """Deterministic resize (``resize``: crop | squash | pad) of ``items`` in order; prefer :func:`evaluation_set`, which reads the config."""
+    transform = build_transform(False, image_size, normalization, resize_ratio=RESIZE_RATIO, degrade=degrade, resize=resize)
     return DataLoader(ImageDataset(items, transform, cache=cache), batch_size=batch_size, num_workers=num_workers)
 
 

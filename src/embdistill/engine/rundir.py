@@ -1,7 +1,8 @@
 """A run directory on disk: starting one afresh, and the config and checkpoint a resumed run continues from.
 
 ``RUN_DIR`` holds ``config.yaml`` (what the run was started with), ``metrics.jsonl``,
-``last.pt`` and, for distillation, ``teacher_cache.pt``. A fresh run clears what an
+``last.pt``, ``best.pt`` when the run chooses an epoch (``train.select: best``) and, for
+distillation, ``teacher_cache.pt``. A fresh run clears what an
 earlier run left; a resumed run must have the same config up to the keys in
 ``RESUME_MAY_CHANGE``, and a finished run a benchmark reuses up to ``REUSE_MAY_CHANGE``.
 """
@@ -13,7 +14,7 @@ from typing import Any
 import yaml
 
 from embdistill.config import ConfigError, ExperimentConfig, apply_overrides, from_dict, read_yaml, to_dict
-from embdistill.engine.checkpoint import CheckpointError, load_checkpoint, remove_partial_writes
+from embdistill.engine.checkpoint import BEST, CheckpointError, load_checkpoint, remove_partial_writes
 
 TEACHER_CACHE = "teacher_cache.pt"
 
@@ -51,7 +52,7 @@ def finished_with(cfg: ExperimentConfig) -> bool:
     if not ((cfg.run_dir / "summary.yaml").is_file() and saved.is_file()):
         return False
     try:
-        return not config_differences(to_dict(from_dict(read_yaml(saved))), to_dict(cfg), REUSE_MAY_CHANGE)
+        return not config_differences(to_dict(from_dict(read_yaml(saved))), to_dict(cfg), _may_change(cfg, REUSE_MAY_CHANGE))
     except ConfigError:  # a key that no longer exists, or a value no longer valid: not the same run
         return False
 
@@ -63,6 +64,7 @@ def start_fresh(cfg: ExperimentConfig) -> None:
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     (run_dir / TEACHER_CACHE).unlink(missing_ok=True)
+    (run_dir / BEST).unlink(missing_ok=True)
     remove_partial_writes(run_dir)
 
 
@@ -77,7 +79,11 @@ def resume_checkpoint(cfg: ExperimentConfig) -> dict[str, Any] | None:
     payload = load_checkpoint(path)
     if "resume" not in payload:
         raise CheckpointError(f"cannot resume from {path}: it holds no resume state (written by an older embdistill)")
-    differences = config_differences(payload["config"], to_dict(cfg))
+    try:  # read through today's config classes, like finished_with: a key added since, at its default, is no change
+        saved = to_dict(from_dict(payload["config"]))
+    except ConfigError as err:
+        raise ConfigError(f"cannot resume {cfg.run_dir}: its checkpoint's config is not valid today: {err}") from err
+    differences = config_differences(saved, to_dict(cfg), _may_change(cfg, RESUME_MAY_CHANGE))
     if differences:
         raise ConfigError(f"cannot resume {cfg.run_dir}: the config differs from its checkpoint's in " + "; ".join(differences))
     return payload
@@ -89,6 +95,11 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any],
     a, b = _flatten(saved), _flatten(current)
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
             if k not in may_change and a.get(k) != b.get(k)]
+
+
+def _may_change(cfg: ExperimentConfig, keys: frozenset[str]) -> frozenset[str]:
+    """With ``train.select: best`` the evaluations are the candidates: how often they come changes the result."""
+    return keys - {"eval.every_epochs"} if cfg.train.select == "best" else keys
 
 
 def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:

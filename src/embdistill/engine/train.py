@@ -27,7 +27,7 @@ from embdistill.data.samplers import PKSampler
 from embdistill.data.images import DecodedImageCache
 from embdistill.engine.bank import bank_for_run
 from embdistill.engine.batch_stream import BatchStream
-from embdistill.engine.checkpoint import save_checkpoint
+from embdistill.engine.checkpoint import run_checkpoint, save_checkpoint
 from embdistill.engine.device import resolve_device
 from embdistill.engine.distributed import World, process_group
 from embdistill.engine.eval_cache import save_test_embeddings
@@ -39,6 +39,7 @@ from embdistill.engine.loaders import (
     hidden_label_mask,
     image_cache,
     load_splits,
+    run_split,
     train_loader,
     unlabelled_items,
     unlabelled_views,
@@ -49,6 +50,7 @@ from embdistill.engine.precision import autocast_dtype, memory_format
 from embdistill.engine.rng import seed_everything
 from embdistill.engine.rundir import resume_checkpoint, start_fresh
 from embdistill.engine.runlog import RunLog
+from embdistill.engine.select import Selection
 from embdistill.engine.signals import StopSignals
 from embdistill.engine.state import TrainState
 from embdistill.engine.teacher import FrozenTeacher, TeacherCache, load_teacher
@@ -110,11 +112,13 @@ class Training:
     views: ViewDataset
     sampler: PKSampler
     unlabelled_stream: BatchStream | None
-    test_loader: DataLoader
+    test_loader: DataLoader  # the run's split (run_split), scored at the end
+    val_loader: DataLoader  # scored every eval.every_epochs: the held-out train classes, or the run's split without them
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     state: TrainState
     resume_from: dict[str, Any] | None  # the checkpoint payload to continue from
+    selection: Selection  # the held-out scores so far and the epoch chosen (train.select)
     spread: float | None = None  # the last epoch's mean batch embedding spread (evaluation/collapse.py)
     collapse: str | None = None  # the collapse warning, if an epoch's spread fell below train.collapse_spread
 
@@ -127,24 +131,43 @@ class Training:
         if self.world.is_main:
             print(f"[{self.cfg.name}] {text}")
 
-    def evaluate(self, epoch: int, progress: bool) -> dict[str, float]:
-        metrics = evaluate_embedder(self.student, self.test_loader, self.device, self.cfg.eval.ks, progress)
-        self.log.write("eval", epoch=epoch, split=self.splits.eval_name, **metrics)
+    @property
+    def periodic_split(self) -> str:
+        """What is scored every ``eval.every_epochs``: the held-out train classes if any, else the run's split."""
+        return "validation" if self.splits.validation is not None else self.splits.eval_name
+
+    def evaluate(self, epoch: int, progress: bool, periodic: bool = False) -> dict[str, float]:
+        """Score the run's split, or (``periodic``) the :attr:`periodic_split`."""
+        loader, split = (self.val_loader, self.periodic_split) if periodic else (self.test_loader, self.splits.eval_name)
+        metrics = evaluate_embedder(self.student, loader, self.device, self.cfg.eval.ks, progress)
+        self.log.write("eval", epoch=epoch, split=split, **metrics)
         return metrics
 
-    def save(self) -> None:
-        """Write ``last.pt`` (rank 0): weights, what rebuilds the network, and what resuming needs."""
+    def validate(self, epoch: int, progress: bool) -> bool:
+        """The score after ``epoch`` epochs, said and offered to the selection; True when it is the best so far."""
+        metrics = self.evaluate(epoch, progress, periodic=True)
+        best = self.selection.observe(epoch, metrics)
+        self.say(f"epoch {epoch} ({self.periodic_split}): {_fmt(metrics)}" + (" (best so far)" if best else ""))
+        return best
+
+    def save(self, best: bool = False) -> None:
+        """Write ``last.pt`` (rank 0): weights, what rebuilds the network, and what resuming needs; then
+        ``best.pt`` when these weights are the best so far (in that order: see Selection.load_state_dict)."""
         if not self.world.is_main:
             return
         cfg, student = self.cfg, self.student
-        save_checkpoint(self.checkpoint, {
+        payload = {
             "model_config": to_dict(cfg.model),
             "model_state": student.state_dict(),
             "normalization": (student.normalization.mean, student.normalization.std),
             "image_size": cfg.data.image_size,
             "config": to_dict(cfg),
             **self.state.state_dict(),  # epoch, step, optimizer, scheduler, objective, and what resuming needs
-        })
+            "selection": self.selection.state_dict(),
+        }
+        save_checkpoint(self.checkpoint, payload)
+        if best:
+            self.selection.save_best(payload)
 
 
 def run(cfg: ExperimentConfig, progress: bool = True, resume: bool = False) -> RunResult:
@@ -186,7 +209,7 @@ def _setup(cfg: ExperimentConfig, world: World, device: torch.device, resume: bo
     world.barrier()
 
     skipped: list[tuple[Path, str]] = []
-    splits = load_splits(cfg.data, skipped)
+    splits = load_splits(cfg.data, skipped, scored=run_split(cfg))
     if skipped and world.is_main:
         (run_dir / "skipped_images.txt").write_text("".join(f"{path}\t{why}\n" for path, why in skipped))
         print(f"[{cfg.name}] skipped {len(skipped)} unreadable image(s), listed in {run_dir / 'skipped_images.txt'}")
@@ -212,6 +235,8 @@ def _setup(cfg: ExperimentConfig, world: World, device: torch.device, resume: bo
                                len(unlabelled) if unlabelled is not None else None)
 
     test_loader = evaluation_set(cfg, student.normalization, splits=splits).loader
+    selection = Selection(cfg, splits.validation is not None, splits.eval_name, writes=world.is_main)
+    val_loader = evaluation_set(cfg, student.normalization, "validation", splits).loader if selection.separate else test_loader
     model = world.wrap(student, device)  # DDP on several processes
     optimizer = build_optimizer(cfg, student, objective)
     scheduler = build_scheduler(cfg, optimizer, len(loader))
@@ -219,7 +244,7 @@ def _setup(cfg: ExperimentConfig, world: World, device: torch.device, resume: bo
                        teachers.by_name(), unlabelled_stream, writes=world.is_main)
     return Training(cfg, world, device, amp, layout, RunLog(run_dir, enabled=world.is_main), splits, skipped,
                     student, model, objective, teachers, loader, views, sampler, unlabelled_stream, test_loader,
-                    optimizer, scheduler, state, payload)
+                    val_loader, optimizer, scheduler, state, payload, selection)
 
 
 def _build_teachers(cfg: ExperimentConfig, world: World, teacher: Embedder | None, objective: Objective,
@@ -255,12 +280,15 @@ def _start(t: Training, progress: bool) -> None:
     """Say what runs; then put the checkpoint back, or score the starting point (``eval.initial``)."""
     cfg, splits = t.cfg, t.splits
     t.say(f"{cfg.model.backbone} -> {t.student.dim}-d on {len(splits.train)} images "
-          f"/ {splits.train.num_classes} classes; evaluating on {len(splits.eval)} {splits.eval_name} images; device {t.device}"
+          f"/ {splits.train.num_classes} classes; evaluating on {len(splits.eval)} {splits.eval_name} images"
+          + (f"; validating on {len(splits.validation)} held-out images" if t.selection.separate else "")
+          + f"; device {t.device}"
           + (f" x {t.world.size} processes" if t.world.distributed else ""))
     for name, term in t.objective.terms.items():
         t.say(f"distillation term {name} (λ={t.objective.weights[name]}): {term.describe()}")
     if t.resume_from is not None:
         t.state.load_state_dict(t.resume_from)
+        t.selection.load_state_dict(t.resume_from.get("selection"), t.resume_from)
         t.say(f"resuming from {t.checkpoint} after step {t.state.step} (epoch {t.state.epoch + 1}, batch {t.state.batch})")
     elif cfg.eval.initial and t.world.is_main:
         t.state.initial = t.evaluate(0, progress)
@@ -278,6 +306,8 @@ def _train_loop(t: Training, progress: bool) -> None:
     state.start_clock()
     with StopSignals() as stop:
         for epoch in range(state.epoch, cfg.train.epochs):
+            if t.selection.stopped:  # stopped early (train.patience) before an interruption
+                break
             t.sampler.set_epoch(epoch)
             view = epoch % distill.cache_views if teach is not None and distill.cache_teacher else epoch
             t.views.set_view(view)
@@ -327,11 +357,15 @@ def _train_loop(t: Training, progress: bool) -> None:
                     stop.raise_if_requested(cfg, state)
             state.end_epoch()
             _check_collapse(t, epoch, spreads)
-            if cfg.eval.every_epochs and (epoch + 1) % cfg.eval.every_epochs == 0 and epoch + 1 < cfg.train.epochs and world.is_main:
-                t.say(f"epoch {epoch + 1}: " + _fmt(t.evaluate(epoch + 1, progress)))
-            t.save()
+            best = t.validate(epoch + 1, progress) if world.is_main and t.selection.due(epoch + 1) else False
+            t.save(best)
             world.barrier()  # the others wait for rank 0's evaluation and checkpoint
             stop.raise_if_requested(cfg, state)
+            if t.selection.rule == "best" and world.broadcast(t.selection.stopped):
+                t.selection.stopped = True  # rank 0 decided; the others follow
+                t.say(f"stopping early: no better validation {cfg.train.select_metric} in {cfg.train.patience} "
+                      f"evaluations since epoch {t.selection.best_epoch}")
+                break
 
 
 def _check_collapse(t: Training, epoch: int, spreads: list[float]) -> None:
@@ -361,21 +395,30 @@ def _add_unlabelled(images, labels, teacher_out, batch, teach_unlabelled, device
 
 
 def _finish(t: Training, progress: bool) -> RunResult:
-    """Rank 0 scores the final student, keeps its test embeddings and writes ``summary.yaml``."""
-    cfg, world, state, run_dir = t.cfg, t.world, t.state, t.cfg.run_dir
+    """Rank 0 scores the chosen weights (the last, or best.pt's), keeps their test embeddings and writes ``summary.yaml``.
+
+    This is the one time the run's split is scored after training started (besides
+    every ``eval.every_epochs`` when there are no held-out classes, which never choose).
+    """
+    cfg, world, state, run_dir, selection = t.cfg, t.world, t.state, t.cfg.run_dir, t.selection
     train_seconds = state.seconds
     if not t.checkpoint.exists():  # train.epochs=0: the starting point itself, e.g. an ImageNet teacher
         t.save()
     if not world.is_main:  # rank 0 evaluates and writes the run directory; wait for its metrics
-        return RunResult(run_dir, world.broadcast(None), t.checkpoint)
+        return RunResult(run_dir, world.broadcast(None), run_checkpoint(run_dir))
+    chosen = selection.summary(state.epoch)
+    if selection.chose:
+        t.student.load_state_dict(selection.chosen_weights())
+        t.log.write("selected", **chosen["selected"], epoch=chosen["epoch"])
     embeddings, eval_labels = embed_loader(t.student, t.test_loader, t.device, progress)
     metrics = retrieval_metrics(embeddings, eval_labels, ks=cfg.eval.ks)
-    t.log.write("eval", epoch=cfg.train.epochs, split=t.splits.eval_name, **metrics)
+    t.log.write("eval", epoch=chosen["epoch"], split=t.splits.eval_name, **metrics)
     save_test_embeddings(run_dir, embeddings, eval_labels, t.splits.eval.paths, t.splits.eval.class_names)
     summary: dict[str, Any] = {
         "name": cfg.name,
         "split": t.splits.eval_name,
         **metrics,
+        **chosen,
         "train_seconds": round(train_seconds, 1),
         "train_images_per_s": round(state.seen / max(train_seconds, 1e-9), 1),
         "teacher_forward_images": t.teachers.forward_images,
@@ -388,11 +431,15 @@ def _finish(t: Training, progress: bool) -> RunResult:
     }
     if state.initial is not None:
         summary["initial"] = state.initial
+    if selection.curve:
+        summary["validation_curve"] = selection.curve
     (run_dir / "summary.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
-    print(f"[{cfg.name}] done in {train_seconds:.0f} s: " + _fmt(metrics))
+    which = (f" ({t.splits.eval_name}, epoch {chosen['epoch']} of {state.epoch} chosen on validation {selection.metric})"
+             if selection.chose else "")
+    print(f"[{cfg.name}] done in {train_seconds:.0f} s{which}: " + _fmt(metrics))
     if t.skipped or state.skipped_steps:
         print(f"[{cfg.name}] skipped {len(t.skipped)} unreadable image(s) and {state.skipped_steps} non-finite step(s)")
-    return RunResult(run_dir, world.broadcast(metrics), t.checkpoint)
+    return RunResult(run_dir, world.broadcast(metrics), run_checkpoint(run_dir))
 
 
 def _fmt(metrics: dict[str, float]) -> str:

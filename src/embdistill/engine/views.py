@@ -14,11 +14,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
 from embdistill.data.images import ImageDataset
-from embdistill.data.transforms import Normalization
+from embdistill.data.transforms import Normalization, PadToSquare, check_resize, draw_box, render_box
 
 
 def view_seed(seed: int, index: int, view: int) -> int:
@@ -34,7 +33,9 @@ class ViewCrop:
     flip (same random draws, in the same order), and each network gets that box
     resized straight to its own input size. So a 96-px student and a 224-px teacher
     see exactly the same part of the picture, and the student's crop costs what a
-    96-px crop costs, whatever the teacher's size.
+    96-px crop costs, whatever the teacher's size. ``resize`` (``data.resize``) makes
+    the box square as the evaluation transform makes the image square (see
+    data/transforms.py ``draw_box``, ``render_box``).
     """
 
     student_size: int
@@ -42,22 +43,31 @@ class ViewCrop:
     normalization: Normalization
     scale: tuple[float, float] = (0.16, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    resize: str = "crop"
+
+    def __post_init__(self) -> None:
+        check_resize(self.resize)
 
     def teacher_signature(self) -> str:
-        """What decides the teacher's crop, for a teacher bank's key (the student's size does not)."""
+        """What decides the teacher's crop, for a teacher bank's key (the student's size does not).
+
+        ``resize`` appears only when it is not ``crop``, so the banks filled before it existed stay valid.
+        """
+        resize = f", resize={self.resize}" if self.resize != "crop" else ""
         return (f"ViewCrop(size={self.teacher_size}, scale={self.scale}, ratio={tuple(round(r, 6) for r in self.ratio)}, "
-                f"bilinear+antialias, hflip p=0.5, mean={self.normalization.mean}, std={self.normalization.std})")
+                f"bilinear+antialias, hflip p=0.5, mean={self.normalization.mean}, std={self.normalization.std}{resize})")
 
     def draw(self, image: Image.Image) -> tuple[tuple[int, int, int, int], bool]:
         """The random part: a (top, left, height, width) box and whether to flip."""
-        box = T.RandomResizedCrop.get_params(image, list(self.scale), list(self.ratio))
+        box = draw_box(image, self.scale, self.ratio, self.resize)
         return box, bool(torch.rand(1) < 0.5)
 
     def render(self, image: Image.Image, box: tuple[int, int, int, int], flip: bool, size: int) -> Tensor:
-        crop = TF.resized_crop(image, *box, [size, size], interpolation=T.InterpolationMode.BILINEAR, antialias=True)
+        crop = render_box(image, box, size, self.resize)
         if flip:
             crop = TF.hflip(crop)
-        return TF.normalize(TF.to_tensor(crop), self.normalization.mean, self.normalization.std)
+        tensor = TF.normalize(TF.to_tensor(crop), self.normalization.mean, self.normalization.std)
+        return PadToSquare(size)(tensor) if self.resize == "pad" else tensor
 
 
 class ViewDataset(Dataset):

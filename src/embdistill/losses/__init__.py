@@ -10,6 +10,7 @@ from .distill import (
     RKDAngleLoss,
     RKDDistanceLoss,
     build_distill_loss,
+    embedding_of,
 )
 from .metric import (
     METRIC_LOSSES,
@@ -34,5 +35,6 @@ __all__ = [
     "RelativeTeacherLoss",
     "build_distill_loss",
     "build_metric_loss",
+    "embedding_of",
     "pairwise_distances",
 ]

@@ -1,9 +1,13 @@
-"""Distillation losses: ``forward(student, teacher)`` on two ``EmbedderOutput`` -> scalar.
+"""Distillation losses: ``loss(student, teacher) -> scalar``.
 
-Every loss treats the teacher as frozen: teacher tensors are detached inside the
-loss, so no gradient reaches the teacher whatever the caller forgot to freeze.
-Losses that read intermediate feature maps declare them in ``student_layers`` /
-``teacher_layers`` so the models return only those.
+Each of ``student`` and ``teacher`` is a (B, D) embedding tensor or an
+``EmbedderOutput``, so the losses drop into a user's own training loop as well as
+into ours (docs/own_loop.md). Every loss treats the teacher as frozen: teacher
+tensors are detached inside the loss, so no gradient reaches the teacher whatever
+the caller forgot to freeze. Losses that read intermediate feature maps (hint,
+attention) declare them in ``student_layers`` / ``teacher_layers`` so the models
+return only those; they need ``EmbedderOutput`` with those ``features`` and reject
+a plain tensor, which could not say which layer it is.
 """
 from __future__ import annotations
 
@@ -29,14 +33,14 @@ DarkRankMethod = Literal["listmle", "listnet"]
 
 
 class DistillationLoss(nn.Module):
-    """student/teacher EmbedderOutput -> scalar. Declares the feature maps it needs."""
+    """(student, teacher) -> scalar, each a (B, D) Tensor or an EmbedderOutput. Declares the feature maps it needs."""
 
     student_layers: tuple[str, ...] = ()
     teacher_layers: tuple[str, ...] = ()
     batch_level: bool = False  # compares samples with each other: under data parallelism it needs the global batch
     NETWORK_ARGS: tuple[str, ...] = ()  # constructor arguments args_from_networks fills in (config need not give them)
 
-    def forward(self, student: EmbedderOutput, teacher: EmbedderOutput) -> Tensor:
+    def forward(self, student: Tensor | EmbedderOutput, teacher: Tensor | EmbedderOutput) -> Tensor:
         raise NotImplementedError
 
     @classmethod
@@ -53,14 +57,33 @@ class DistillationLoss(nn.Module):
         return f"{type(self).__name__}({self.extra_repr()})"
 
 
-def _embeddings(student: EmbedderOutput, teacher: EmbedderOutput) -> tuple[Tensor, Tensor]:
-    s, t = student.embedding, teacher.embedding.detach()
+def embedding_of(x: Tensor | EmbedderOutput, role: str = "input") -> Tensor:
+    """The (B, D) embedding batch of a plain tensor or of an ``EmbedderOutput``.
+
+    Lets every embedding loss drop into a user's own loop, where the embeddings
+    are plain tensors, as well as into ours, where models return ``EmbedderOutput``.
+    """
+    embedding = x if isinstance(x, Tensor) else getattr(x, "embedding", None)
+    if not isinstance(embedding, Tensor):
+        raise TypeError(f"{role} must be a (B, D) embedding Tensor or an EmbedderOutput, got {type(x).__name__}")
+    if embedding.ndim != 2:
+        raise ValueError(f"{role} embedding must be a (B, D) tensor, got shape {tuple(embedding.shape)}")
+    return embedding
+
+
+def _embeddings(student: Tensor | EmbedderOutput, teacher: Tensor | EmbedderOutput) -> tuple[Tensor, Tensor]:
+    s, t = embedding_of(student, "student"), embedding_of(teacher, "teacher").detach()
     if s.shape[0] != t.shape[0]:
         raise ValueError(f"student batch has {s.shape[0]} samples but teacher batch has {t.shape[0]}")
     return s, t
 
 
-def _feature(output: EmbedderOutput, layer: str, role: str) -> Tensor:
+def _feature(output: Tensor | EmbedderOutput, layer: str, role: str, loss: DistillationLoss) -> Tensor:
+    if isinstance(output, Tensor):
+        raise TypeError(
+            f"{type(loss).__name__} compares feature maps, not embeddings: give the {role} as "
+            f"EmbedderOutput(embedding, features={{{layer!r}: its (B, C, H, W) map}}), not a plain tensor"
+        )
     if layer not in output.features:
         raise ValueError(
             f"{role} feature map {layer!r} is missing (got {sorted(output.features)}); "
@@ -125,7 +148,7 @@ class AbsoluteTeacherLoss(DistillationLoss):
     def args_from_networks(cls, student: Embedder, teacher: Embedder, args: dict[str, Any]) -> dict[str, Any]:
         return {"student_dim": student.dim, "teacher_dim": teacher.dim}
 
-    def forward(self, student: EmbedderOutput, teacher: EmbedderOutput) -> Tensor:
+    def forward(self, student: Tensor | EmbedderOutput, teacher: Tensor | EmbedderOutput) -> Tensor:
         s, t = _embeddings(student, teacher)
         for role, declared, actual in (
             ("student", self.student_dim, s.shape[1]),
@@ -186,7 +209,7 @@ class RelativeTeacherLoss(DistillationLoss):
         self.reduction = reduction
         self.scale = scale
 
-    def forward(self, student: EmbedderOutput, teacher: EmbedderOutput) -> Tensor:
+    def forward(self, student: Tensor | EmbedderOutput, teacher: Tensor | EmbedderOutput) -> Tensor:
         s, t = _embeddings(student, teacher)
         b = s.shape[0]
         if b < 2:
@@ -216,7 +239,7 @@ class RKDDistanceLoss(DistillationLoss):
 
     batch_level = True
 
-    def forward(self, student: EmbedderOutput, teacher: EmbedderOutput) -> Tensor:
+    def forward(self, student: Tensor | EmbedderOutput, teacher: Tensor | EmbedderOutput) -> Tensor:
         s, t = _embeddings(student, teacher)
         if s.shape[0] < 2:
             return _zero(s)
@@ -242,7 +265,7 @@ class RKDAngleLoss(DistillationLoss):
 
     batch_level = True
 
-    def forward(self, student: EmbedderOutput, teacher: EmbedderOutput) -> Tensor:
+    def forward(self, student: Tensor | EmbedderOutput, teacher: Tensor | EmbedderOutput) -> Tensor:
         s, t = _embeddings(student, teacher)
         b = s.shape[0]
         if b < 3:
@@ -285,7 +308,7 @@ class DarkRankLoss(DistillationLoss):
     def _scores(self, x: Tensor) -> Tensor:
         return -self.alpha * _off_diagonal(pairwise_distances(x)).pow(self.beta)
 
-    def forward(self, student: EmbedderOutput, teacher: EmbedderOutput) -> Tensor:
+    def forward(self, student: Tensor | EmbedderOutput, teacher: Tensor | EmbedderOutput) -> Tensor:
         s, t = _embeddings(student, teacher)
         if s.shape[0] < 2:
             return _zero(s)
@@ -333,9 +356,9 @@ class HintLoss(DistillationLoss):
             sized[f"{role}_channels"] = network.backbone.channels[layer]
         return sized
 
-    def forward(self, student: EmbedderOutput, teacher: EmbedderOutput) -> Tensor:
-        target = _feature(teacher, self.teacher_layers[0], "teacher").detach()
-        hint = self.regressor(_feature(student, self.student_layers[0], "student"))
+    def forward(self, student: Tensor | EmbedderOutput, teacher: Tensor | EmbedderOutput) -> Tensor:
+        target = _feature(teacher, self.teacher_layers[0], "teacher", self).detach()
+        hint = self.regressor(_feature(student, self.student_layers[0], "student", self))
         return F.mse_loss(_resize(hint, target.shape[-2:]), target)
 
     def extra_repr(self) -> str:
@@ -368,11 +391,11 @@ class AttentionTransferLoss(DistillationLoss):
     def _attention(self, features: Tensor) -> Tensor:
         return features.abs().pow(self.p).mean(dim=1, keepdim=True)
 
-    def forward(self, student: EmbedderOutput, teacher: EmbedderOutput) -> Tensor:
+    def forward(self, student: Tensor | EmbedderOutput, teacher: Tensor | EmbedderOutput) -> Tensor:
         losses = []
         for s_layer, t_layer in zip(self.student_layers, self.teacher_layers):
-            a_t = self._attention(_feature(teacher, t_layer, "teacher").detach())
-            a_s = _resize(self._attention(_feature(student, s_layer, "student")), a_t.shape[-2:])
+            a_t = self._attention(_feature(teacher, t_layer, "teacher", self).detach())
+            a_s = _resize(self._attention(_feature(student, s_layer, "student", self)), a_t.shape[-2:])
             q_s = F.normalize(a_s.flatten(1), dim=1)
             q_t = F.normalize(a_t.flatten(1), dim=1)
             losses.append(torch.linalg.vector_norm(q_s - q_t, dim=1).mean())

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from embdistill.config import ConfigError
-from embdistill.losses.distill import DistillationLoss, build_distill_loss
+from embdistill.losses.distill import DistillationLoss, build_distill_loss, embedding_of
 from embdistill.losses.metric import build_metric_loss
 from embdistill.models.output import EmbedderOutput
 
@@ -48,19 +48,25 @@ class Objective(nn.Module):
     def teacher_layers(self) -> tuple[str, ...]:
         return tuple(sorted({layer for t in self.terms.values() for layer in t.teacher_layers}))
 
-    def forward(self, student: EmbedderOutput, labels: Tensor, teacher: EmbedderOutput | None = None) -> dict[str, Tensor]:
-        """Returns ``{"loss": total, "metric": ..., <term>: unweighted value, ...}``."""
+    def forward(self, student: Tensor | EmbedderOutput, labels: Tensor,
+                teacher: Tensor | EmbedderOutput | None = None) -> dict[str, Tensor]:
+        """Returns ``{"loss": total, "metric": ..., <term>: unweighted value, ...}``.
+
+        ``student`` and ``teacher`` are (B, D) embedding tensors or ``EmbedderOutput``;
+        terms that read feature maps (hint, attention) need the latter.
+        """
         local_student, local_teacher = student, teacher
         if self.gather is not None:
-            student, labels = EmbedderOutput(self.gather(student.embedding)), self.gather(labels)
-            teacher = EmbedderOutput(self.gather(teacher.embedding)) if teacher is not None else None
+            student, labels = self.gather(embedding_of(student, "student")), self.gather(labels)
+            teacher = self.gather(embedding_of(teacher, "teacher")) if teacher is not None else None
+        embedding = embedding_of(student, "student")
         labelled = labels >= 0
         if bool(labelled.all()):
-            metric = self.metric(student.embedding, labels)
+            metric = self.metric(embedding, labels)
         elif bool(labelled.any()):
-            metric = self.metric(student.embedding[labelled], labels[labelled])
+            metric = self.metric(embedding[labelled], labels[labelled])
         else:
-            metric = student.embedding.sum() * 0.0
+            metric = embedding.sum() * 0.0
         parts = {"metric": metric}
         total = self.metric_weight * metric
         if self.terms and teacher is None:

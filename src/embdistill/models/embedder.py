@@ -12,6 +12,7 @@ from embdistill.data.transforms import Normalization
 from embdistill.models.backbone import Backbone
 from embdistill.models.output import EmbedderOutput
 from embdistill.models.registry import create_backbone
+from embdistill.ranges import at_least
 
 Pooling = Literal["avg", "max", "avgmax"]
 POOLINGS: tuple[str, ...] = get_args(Pooling)
@@ -23,7 +24,7 @@ class ModelConfig:
 
     backbone: str = "resnet18"
     pretrained: bool | str = True
-    dim: int | None = 512  # None: no projection head, the pooled backbone features themselves
+    dim: int | None = field(default=512, metadata=at_least(1))  # None: no projection head, the pooled backbone features themselves
     pooling: Pooling = "avg"
     freeze_batchnorm: bool = False  # keep pretrained BN statistics (P×K batches hold only P classes)
     backbone_args: dict[str, Any] = field(default_factory=dict)

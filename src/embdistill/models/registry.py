@@ -23,9 +23,10 @@ def list_backbones() -> list[str]:
 
 
 def backbone_builder(name: str) -> BackboneFn | None:
-    """The registered function that builds backbone ``name`` (None if there is none; timm models are not registered)."""
-    import embdistill.models  # noqa: F401  (registers the built-in backbones)
+    """The registered function that builds backbone ``name`` (None if there is none; timm models are not registered).
 
+    The built-ins are registered already: importing this module imports ``embdistill.models`` first, which does it.
+    """
     return _BACKBONES.get(name)
 
 

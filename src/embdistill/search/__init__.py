@@ -9,6 +9,10 @@ the cosine similarity. Files written next to each other::
     index.faiss             the faiss index
     index.faiss.json        kind, dim, count, files list, model, recall of an approximate index
 
+Both sidecars record ``model_fingerprint``, the embedding space of the model that made the
+gallery (:func:`~embdistill.engine.checkpoint.checkpoint_fingerprint`); searching it with a
+model of another space is refused (see :meth:`Gallery.encoder`).
+
 Modules: :mod:`.encoder` (any model file -> embeddings), :mod:`.embed` (folder -> .npy),
 :mod:`.index` (faiss), :mod:`.query` (a gallery searched with an image; the PNG grid).
 Everything public is importable from ``embdistill.search``.

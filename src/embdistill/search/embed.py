@@ -98,6 +98,7 @@ def write_embeddings(out: str | Path, result: EmbedResult) -> Path:
         "files": str(files.resolve()),
         "model": str(result.encoder.source),
         "model_format": result.encoder.format,
+        "model_fingerprint": result.encoder.fingerprint,  # the gallery's embedding space, checked by search and serve
         "preprocessing": result.encoder.metadata.to_dict(),
     }, indent=2) + "\n")
     return out

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from embdistill.data.transforms import eval_transform
 from embdistill.engine.checkpoint import embedder_from_checkpoint, load_checkpoint
 from embdistill.export import (
     ExportMetadata,
-    eval_transform,
     is_torchscript_file,
     metadata_from_checkpoint,
     read_onnx_metadata,
@@ -40,6 +40,11 @@ class Encoder:
     @property
     def dim(self) -> int:
         return self.metadata.embedding_dim
+
+    @property
+    def fingerprint(self) -> str | None:
+        """The embedding space: the source checkpoint's fingerprint (None: an export older than fingerprints)."""
+        return self.metadata.model_fingerprint or None
 
     @property
     def transform(self) -> Callable:

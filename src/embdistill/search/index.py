@@ -1,7 +1,8 @@
 """faiss indexes over L2-normalised embeddings: inner product = cosine similarity.
 
 ``index.faiss`` sits with ``index.faiss.json``: kind, dim, count, files list, the model
-the embeddings came from, and (for an approximate index) its recall against exact search.
+the embeddings came from and its fingerprint (the gallery's embedding space), and (for an
+approximate index) its recall against exact search.
 """
 from __future__ import annotations
 
@@ -171,6 +172,7 @@ def index_embeddings(
         "files": str(files.resolve()) if files.is_file() else None,
         "model": source_info.get("model"),
         "model_format": source_info.get("model_format"),
+        "model_fingerprint": source_info.get("model_fingerprint"),
         "faiss_version": faiss.__version__,
     }
     sidecar_path(out).write_text(json.dumps(sidecar, indent=2) + "\n")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import numpy as np
 
 from embdistill.data import DatasetError
 from embdistill.export import sidecar_path
-from embdistill.formats import DeployError
+from embdistill.formats import DeployError, EmbeddingSpaceError, EmbeddingSpaceWarning
 from embdistill.imagefiles import class_name, display_name
 from embdistill.search.embed import embed_files, files_list_path, load_embeddings, read_files_list
 from embdistill.search.encoder import Encoder, load_encoder
@@ -46,6 +47,7 @@ class Gallery:
     index: Any
     files: list[str]
     model: str | None
+    fingerprint: str | None = None  # the embedding space of that model (None: a gallery older than fingerprints)
 
     @property
     def size(self) -> int:
@@ -55,15 +57,42 @@ class Gallery:
     def dim(self) -> int:
         return int(self.index.d)
 
-    def encoder(self, model: str | Path | None = None, threads: int | None = None) -> Encoder:
-        """The model that embedded the gallery (or ``model``), checked to give vectors of the gallery's dim."""
+    def encoder(
+        self, model: str | Path | None = None, threads: int | None = None, *, allow_other_space: bool = False
+    ) -> Encoder:
+        """The model that embedded the gallery (or ``model``), checked to give vectors of the gallery's space.
+
+        Two networks of one embedding size still embed into unrelated spaces, where every
+        score is noise; so a model whose fingerprint differs from the gallery's is refused
+        (:class:`EmbeddingSpaceError`) unless ``allow_other_space``. The gallery's own
+        checkpoint and its ONNX, TorchScript and INT8 exports share its fingerprint. A
+        gallery or an export older than fingerprints is accepted with an
+        :class:`EmbeddingSpaceWarning`: the check cannot be made.
+        """
         model = model or self.model
         if not model:
             raise DeployError(f"gallery {self.path}: its sidecar records no model; pass --model CHECKPOINT_OR_ONNX")
         encoder = load_encoder(model, threads)
         if encoder.dim != self.dim:
             raise DeployError(f"model {encoder.source} gives {encoder.dim}-d embeddings, gallery {self.path} holds {self.dim}-d ones")
+        self._check_space(encoder, allow_other_space)
         return encoder
+
+    def _check_space(self, encoder: Encoder, allow_other_space: bool) -> None:
+        if self.fingerprint is None:
+            warnings.warn(f"gallery {self.path} records no model fingerprint (embedded before embdistill recorded one), so "
+                          f"whether {encoder.source} embeds into its space is unchecked; re-embed it with `embdistill embed`",
+                          EmbeddingSpaceWarning, stacklevel=3)
+        elif encoder.fingerprint is None:
+            warnings.warn(f"model {encoder.source} records no fingerprint (exported before embdistill recorded one), so "
+                          f"whether it embeds into the space of gallery {self.path} is unchecked; re-export it",
+                          EmbeddingSpaceWarning, stacklevel=3)
+        elif encoder.fingerprint != self.fingerprint and not allow_other_space:
+            raise EmbeddingSpaceError(
+                f"model {encoder.source} embeds into space {encoder.fingerprint[:12]}, but gallery {self.path} was "
+                f"embedded by {self.model or 'another model'} into space {self.fingerprint[:12]}: scores across two spaces "
+                "mean nothing; use the gallery's model or its export, re-embed the gallery, or pass --allow-other-space"
+            )
 
     def search(self, vectors: np.ndarray, k: int) -> list[list[Hit]]:
         """The k nearest gallery images of each row of ``vectors``, best first."""
@@ -88,13 +117,13 @@ def load_gallery(path: str | Path) -> Gallery:
         files_path = files_list_path(path)
         files = (read_files_list(files_path, len(embeddings), f"embeddings {path}") if files_path.is_file()
                  else [f"#{i}" for i in range(len(embeddings))])
-        return Gallery(path, build_index(embeddings, "flat")[0], files, info.get("model"))
+        return Gallery(path, build_index(embeddings, "flat")[0], files, info.get("model"), info.get("model_fingerprint"))
     index, sidecar = load_index(path)
     files = (
         read_files_list(sidecar["files"], index.ntotal, f"index {path}")
         if sidecar.get("files") else [f"#{i}" for i in range(index.ntotal)]
     )
-    return Gallery(path, index, files, sidecar.get("model"))
+    return Gallery(path, index, files, sidecar.get("model"), sidecar.get("model_fingerprint"))
 
 
 @dataclass
@@ -108,20 +137,24 @@ class SearchResult:
 
 
 def search_image(
-    index_path: str | Path, query: str | Path, k: int = 8, model: str | Path | None = None
+    index_path: str | Path, query: str | Path, k: int = 8, model: str | Path | None = None,
+    *, allow_other_space: bool = False,
 ) -> SearchResult:
-    """The query image's k nearest gallery images, embedded with the index's model (or ``model``)."""
+    """The query image's k nearest gallery images, embedded with the index's model (or ``model``, which must
+    embed into the gallery's space unless ``allow_other_space``: see :meth:`Gallery.encoder`)."""
     gallery = load_gallery(index_path)
     if k < 1:
         raise DeployError(f"k must be >= 1, got {k}")
-    encoder = gallery.encoder(model)
+    encoder = gallery.encoder(model, allow_other_space=allow_other_space)
     query = Path(query)
     if not query.is_file():
         raise DeployError(f"query image {query} does not exist")
     try:
         vector = embed_files(encoder, [query], batch_size=1, progress=False)
-    except DatasetError as err:
-        raise DeployError(f"query image {query}: {err}") from err
+    except DatasetError as err:  # its message suggests a training option, which means nothing here
+        raise DeployError(
+            f"query image {query} cannot be decoded (truncated, corrupt or not an image?): {err.__cause__ or err}"
+        ) from err
     return SearchResult(query, gallery.search(vector, k)[0], encoder.source)
 
 

@@ -65,10 +65,14 @@ class Side:
         }
 
 
-def load_side(gallery: str | Path, name: str | None = None, model: str | Path | None = None, threads: int | None = None) -> Side:
-    """A gallery (.faiss from `embdistill index`, or .npy from `embdistill embed`) and its model."""
+def load_side(
+    gallery: str | Path, name: str | None = None, model: str | Path | None = None, threads: int | None = None,
+    *, allow_other_space: bool = False,
+) -> Side:
+    """A gallery (.faiss from `embdistill index`, or .npy from `embdistill embed`) and its model, which must
+    embed into the gallery's space unless ``allow_other_space`` (see :meth:`~embdistill.search.Gallery.encoder`)."""
     loaded = load_gallery(gallery)
-    encoder = loaded.encoder(model, threads)
+    encoder = loaded.encoder(model, threads, allow_other_space=allow_other_space)
     if name is None:  # runs/x/student/last.pt -> "student"; runs/x/student -> "student"
         source = Path(encoder.source)
         name = source.parent.name if source.is_file() else source.name

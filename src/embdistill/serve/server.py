@@ -29,8 +29,12 @@ def run_server(
     compare_name: str | None = None,
     threads: int | None = None,
     log_level: str = "warning",
+    allow_other_space: bool = False,
 ) -> int:
-    """Serve until interrupted. Uploads are parsed in a private temporary folder, removed on exit."""
+    """Serve until interrupted. Uploads are parsed in a private temporary folder, removed on exit.
+
+    ``model`` / ``compare_model`` must embed into their gallery's space unless ``allow_other_space``.
+    """
     try:
         import uvicorn
 
@@ -41,9 +45,9 @@ def run_server(
         raise DeployError(f"--port must be in 1..65535, got {port}")
     if max_upload_mb <= 0:
         raise DeployError(f"--max-upload-mb must be > 0, got {max_upload_mb}")
-    sides = [load_side(gallery, name, model, threads)]
+    sides = [load_side(gallery, name, model, threads, allow_other_space=allow_other_space)]
     if compare is not None:
-        sides.append(load_side(compare, compare_name, compare_model, threads))
+        sides.append(load_side(compare, compare_name, compare_model, threads, allow_other_space=allow_other_space))
         if sides[0].name == sides[1].name:
             sides[1].name += " (compare)"
     app = create_app(sides, max_upload_bytes=round(max_upload_mb * 1e6), default_k=k, max_k=max_k)

@@ -1,0 +1,123 @@
+"""The package's import graph: no two modules of embdistill import each other.
+
+Read with ``ast`` from the source, not by importing: function-level imports count
+(a lazy import still ties two modules together), ``if TYPE_CHECKING:`` blocks do not
+(they never run).
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "embdistill"
+
+
+def module_name(path: Path, root: Path = PACKAGE) -> str:
+    """``src/embdistill/search/query.py`` -> ``embdistill.search.query``; a package is its ``__init__``."""
+    parts = [root.name, *path.relative_to(root).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _runtime_imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
+    """Every import statement at any depth (functions, methods, try blocks) outside ``if TYPE_CHECKING:``."""
+    found: list[ast.Import | ast.ImportFrom] = []
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            todo.extend(node.orelse)
+            continue
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            found.append(node)
+        todo.extend(ast.iter_child_nodes(node))
+    return found
+
+
+def imported_modules(path: Path, modules: set[str], root: Path = PACKAGE) -> set[str]:
+    """The package's modules that ``path`` imports directly: ``from a.b import c`` is ``a.b.c`` when that
+    is a module, else ``a.b``; relative imports are resolved against ``path``'s package."""
+    name = module_name(path, root)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    targets: set[str] = set()
+    for node in _runtime_imports(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets.update(alias.name for alias in node.names)
+            continue
+        base = node.module or ""
+        if node.level:
+            anchor = package.split(".")
+            anchor = anchor[: len(anchor) - (node.level - 1)]
+            base = ".".join([*anchor, base] if base else anchor)
+        for alias in node.names:
+            targets.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
+    return {t for t in targets if t in modules and t != name}
+
+
+def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
+    paths = sorted(root.rglob("*.py"))
+    modules = {module_name(p, root) for p in paths}
+    return {module_name(p, root): imported_modules(p, modules, root) for p in paths}
+
+
+def mutual_imports(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    return sorted((a, b) for a, targets in graph.items() for b in targets if a < b and a in graph.get(b, set()))
+
+
+def test_the_graph_reader_sees_lazy_relative_and_aliased_imports(tmp_path: Path) -> None:
+    root = tmp_path / "pkg"
+    (root / "sub").mkdir(parents=True)
+    (root / "__init__.py").write_text("")
+    (root / "sub" / "__init__.py").write_text("from .b import thing\n")
+    (root / "a.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.c import C\n"
+        "def f():\n    from pkg import sub as s\n    return s\n"
+    )
+    (root / "sub" / "b.py").write_text("class K:\n    def m(self):\n        import pkg.a\n\nthing = 1\n")
+    (root / "c.py").write_text("from . import a\nfrom .sub.b import thing\n")
+    graph = import_graph(root)
+    assert graph == {
+        "pkg": set(),
+        "pkg.a": {"pkg.sub"},  # the lazy import; not pkg.c, which only a type checker reads
+        "pkg.c": {"pkg.a", "pkg.sub.b"},
+        "pkg.sub": {"pkg.sub.b"},
+        "pkg.sub.b": {"pkg.a"},
+    }
+    assert mutual_imports(graph) == []
+    (root / "a.py").write_text("def f():\n    from .c import x\n")
+    assert mutual_imports(import_graph(root)) == [("pkg.a", "pkg.c")]
+
+
+def test_no_two_modules_of_embdistill_import_each_other() -> None:
+    graph = import_graph()
+    assert {"embdistill.export", "embdistill.quantize", "embdistill.data.transforms"} <= graph.keys()
+    assert "embdistill.quantize" in graph["embdistill.export"]  # the graph is real: export calls quantize lazily
+    pairs = mutual_imports(graph)
+    assert pairs == [], "modules that import each other: " + "; ".join(f"{a} <-> {b}" for a, b in pairs)
+
+
+def test_the_evaluation_transform_lives_in_data_transforms() -> None:
+    """export and quantize both use it and neither owns it; export still re-exports it for old callers."""
+    import torch
+    from PIL import Image
+
+    from embdistill import export
+    from embdistill.data.transforms import IMAGENET, build_transform, eval_transform
+
+    graph = import_graph()
+    assert "embdistill.data.transforms" in graph["embdistill.quantize"]
+    assert "embdistill.export" not in graph["embdistill.quantize"]
+    assert export.eval_transform is eval_transform
+    meta = export.ExportMetadata(image_size=32, resize_size=40, mean=IMAGENET.mean, std=IMAGENET.std,
+                                 embedding_dim=8, backbone="mobilenet_v1", pooling="avg")
+    image = Image.fromarray(torch.arange(60 * 50 * 3).remainder(256).to(torch.uint8).reshape(50, 60, 3).numpy())
+    got = eval_transform(meta)(image)
+    assert got.shape == (3, 32, 32)
+    assert torch.equal(got, build_transform(False, 32, IMAGENET, resize_ratio=40 / 32)(image))
