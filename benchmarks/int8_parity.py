@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     data = payload["config"]["data"]
     root = args.root or data["root"]
     test = load_dataset(data["dataset"], root, "test")
-    loader = eval_loader(test, payload["image_size"], checkpoint_normalization(payload), batch_size=128, num_workers=1)
+    loader = eval_loader(test, payload["image_size"], checkpoint_normalization(payload), batch_size=128, num_workers=1,
+                         resize=data.get("resize", "crop"))
     batches = [images for images, _, _ in loader]
     with torch.inference_mode():
         model = embedder_from_checkpoint(payload).eval()
