@@ -27,7 +27,7 @@ from embdistill.engine.evaluate import evaluate_embedder
 from embdistill.engine.loaders import Splits, evaluation_set, load_splits
 from embdistill.models.embedder import create_embedder
 
-from cub100 import repo_relative  # benchmarks/cub100.py, beside this script
+from bench_common import repo_relative  # benchmarks/bench_common.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = ROOT / "configs" / "cars196" / "cpu" / "teacher.yaml"

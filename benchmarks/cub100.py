@@ -19,21 +19,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from embdistill.config import ExperimentConfig, load_config, to_dict
-from embdistill.engine.rundir import finished_with
-from embdistill.engine.train import run
 from embdistill.plots import plot_training_curves
 from embdistill.report import write_run_report
+
+from bench_common import machine, repo_relative, run_cached  # benchmarks/bench_common.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "cub100" / "benchmark"
@@ -99,14 +95,8 @@ class Row:
 
 
 def _run_cached(cfg: ExperimentConfig) -> dict:
-    """Run ``cfg`` unless the same config already finished in its run directory."""
-    summary_path = cfg.run_dir / "summary.yaml"
-    if finished_with(cfg):
-        print(f"[bench] reusing {cfg.run_dir}")
-    else:
-        run(cfg, progress=False)
-        write_run_report(cfg.run_dir, device=cfg.device)  # stats.json, loss curve, retrieval grid
-    summary = yaml.safe_load(summary_path.read_text())
+    """Run ``cfg`` (and write its report) unless the same config already finished in its run directory."""
+    summary = run_cached(cfg, after_run=lambda c: write_run_report(c.run_dir, device=c.device))  # stats.json, plots
     stats = json.loads((cfg.run_dir / "stats.json").read_text())
     return {
         "seed": cfg.seed,
@@ -156,8 +146,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     ordered = [rows[s.name, m.key] for s in STUDENTS for m in methods(s)]
     return {
         "command": "python benchmarks/cub100.py " + " ".join(sys.argv[1:]),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count()},
+        "machine": machine(),
         "minutes": round((time.perf_counter() - started) / 60, 1),
         "seeds": args.seeds,
         "teacher_image_size": teacher_size,
@@ -166,18 +155,6 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "rows": [{"student": r.student, "method": r.method.key, "label": r.method.label, "seeds": r.method.seeds,
                   "compare_to": r.method.compare_to, "runs": r.runs, "config": r.config} for r in ordered],
     }
-
-
-def repo_relative(value):
-    """``value`` with every absolute path rewritten relative to the repository (run_dir, data.root,
-    distill.teacher, output_dir), so the committed results name no directory of the machine they ran on."""
-    if isinstance(value, dict):
-        return {k: repo_relative(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [repo_relative(v) for v in value]
-    if isinstance(value, str) and value.startswith("/"):
-        return Path(os.path.relpath(value, ROOT)).as_posix()
-    return value
 
 
 # ----------------------------------------------------------------------------- tables and plots

@@ -8,8 +8,10 @@ from random init, are trained alone and with the absolute teacher, the relative 
 the student alone with the paper's 4 × 8 batches; for MobileNet-0.25 also alone and absolute for 57 epochs),
 each row with the schedule chosen for it on held-out train species (``benchmarks/results/cub100_strong_tuning.md``),
 except the untuned absolute + relative rows and the long students alone (30 and 57 epochs), controls at
-their distilled rows' lengths. Every distilled row reads the bank: the teacher
-never runs during training.
+their distilled rows' lengths. The paper's own phone student, MobileNet-0.25 from its ImageNet weights at
+224 px, is a third student: each of its runs trains on 44 of the 58 train species and chooses its own epoch on
+the other 14 (``train.select: best``), and it reads a bank of its own, since the views are rendered in its
+[-1, 1] inputs. Every distilled row reads a bank: the teacher never runs during training.
 
     .venv/bin/python benchmarks/cub100_strong.py            # the table (writes results/cub100_strong.{json,md})
     .venv/bin/python benchmarks/cub100_strong.py --smoke    # every row, tiny: checks the plumbing
@@ -24,31 +26,30 @@ records the command, date and minutes that produced it, and the table names them
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from embdistill.config import ExperimentConfig, load_config, to_dict
 from embdistill.engine.bank import fill_bank_for_config
-from embdistill.engine.rundir import finished_with
-from embdistill.engine.train import run
+from embdistill.models.embedder import create_embedder
+from embdistill.modelstats import count_mflops, count_parameters, cpu_throughput
 
-from cub100 import repo_relative  # benchmarks/cub100.py, beside this script
+from bench_common import machine, repo_relative, run_cached  # benchmarks/bench_common.py, beside this script
 from teacher_terms import ABS, BB1, P16, REL, REL_SCALED, RKD, weighted as _w
 
 ROOT = Path(__file__).resolve().parents[1]
+CHOOSE = ("eval.split=test", "train.select=best", "train.select_metric=recall@1", "eval.every_epochs=1", "train.patience=4")
 CONFIGS = ROOT / "configs" / "cub100" / "strong"
 KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r")
 VIEWS = 4  # fixed augmented views per training image in the bank
 TEACHER_SIZE = 224
+MAIN_BANK = f"lite0_{TEACHER_SIZE}_v{VIEWS}.bank"
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,8 @@ class Student:
     name: str
     config: str
     methods: tuple[Method, ...]
+    bank_tag: str = ""  # the bank's views are rendered in the student's input normalisation: one bank per normalisation
+    validation_classes: int = 0  # rows train on the other train species and choose their epoch on these (CHOOSE)
 
 
 # Each row's schedule, chosen on held-out train species (benchmarks/results/cub100_strong_tuning.md):
@@ -92,6 +95,19 @@ STUDENTS = (
         Method("relative_scaled_long", "+ relative teacher, scale-free, 30 epochs", "all", (_w(REL_SCALED, 10.0),),
                ("train.epochs=30", BB1, *P16)),
     )),
+    # The paper's phone student from its ImageNet weights, at the paper's 224 px. Each run chooses its own length:
+    # it trains on 44 of the 58 train species, scores the other 14 after every epoch, keeps the best epoch's
+    # weights (R@1) and stops after 4 epochs without a better one; the test species are scored once, on those
+    # weights (CHOOSE), within the config's 10 epochs. The recipe (multi-similarity, lr 1e-4 for all layers,
+    # 16 × 4) was chosen on the same held-out species (cub100_strong_tuning.md, "The paper's phone student");
+    # λ as for MobileNetV2.
+    Student("MobileNet-0.25 (ImageNet)", "mobilenet025_imagenet.yaml", (
+        Method("alone", "metric loss alone", "all"),
+        Method("absolute", "+ absolute teacher", "one", (ABS,)),
+        Method("relative", "+ relative teacher", "one", (_w(REL, 10.0),)),
+        Method("relative_scaled", "+ relative teacher, scale-free", "all", (_w(REL_SCALED, 10.0),)),
+        Method("rkd", "+ RKD distance & angle", "one", RKD),
+    ), bank_tag="_keras", validation_classes=14),
     Student("MobileNet-0.25 (scratch)", "mobilenet025.yaml", (
         Method("alone", "metric loss alone", "all"),
         Method("absolute", "+ absolute teacher", "all", (_w(ABS, 10.0),)),
@@ -115,15 +131,13 @@ class Row:
 
 def _run_cached(cfg: ExperimentConfig) -> dict:
     """Run ``cfg`` unless the same config already finished in its run directory."""
-    summary_path = cfg.run_dir / "summary.yaml"
-    if finished_with(cfg):
-        print(f"[bench] reusing {cfg.run_dir}", flush=True)
-    else:
-        run(cfg, progress=False)
-    s = yaml.safe_load(summary_path.read_text())
+    s = run_cached(cfg)
     return {"seed": cfg.seed, "run_dir": str(cfg.run_dir), **{k: s[k] for k in KEYS},
             "train_seconds": s["train_seconds"], "teacher_forward_images": s["teacher_forward_images"],
-            "embedding_spread": s.get("embedding_spread"), "collapse_warning": s.get("collapse_warning")}
+            "embedding_spread": s.get("embedding_spread"), "collapse_warning": s.get("collapse_warning"),
+            **({"epoch": s["epoch"], "selected": s["selected"],
+                "validation_curve": [{k: c[k] for k in ("epoch", "recall@1", "map@r")} for c in s["validation_curve"]]}
+               if "selected" in s else {})}
 
 
 def _base(args: argparse.Namespace) -> list[str]:
@@ -138,6 +152,20 @@ def _student_size(args: argparse.Namespace) -> list[str]:
     return ["data.image_size=32"] if args.smoke else []
 
 
+def _bank_path(args: argparse.Namespace, teacher_size: int, views: int, student: Student) -> Path:
+    held_out = f"_val{student.validation_classes}" if student.validation_classes else ""  # its train species differ
+    return Path(args.output) / "banks" / f"lite0_{teacher_size}_v{views}{student.bank_tag}{held_out}.bank"
+
+
+def _student_overrides(args: argparse.Namespace, student: Student) -> list[str]:
+    held_out = [f"data.validation_classes={student.validation_classes}", *CHOOSE] if student.validation_classes else []
+    return [*_student_size(args), *held_out]
+
+
+def _selected(args: argparse.Namespace) -> list[tuple[Student, Method]]:
+    return [(s, m) for s in STUDENTS for m in s.methods if not args.rows or row_id(s, m) in args.rows]
+
+
 def run_benchmark(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     base = _base(args)
@@ -145,54 +173,69 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     teacher_cfg = load_config(CONFIGS / "teacher.yaml", [*base, f"data.image_size={teacher_size}", "train.epochs=0"])
     teacher = _run_cached(teacher_cfg)
     views = 1 if args.smoke else VIEWS
-    bank = Path(args.output) / "banks" / f"lite0_{teacher_size}_v{views}.bank"
-    distill = [f"distill.teacher={teacher_cfg.run_dir / 'last.pt'}", f"distill.teacher_image_size={teacher_size}",
-               f"distill.cache_views={views}", f"distill.bank={bank}"]
-    bank_started = time.perf_counter()
-    bank_cfg = load_config(CONFIGS / STUDENTS[0].config, [*base, *_student_size(args), *distill, "name=bank",
-                                                          "distill.terms=[{name: relative}]"])
-    timing = bank.with_suffix(".seconds.json")  # the fill time, kept for a benchmark that finds the bank filled
-    existed = bank.is_file()
-    fill_bank_for_config(bank_cfg, progress=False)  # fills a missing bank; refuses a stale one
-    if not existed:
-        timing.write_text(json.dumps({"fill_seconds": round(time.perf_counter() - bank_started, 1)}) + "\n")
-    bank_seconds = json.loads(timing.read_text())["fill_seconds"] if timing.is_file() else None
-    print(f"[bench] teacher R@1 {100 * teacher['recall@1']:.1f}; bank {bank} ready", flush=True)
+    distill: dict[str, list[str]] = {}  # student name -> its distilled rows' overrides
+    banks: dict[str, dict] = {}  # bank file name -> where it is, its views and fill time
+    # The banks that a selected row reads (with --bank-only: every student's), each filled once.
+    needed = [s for s in STUDENTS if args.bank_only or any(st is s and m.terms for st, m in _selected(args))]
+    for student in needed:
+        bank = _bank_path(args, teacher_size, views, student)
+        distill[student.name] = [f"distill.teacher={teacher_cfg.run_dir / 'last.pt'}", f"distill.teacher_image_size={teacher_size}",
+                                 f"distill.cache_views={views}", f"distill.bank={bank}"]
+        if bank.name in banks:
+            continue
+        bank_started = time.perf_counter()
+        bank_cfg = load_config(CONFIGS / student.config, [*base, *_student_overrides(args, student), *distill[student.name],
+                                                          "name=bank", "distill.terms=[{name: relative}]"])
+        timing = bank.with_suffix(".seconds.json")  # the fill time, kept for a benchmark that finds the bank filled
+        existed = bank.is_file()
+        fill_bank_for_config(bank_cfg, progress=False)  # fills a missing bank; refuses a stale one
+        if not existed:
+            timing.write_text(json.dumps({"fill_seconds": round(time.perf_counter() - bank_started, 1)}) + "\n")
+        banks[bank.name] = {"path": str(bank), "views": views,
+                            "fill_seconds": json.loads(timing.read_text())["fill_seconds"] if timing.is_file() else None}
+        print(f"[bench] teacher R@1 {100 * teacher['recall@1']:.1f}; bank {bank} ready", flush=True)
     if args.bank_only:
         return {}
     rows: list[Row] = []
-    for s in STUDENTS:
-        for m in s.methods:
-            if args.rows and row_id(s, m) not in args.rows:
-                continue
-            row_started = time.perf_counter()
-            row = Row(s.name, m)
-            rows.append(row)
-            for seed in args.seeds if m.seeds == "all" else args.seeds[:1]:
-                o = [*base, *_student_size(args), f"seed={seed}", f"name={Path(s.config).stem}/{m.key}/seed{seed}", *m.overrides]
-                if m.terms:
-                    o += [*distill, "distill.terms=" + json.dumps(list(m.terms))]
-                o += _smoke(args)  # last, so that it also shortens the rows' own schedules
-                cfg = load_config(CONFIGS / s.config, o)
-                row.config = row.config or to_dict(cfg)
-                row.runs.append(_run_cached(cfg))
-                print(f"[bench] {s.name} {m.label} seed {seed}: R@1 {100 * row.runs[-1]['recall@1']:.1f}", flush=True)
-            row.ran = {"command": _command(), "date": time.strftime("%Y-%m-%d"),
-                       "minutes": round((time.perf_counter() - row_started) / 60, 1)}
+    for s, m in _selected(args):
+        row_started = time.perf_counter()
+        row = Row(s.name, m)
+        rows.append(row)
+        for seed in args.seeds if m.seeds == "all" else args.seeds[:1]:
+            o = [*base, *_student_overrides(args, s), f"seed={seed}", f"name={Path(s.config).stem}/{m.key}/seed{seed}", *m.overrides]
+            if m.terms:
+                o += [*distill[s.name], "distill.terms=" + json.dumps(list(m.terms))]
+            o += _smoke(args)  # last, so that it also shortens the rows' own schedules
+            cfg = load_config(CONFIGS / s.config, o)
+            row.config = row.config or to_dict(cfg)
+            row.runs.append(_run_cached(cfg))
+            print(f"[bench] {s.name} {m.label} seed {seed}: R@1 {100 * row.runs[-1]['recall@1']:.1f}", flush=True)
+        row.ran = {"command": _command(), "date": time.strftime("%Y-%m-%d"),
+                   "minutes": round((time.perf_counter() - row_started) / 60, 1)}
     result = repo_relative({
         "command": _command(),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count()},
+        "machine": machine(),
         "minutes": round((time.perf_counter() - started) / 60, 1),
         "seeds": args.seeds,
         "teacher_image_size": teacher_size,
         "student_image_size": rows[0].config["data"]["image_size"],
-        "bank": {"path": str(bank), "views": views, "fill_seconds": bank_seconds},
+        "bank": banks.get(MAIN_BANK),  # the MobileNetV2 and scratch rows' bank (the header's)
+        "banks": banks,
+        "students": {s.name: network_stats(s, args) for s in STUDENTS if any(st is s for st, _ in _selected(args))},
         "teacher": {**teacher, "config": to_dict(teacher_cfg)},
         "rows": [{"student": r.student, "method": r.method.key, "label": r.method.label, "seeds": r.method.seeds,
                   "ran": r.ran, "runs": r.runs, "config": r.config} for r in rows],
     })
     return _keep_other_rows(result, Path(args.results) / "cub100_strong.json") if args.rows else result
+
+
+def network_stats(student: Student, args: argparse.Namespace) -> dict:
+    """Parameters, mult-adds and CPU inference images/s of the student's embedder at its input size."""
+    cfg = load_config(CONFIGS / student.config, [*_base(args), *_student_overrides(args, student)])
+    model = create_embedder(dataclasses.replace(cfg.model, pretrained=False))
+    size = cfg.data.image_size
+    return {"image_size": size, "params_m": round(count_parameters(model) / 1e6, 3),
+            "mult_adds_m": round(count_mflops(model, size), 1), "cpu_images_per_s": round(cpu_throughput(model, size), 1)}
 
 
 def row_id(student: Student, method: Method) -> str:
@@ -215,7 +258,9 @@ def _keep_other_rows(result: dict, previous_path: Path) -> dict:
         if (r["student"], r["method"]) not in order:
             print(f"[bench] dropping the row {r['student']} / {r['method']} of {previous_path}: no such row in STUDENTS", flush=True)
     rows = sorted(kept + result["rows"], key=lambda r: order.index((r["student"], r["method"])))
-    return {**result, "rows": rows}
+    banks = {**previous.get("banks", {MAIN_BANK: previous.get("bank")}), **result["banks"]}  # an older JSON had one bank
+    students = {**previous.get("students", {}), **result.get("students", {})}
+    return {**result, "rows": rows, "banks": banks, "bank": banks.get(MAIN_BANK), "students": students}
 
 
 # ----------------------------------------------------------------------------- the table
@@ -255,7 +300,8 @@ def _provenance_lines(rows: list[dict]) -> list[str]:
 def _schedule(train: dict) -> str:
     """A row's schedule in words (a batch holds P species × K images each)."""
     batch = f"{train['classes_per_batch']} species × {train['images_per_class']} images a batch"
-    return f"{train['epochs']} epochs, lr {train['lr']:g}, backbone ×{train['backbone_lr_mult']:g}, {batch}"
+    epochs = f"at most {train['epochs']} epochs (the epoch chosen per run)" if train.get("select") == "best" else f"{train['epochs']} epochs"
+    return f"{epochs}, lr {train['lr']:g}, backbone ×{train['backbone_lr_mult']:g}, {batch}"
 
 
 def markdown(result: dict) -> str:
@@ -272,7 +318,7 @@ def markdown(result: dict) -> str:
         f"of each of the 3,428 training images"
         + (f", filled in {bank['fill_seconds']:.0f} s" if bank["fill_seconds"] else " (already filled)")
         + "; distilled rows read it and never run the teacher.",
-        f"Students at {result['student_image_size']} px; rows marked * are the mean ± std over seeds "
+        "Each student's section gives its input size; rows marked * are the mean ± std over seeds "
         f"{', '.join(map(str, result['seeds']))}, the others one run (seed {result['seeds'][0]}). Gain = R@1 − R@1 of the "
         "student alone; gain / pooled std divides it by sqrt((s²_alone + s²_row) / 2); gap closed = gain / (teacher R@1 − "
         "R@1 alone). Time = training seconds, and its ratio to the student alone's.",
@@ -284,10 +330,27 @@ def markdown(result: dict) -> str:
         a_r1 = _values(alone)
         a_seconds = statistics.fmean(x["train_seconds"] for x in alone["runs"])
         c = alone["config"]["train"]
+        distilled = next((r for r in rows if r["config"].get("distill")), None)
+        own_bank = result.get("banks", {}).get(Path(distilled["config"]["distill"]["bank"]).name) if distilled else None
+        stats = result.get("students", {}).get(student)
         lines += [
-            f"## {student}: alone {_schedule(c)}, {c['metric_loss']}",
+            f"## {student} at {alone['config']['data']['image_size']} px: alone {_schedule(c)}, {c['metric_loss']}",
             "",
             *_provenance_lines(rows),
+            *([f"- Its own teacher bank ({Path(own_bank['path']).name}: this student's input normalisation and training images): "
+               f"{own_bank['views']} views of each of its training images"
+               + (f", filled in {own_bank['fill_seconds']:.0f} s." if own_bank.get("fill_seconds") else ".")]
+              if own_bank and own_bank != bank else []),
+            *([f"- The network: {stats['params_m']:.2f} M parameters, {stats['mult_adds_m']:.1f} M mult-adds at "
+               f"{stats['image_size']} px, {stats['cpu_images_per_s']:.0f} images/s inference on this CPU "
+               f"(batch 64, 2 threads; the same for every row: distillation does not change the network)."] if stats else []),
+            *([f"- Each run chose its epoch on {c_valid} held-out train species (trained on the others; best R@1, patience "
+               f"{c['patience']}); the test species were scored once, on that epoch's weights. Chosen epochs: "
+               + "; ".join(f"{r['method']} " + ", ".join(str(x.get('epoch', '?')) for x in r['runs']) for r in rows) + "."]
+              if (c_valid := alone["config"]["data"].get("validation_classes")) and c.get("select") == "best" else []),
+            *[f"- Held-out R@1 by epoch, {r['method']} seed {x['seed']}: "
+              + " ".join(f"{100 * v['recall@1']:.1f}" for v in x["validation_curve"])
+              for r in rows for x in r["runs"][:1] if x.get("validation_curve")],
             "",
             "| method | R@1 | R@2 | R@4 | R@8 | MAP@R | gain | gain / pooled std | gap closed | train s | × alone |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
