@@ -64,7 +64,7 @@ from embdistill.engine.checkpoint import CheckpointError, load_checkpoint  # noq
 from embdistill.engine.rundir import finished_with, resume_checkpoint  # noqa: E402
 from embdistill.models.weights import WeightsError  # noqa: E402
 
-from bench_common import machine, repo_relative  # noqa: E402  (benchmarks/, beside this script)
+from bench_common import machine, repo_relative, run_cached  # noqa: E402  (benchmarks/, beside this script)
 from teacher_terms import ABS, REL, weighted  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
@@ -370,13 +370,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
 
     workers = min(b.workers * len(ROWS), os.cpu_count() or 1)  # the teacher and the bank run alone
     teacher_cfg = load_config(TEACHER, teacher_overrides(args, b, data, workers))
-    if finished_with(teacher_cfg):
-        print(f"[gpu] reusing the teacher {teacher_cfg.run_dir}", flush=True)
-    else:
-        from embdistill.engine.train import run
-
-        run(teacher_cfg, progress=False)
-    s = yaml.safe_load((teacher_cfg.run_dir / "summary.yaml").read_text())
+    s = run_cached(teacher_cfg)
     result["teacher"] = {"run_dir": str(teacher_cfg.run_dir), **{k: s[k] for k in KEYS}, "config": to_dict(teacher_cfg)}
     teacher = _teacher_checkpoint(out, b)
 

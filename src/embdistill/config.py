@@ -26,6 +26,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from embdistill.data.transforms import ResizeMode  # one list of modes for the config and the transforms
 from embdistill.evaluation.collapse import COLLAPSE_SPREAD
 from embdistill.models.embedder import ModelConfig
 from embdistill.ranges import RANGE, SEED_MAX, above, at_least, between
@@ -42,7 +43,6 @@ TeacherPrecision = Literal["fp32", "bf16"]
 Select = Literal["last", "best"]
 SelectMetric = Literal["recall@1", "map@r"]
 EvalSplit = Literal["auto", "test", "validation"]
-ResizeMode = Literal["crop", "squash", "pad"]  # data/transforms.py RESIZE_MODES
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 

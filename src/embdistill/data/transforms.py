@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol, get_args
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,7 @@ from torchvision.transforms import functional as TF
 
 __all__ = [
     "IMAGENET", "KERAS", "NORMALIZATIONS", "TF_LITE", "Degrade", "Normalization", "Preprocessing", "build_transform", "eval_transform",
-    "RESIZE_MODES", "FitLongerSide", "PadToSquare", "RandomBox", "check_resize", "draw_box", "render_box",
+    "RESIZE_MODES", "ResizeMode", "FitLongerSide", "PadToSquare", "RandomBox", "check_resize", "draw_box", "render_box",
 ]
 
 
@@ -45,7 +45,8 @@ KERAS = Normalization(mean=(0.5,) * 3, std=(0.5,) * 3)
 NORMALIZATIONS: dict[str, Normalization] = {"imagenet": IMAGENET, "tf_lite": TF_LITE, "keras": KERAS}
 # How a non-square picture becomes the square input (config.py's data.resize): cut a centred
 # square (``crop``, the default), stretch the whole picture (``squash``), or fit it whole and pad.
-RESIZE_MODES = ("crop", "squash", "pad")
+ResizeMode = Literal["crop", "squash", "pad"]
+RESIZE_MODES: tuple[str, ...] = get_args(ResizeMode)
 
 
 def build_transform(

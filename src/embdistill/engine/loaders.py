@@ -65,11 +65,11 @@ def load_splits(data: DataConfig, skipped: list[tuple[Path, str]] | None = None,
     """
     skipped = [] if skipped is None else skipped
     train = _without_bad_images(load_dataset(data.dataset, data.root, "train"), data.skip_bad_images, skipped)
-    n = data.validation_classes
-    if n > 0 and n >= train.num_classes - 1:
-        raise DatasetError(f"data.validation_classes={n} leaves fewer than 2 of {train.num_classes} train classes")
-    held = train.class_subset(range(train.num_classes - n, train.num_classes)) if n > 0 else None
+    n, held = data.validation_classes, None
     if n > 0:
+        if n >= train.num_classes - 1:
+            raise DatasetError(f"data.validation_classes={n} leaves fewer than 2 of {train.num_classes} train classes")
+        held = train.class_subset(range(train.num_classes - n, train.num_classes))
         train = train.class_subset(range(train.num_classes - n))
     if held is not None and scored != "test":
         return Splits(train, held, "validation", held)
