@@ -24,7 +24,7 @@ from embdistill.engine import bank as bank_module
 from embdistill.engine.bank import BankError, BankKey, TeacherBank, fill_bank, load_bank, save_bank
 from embdistill.engine.teacher import FrozenTeacher
 from embdistill.engine.train import run
-from embdistill.engine.views import ViewCrop, ViewDataset
+from embdistill.engine.views import ViewCrop, ViewDataset, to_input
 from embdistill.data import ImageDataset, load_dataset
 from embdistill.models.embedder import ModelConfig, create_embedder
 
@@ -124,7 +124,7 @@ def test_an_interrupted_fill_resumes_at_its_view_and_never_leaves_a_readable_hal
     # Every stored view is the teacher's output on that view of that image.
     for view in range(3):
         views.set_view(view)
-        images = torch.stack([views[i][1] for i in range(len(views))])
+        images = to_input(torch.stack([views[i][1] for i in range(len(views))]), IMAGENET, torch.device("cpu"))
         torch.testing.assert_close(bank.embeddings[view], teacher.embed(images).embedding, rtol=1e-5, atol=1e-6)
 
 
@@ -353,6 +353,7 @@ def test_a_view_is_one_crop_rendered_at_each_networks_size(cub100):
         views.set_view(view)
         for i in range(len(views)):
             student, teacher, label, index, v = views[i]
+            student, teacher = (to_input(x[None], IMAGENET, torch.device("cpu"))[0] for x in (student, teacher))
             torch.manual_seed(view_seed(3, i, view))
             assert torch.equal(teacher, reference(views.images.load_image(i)))
             assert student.shape == (3, 40, 40) and (index, v, label) == (i, view, int(items.labels[i]))

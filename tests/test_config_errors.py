@@ -24,7 +24,7 @@ import yaml
 from conftest import REPO
 from embdistill.cli import main
 from embdistill.config import ConfigError, ExperimentConfig, load_config, to_dict
-from embdistill.ranges import RANGE, Range
+from embdistill.ranges import RANGE, CountOrFraction, Range
 
 CONFIG = REPO / "configs" / "cub100" / "student.yaml"
 DISTILL = ["distill.teacher=runs/nowhere/last.pt", "distill.terms=[{name: relative}]"]
@@ -150,8 +150,15 @@ class Numeric:
     listed: bool
 
     @property
-    def bounds(self) -> Range | None:
+    def declared(self) -> Range | CountOrFraction | None:
+        """The field's whole rule, as its error message states it."""
         return self.field.metadata.get(RANGE)
+
+    @property
+    def bounds(self) -> Range | None:
+        """The range for values of this kind (a count-or-fraction field: the count's for int, the fraction's for float)."""
+        declared = self.declared
+        return declared.of(self.kind) if isinstance(declared, CountOrFraction) else declared
 
     def override(self, value: float) -> tuple[str, str]:
         """The ``key=value`` override setting this key to ``value``, and the key its error must name."""
@@ -219,7 +226,7 @@ def test_every_default_is_in_its_range(n: Numeric) -> None:
     f = n.field
     default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
     for value in default if n.listed else [default]:
-        assert value is None or value in n.bounds, f"{n.key}: default {value!r} is not {n.bounds}"
+        assert value is None or value in n.declared, f"{n.key}: default {value!r} is not {n.declared}"
 
 
 @pytest.mark.parametrize("n, value", [(n, v) for n in RANGED for v in outside(n)],
@@ -227,7 +234,7 @@ def test_every_default_is_in_its_range(n: Numeric) -> None:
 def test_every_numeric_key_refuses_a_value_outside_its_range(tmp_path, capsys, n: Numeric, value: float) -> None:
     override, key = n.override(value)
     code, err = run_cli(tmp_path, capsys, override)
-    assert_one_line_error(code, err, f"{key}: expected a value {n.bounds}, got {value!r}")
+    assert_one_line_error(code, err, f"{key}: expected a value {n.declared}, got {value!r}")
 
 
 @pytest.mark.parametrize("n, value", [(n, v) for n in RANGED for v in ends(n)],

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from conftest import REPO, tiny_overrides
+from conftest import REPO, cub_subset, tiny_overrides
 from embdistill.config import ConfigError, load_config
 from embdistill.data.samplers import PKSampler
 from embdistill.engine.batch_stream import BatchStream
@@ -168,28 +168,10 @@ def test_two_ranks_give_the_single_process_loss_and_gradients() -> None:
 # --------------------------------------------------------------------------- torchrun end to end
 
 
-def _layout(tmp_path: Path, cub100: Path, per_split: int) -> Path:
-    """The first ``per_split`` train and test classes of the CUB subset; images are symlinks."""
-    root = tmp_path / "data"
-    (root / "images").mkdir(parents=True)
-    for folder in (cub100 / "images").iterdir():
-        (root / "images" / folder.name).symlink_to(folder)
-    class_lines = (cub100 / "classes.txt").read_text().splitlines()
-    train = [line for line in class_lines if int(line.split()[0]) <= 100]  # CUB's rule: ids <= 100 train
-    class_lines = train[:per_split] + [line for line in class_lines if line not in train][:per_split]
-    keep = {line.split()[0] for line in class_lines}
-    labels = [line for line in (cub100 / "image_class_labels.txt").read_text().splitlines() if line.split()[1] in keep]
-    ids = {line.split()[0] for line in labels}
-    images = [line for line in (cub100 / "images.txt").read_text().splitlines() if line.split()[0] in ids]
-    for name, lines in (("classes.txt", class_lines), ("image_class_labels.txt", labels), ("images.txt", images)):
-        (root / name).write_text("\n".join(lines) + "\n")
-    return root
-
-
 @pytest.mark.slow
 def test_torchrun_trains_with_two_processes_and_rank_0_writes_the_run(tmp_path, cub100):
     """2 processes x P=2 classes: the loss of one process with P=4; one run directory; its checkpoint evaluates."""
-    data = _layout(tmp_path, cub100, per_split=8)
+    data = cub_subset(tmp_path, cub100, per_split=8)
     settings = {"data.root": data, "data.image_size": 32, "data.validation_classes": 0, "threads": 1,
                 "train.images_per_class": 4}
     overrides = tiny_overrides(tmp_path, cub100, "ddp", **settings, **{"train.classes_per_batch": 2})

@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from conftest import REPO, tiny_overrides
-from embdistill.config import ConfigError, load_config, to_dict
+from embdistill.config import ConfigError, held_out_count, load_config, to_dict, with_held_out_count
+from embdistill.data.datasets import DatasetError
 from embdistill.engine import train as train_module
 from embdistill.engine.checkpoint import load_checkpoint, run_checkpoint, save_checkpoint
 from embdistill.engine.eval_cache import load_test_embeddings
@@ -119,6 +121,23 @@ def test_choosing_needs_held_out_classes_and_evaluations():
         load_config(None, ["train.select=best", "data.validation_classes=4", "eval.every_epochs=1", "eval.ks=[2, 4]"])
     with pytest.raises(ConfigError, match=r"train.select_metric: expected one of 'recall@1', 'map@r', got 'nmi'"):
         load_config(None, ["train.select_metric=nmi"])
+
+
+def test_a_fraction_holds_out_that_share_of_the_train_classes(tmp_path):
+    # A quarter, rounded; at least 2 (one class alone scores R@1 = 1 every epoch), at least 2 left to train on.
+    assert [held_out_count(0.25, n) for n in (4, 5, 8, 10, 44, 58)] == [2, 2, 2, 2, 11, 14]
+    assert (held_out_count(0.9, 10), held_out_count(3, 100)) == (8, 3)  # a count is taken as it is
+    with pytest.raises(DatasetError, match=r"data.validation_classes=0.25 .* needs at least 4 .* there are 3"):
+        held_out_count(0.25, 3)
+    # The commands turn it into the count for the dataset they read, once, before the run starts.
+    root = tmp_path / "photos"
+    for c in range(12):  # 6 train classes, 6 test
+        (root / f"class{c:02d}").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(root / f"class{c:02d}" / "a.png")
+    cfg = load_config(None, ["data.dataset=folder", f"data.root={root}", "data.validation_classes=0.5",
+                             "train.select=best", "eval.every_epochs=1"])
+    assert with_held_out_count(cfg).data.validation_classes == 3
+    assert with_held_out_count(with_held_out_count(cfg)) == with_held_out_count(cfg)
 
 
 def test_the_rule_by_hand(tmp_path):
@@ -316,3 +335,14 @@ def embedder_normalization():
     from embdistill.data.transforms import IMAGENET
 
     return IMAGENET
+
+
+def test_a_run_directory_exports_under_the_name_of_the_checkpoint_it_stands_for(tmp_path: Path) -> None:
+    from embdistill.export import default_export_path, default_quantized_path
+
+    (tmp_path / "last.pt").write_bytes(b"")
+    assert default_export_path(tmp_path, "onnx") == tmp_path / "last.onnx"
+    (tmp_path / "best.pt").write_bytes(b"")  # the run chose an epoch: it is scored and exported as best.pt
+    assert default_export_path(tmp_path, "onnx") == tmp_path / "best.onnx"
+    assert default_export_path(tmp_path, "torchscript") == tmp_path / "best.torchscript.pt"
+    assert default_quantized_path(tmp_path, "int8") == tmp_path / "best.int8.onnx"

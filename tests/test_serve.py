@@ -92,6 +92,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_serving(url: str, process: subprocess.Popen, log: Path, seconds: float = 120) -> None:
+    """Until ``url``/healthz answers 200; fails with the server's log if it exits or takes longer than ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"the server did not start: {log.read_text()}")
+        time.sleep(0.3)
+
+
 @dataclass
 class Server:
     url: str
@@ -116,18 +132,7 @@ def server(galleries: Galleries, tmp_path_factory: pytest.TempPathFactory) -> It
         cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"the server did not start: {(base / 'server.log').read_text()}")
-        time.sleep(0.3)
+    wait_until_serving(url, process, base / "server.log")
     yield Server(url, workdir, tmpdir, process)
     process.terminate()
     process.wait(timeout=30)

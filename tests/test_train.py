@@ -18,6 +18,7 @@ from embdistill.engine.evaluate_checkpoint import evaluate_checkpoint
 from embdistill.engine.loaders import hidden_label_mask, load_splits, train_loader
 from embdistill.engine.runlog import read_log
 from embdistill.engine.train import NonFiniteLossError, run
+from embdistill.engine.views import to_input
 from embdistill.report import write_run_report
 
 STUDENT = REPO / "configs" / "cub100" / "mobilenet025.yaml"
@@ -162,7 +163,7 @@ def test_cross_quality_student_sees_degraded_copies_of_the_same_crop(tmp_path, c
                    "distill.cross_quality={resolution: 16}")
     splits = load_splits(cfg.data)
     loader, views, _ = train_loader(cfg, splits.train, embedder_normalization())
-    student, teacher, *_ = next(iter(loader))
+    student, teacher = (to_input(x, embedder_normalization(), torch.device("cpu")) for x in next(iter(loader))[:2])
     assert student.shape == teacher.shape
     assert not torch.equal(student, teacher)
 
@@ -181,7 +182,7 @@ def test_teacher_sees_the_same_crop_at_its_own_size(tmp_path, cub100, teacher_ck
     cfg = _distill(tmp_path, cub100, teacher_ckpt, "hires", "[{name: relative}]", "distill.teacher_image_size=96")
     splits = load_splits(cfg.data)
     loader, _, _ = train_loader(cfg, splits.train, embedder_normalization())
-    student, teacher, *_ = next(iter(loader))
+    student, teacher = (to_input(x, embedder_normalization(), torch.device("cpu")) for x in next(iter(loader))[:2])
     assert teacher.shape[-2:] == (96, 96) and student.shape[-2:] == (64, 64)
     # The same box rendered straight at each size (engine/views.py ViewCrop): shrinking the teacher's
     # crop gives the student's pixels up to resampling differences.

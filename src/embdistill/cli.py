@@ -26,7 +26,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace, distill: bool) -> int:
-    from embdistill.config import load_config
+    from embdistill.config import load_config, with_held_out_count
     from embdistill.engine.distributed import is_main
     from embdistill.engine.rundir import resume_config
     from embdistill.engine.signals import Interrupted
@@ -42,6 +42,7 @@ def cmd_train(args: argparse.Namespace, distill: bool) -> int:
         raise ConfigError("distill.terms is empty: name at least one term, e.g. distill.terms=[{name: relative}]")
     if not distill and cfg.distill is not None:
         raise ConfigError("this config has a `distill` section: run it with `embdistill distill`")
+    cfg = with_held_out_count(cfg)  # data.validation_classes: 0.25 -> the count for this dataset, saved with the run
     try:
         result = run(cfg, progress=not args.no_progress, resume=bool(args.resume))
     except Interrupted as stop:  # SIGINT/SIGTERM: a checkpoint was saved
@@ -56,10 +57,10 @@ def cmd_train(args: argparse.Namespace, distill: bool) -> int:
 def cmd_bank(args: argparse.Namespace) -> int:
     import time
 
-    from embdistill.config import load_config
+    from embdistill.config import load_config, with_held_out_count
     from embdistill.engine.bank import fill_bank_for_config
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = with_held_out_count(load_config(args.config, args.overrides))  # the same train classes as the run's
     started = time.perf_counter()
     path, bank = fill_bank_for_config(cfg, progress=not args.no_progress)
     views, images, dim = bank.embeddings.shape
@@ -95,7 +96,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from embdistill.demo import run_demo
 
-    run_demo(Path(args.data), Path(args.output), progress=not args.no_progress)
+    run_demo(Path(args.data), Path(args.output), progress=not args.no_progress, overrides=args.overrides)
     return 0
 
 
@@ -131,10 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("demo", help="the whole story on CUB birds on a CPU in minutes: teacher, students, table")
+    p = sub.add_parser("demo", help="the paper's effect on CUB birds on a CPU in minutes: teacher, student alone and distilled, table")
     p.add_argument("--data", default="../shared/data/cub100", help="CUB-200-2011 (or subset) root, official layout")
     p.add_argument("--output", default="runs/demo", help="where the runs and the table go")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("overrides", nargs="*", help="key=value overrides for every run of the demo (configs/cub100/demo/)")
     p.set_defaults(func=cmd_demo)
 
     for module in _SUBCOMMAND_MODULES:  # each adds its own sub-commands

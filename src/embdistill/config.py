@@ -29,7 +29,7 @@ import yaml
 from embdistill.data.transforms import ResizeMode  # one list of modes for the config and the transforms
 from embdistill.evaluation.collapse import COLLAPSE_SPREAD
 from embdistill.models.embedder import ModelConfig
-from embdistill.ranges import RANGE, SEED_MAX, above, at_least, between
+from embdistill.ranges import RANGE, SEED_MAX, above, at_least, between, count_or_fraction
 
 
 class ConfigError(ValueError):
@@ -54,7 +54,9 @@ class DataConfig:
     num_workers: int = field(default=2, metadata=at_least(0))
     cache_images: bool = False  # keep decoded images in memory (2-core machines are decode-bound)
     skip_bad_images: bool = False  # skip (and list) corrupt files instead of stopping
-    validation_classes: int = field(default=0, metadata=at_least(0))  # hold out the last N train classes to choose lambda/epochs
+    # Hold out the last N train classes to choose lambda/epochs; a float in (0, 1) holds out that fraction of them
+    # (rounded, at least 2, leaving at least 2 to train on): held_out_count, for datasets of any size.
+    validation_classes: int | float = field(default=0, metadata=count_or_fraction())
     # How a non-square image becomes the square input, for eval and training crops alike:
     # crop (centre square; cuts the ends off wide Cars-196 crops) | squash (stretch) | pad (whole, zero border)
     resize: ResizeMode = "crop"
@@ -362,6 +364,45 @@ def validate(cfg: ExperimentConfig) -> None:
                           f"got {d.teacher_image_size}")
 
 
+def held_out_count(validation_classes: int | float, train_classes: int) -> int:
+    """How many of ``train_classes`` classes ``data.validation_classes`` holds out.
+
+    A count is taken as it is (loading the splits refuses one that leaves fewer than 2 to
+    train on). A fraction is of the train classes, rounded, at least 2 and leaving at
+    least 2 to train on, so a recipe holds out a quarter of whatever folder it is given.
+    At least 2, not 1: among the images of a single class every neighbour is of the same
+    class, R@1 is 1 after every epoch, and the selection would always keep the first.
+    """
+    if isinstance(validation_classes, int):
+        return validation_classes
+    from embdistill.data.datasets import DatasetError
+
+    if train_classes < 4:
+        raise DatasetError(f"data.validation_classes={validation_classes} holds out a fraction of the train classes, "
+                           f"which needs at least 4 (2 held out, 2 to train on); there are {train_classes}")
+    return min(max(2, round(validation_classes * train_classes)), train_classes - 2)
+
+
+def with_held_out_count(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` with a fractional ``data.validation_classes`` turned into the count it means for its dataset.
+
+    Reads the dataset's train split (only its file list) to count the classes. The
+    commands that train or fill a bank call this before the run, so the run directory's
+    config.yaml records the count: a resumed run, ``evaluate`` and the report hold out
+    the same classes without counting again. A count comes back unchanged.
+    """
+    value = cfg.data.validation_classes
+    if isinstance(value, int):
+        return cfg
+    from embdistill.data.datasets import load_dataset
+
+    train_classes = load_dataset(cfg.data.dataset, cfg.data.root, "train").num_classes
+    count = held_out_count(value, train_classes)
+    print(f"[{cfg.name}] data.validation_classes={value}: holding out the last {count} of {train_classes} train classes",
+          flush=True)
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, validation_classes=count))
+
+
 def _check_ranges(section: Any, prefix: str = "") -> None:
     """Every field declaring a range (``metadata=at_least(0)`` and the like, see ranges.py) holds a value in it.
 
@@ -384,11 +425,11 @@ def _check_selection(cfg: ExperimentConfig) -> None:
     t, e, held_out = cfg.train, cfg.eval, cfg.data.validation_classes
     if e.split == "validation" and not held_out:
         raise ConfigError("eval.split: 'validation' scores the held-out train classes, but data.validation_classes is 0; "
-                          "set data.validation_classes to N > 0")
+                          "set data.validation_classes to N > 0 or a fraction such as 0.25")
     if t.select == "best":
         if not held_out:
             raise ConfigError("train.select: 'best' chooses on held-out train classes, but data.validation_classes is 0 "
-                              "(nothing may choose on the test classes); set data.validation_classes to N > 0")
+                              "(nothing may choose on the test classes); set data.validation_classes to N > 0 or a fraction such as 0.25")
         if not e.every_epochs:
             raise ConfigError("train.select: 'best' chooses among the evaluations every eval.every_epochs, which is 0; "
                               "set eval.every_epochs to N >= 1")

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 import embdistill
 from embdistill.data.transforms import Normalization, check_resize, eval_transform  # eval_transform re-exported: defined here before
-from embdistill.engine.checkpoint import checkpoint_fingerprint, embedder_from_checkpoint, load_checkpoint
+from embdistill.engine.checkpoint import checkpoint_fingerprint, embedder_from_checkpoint, load_checkpoint, run_checkpoint
 from embdistill.formats import EXPORT_FORMATS, QUANTIZE_MODES, DeployError  # re-exported: defined here before
 from embdistill.models.embedder import Embedder
 
@@ -164,10 +164,11 @@ class EmbeddingOnly(nn.Module):
 
 
 def default_export_path(checkpoint: str | Path, fmt: str) -> Path:
-    """Next to the checkpoint: ``run/last.pt`` -> ``run/last.onnx`` or ``run/last.torchscript.pt``."""
+    """Next to the checkpoint: ``run/last.pt`` -> ``run/last.onnx`` or ``run/last.torchscript.pt``; a run
+    directory stands for the checkpoint it is scored by (``best.pt`` when it chose an epoch)."""
     path = Path(checkpoint)
     if path.is_dir():
-        path = path / "last.pt"
+        path = run_checkpoint(path)
     return path.with_suffix(".onnx" if fmt == "onnx" else ".torchscript.pt")
 
 

@@ -15,7 +15,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-RANGE = "range"  # the key of a Range in a dataclass field's metadata
+RANGE = "range"  # the key of a Range (or a CountOrFraction) in a dataclass field's metadata
 
 SEED_MAX = 2**32 - 1  # numpy's legacy np.random.seed takes no more
 
@@ -57,3 +57,31 @@ def above(low: float) -> Mapping[str, Range]:
 def between(low: float, high: float, *, high_open: bool = False) -> Mapping[str, Range]:
     """Field metadata: from ``low`` to ``high``, both included unless ``high_open``."""
     return {RANGE: Range(low, high, high_open=high_open)}
+
+
+@dataclass(frozen=True)
+class CountOrFraction:
+    """A count (an int in ``count``) or a fraction of the whole (a float in ``fraction``).
+
+    For a field typed ``int | float`` whose whole is only known when the data is read
+    (``data.validation_classes``): ``2`` means two, ``0.25`` a quarter. A float outside
+    (0, 1), ``1.0`` or ``3.0`` included, is refused rather than guessed at.
+    """
+
+    count: Range = Range(0)
+    fraction: Range = Range(0, 1, low_open=True, high_open=True)
+
+    def of(self, kind: type) -> Range:
+        """The range that values of ``kind`` (int or float) must lie in."""
+        return self.count if kind is int else self.fraction
+
+    def __contains__(self, value: float) -> bool:
+        return value in self.of(int if isinstance(value, int) else float)
+
+    def __str__(self) -> str:
+        return f"{self.count} (a count) or {self.fraction} (a fraction)"
+
+
+def count_or_fraction() -> Mapping[str, CountOrFraction]:
+    """Field metadata: an int count ``>= 0``, or a float fraction in (0, 1)."""
+    return {RANGE: CountOrFraction()}

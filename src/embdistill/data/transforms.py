@@ -7,6 +7,7 @@ EfficientNet-Lite weights expect TF's (255x - 127) / 128, Keras's MobileNet [-1,
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol, get_args
@@ -20,6 +21,7 @@ from torchvision.transforms import functional as TF
 __all__ = [
     "IMAGENET", "KERAS", "NORMALIZATIONS", "TF_LITE", "Degrade", "Normalization", "Preprocessing", "build_transform", "eval_transform",
     "RESIZE_MODES", "ResizeMode", "FitLongerSide", "PadToSquare", "RandomBox", "check_resize", "draw_box", "render_box",
+    "random_resized_crop_params",
 ]
 
 
@@ -100,18 +102,54 @@ def check_resize(resize: str) -> str:
 
 
 def draw_box(
-    image: Image.Image, scale: tuple[float, float], ratio: tuple[float, float], resize: str = "crop"
+    image: Image.Image,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    resize: str = "crop",
+    generator: torch.Generator | None = None,
 ) -> tuple[int, int, int, int]:
     """A random (top, left, height, width) box, drawn as ``RandomResizedCrop.get_params`` draws it.
 
     ``crop`` keeps ``ratio`` as the box's own aspect range (a near-square box, today's
     crops); ``squash`` and ``pad`` take it relative to the image's aspect, so on a
     2:1 car the box is wide too and can cover the whole car, as the eval image does.
+    ``generator``: where the random numbers come from (None: torch's global RNG).
     """
     if resize != "crop":
         aspect = image.width / image.height
         ratio = (ratio[0] * aspect, ratio[1] * aspect)
-    return T.RandomResizedCrop.get_params(image, list(scale), list(ratio))
+    return random_resized_crop_params(image.height, image.width, scale, ratio, generator)
+
+
+def random_resized_crop_params(
+    height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
+    generator: torch.Generator | None = None,
+) -> tuple[int, int, int, int]:
+    """``T.RandomResizedCrop.get_params`` (torchvision 0.2x) with a ``generator``: the same draws in the same order.
+
+    torchvision's version draws from torch's global RNG only, which a per-image seed can reach
+    only through ``torch.random.fork_rng`` + ``torch.manual_seed`` (a quarter of a millisecond
+    per image); a private generator seeded alike yields the same numbers, so the same boxes.
+    """
+    area = height * width
+    log_ratio = torch.log(torch.tensor(ratio))
+    for _ in range(10):
+        target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
+        aspect_ratio = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator)).item()
+        w = int(round(math.sqrt(target_area * aspect_ratio)))
+        h = int(round(math.sqrt(target_area / aspect_ratio)))
+        if 0 < w <= width and 0 < h <= height:
+            i = torch.randint(0, height - h + 1, size=(1,), generator=generator).item()
+            j = torch.randint(0, width - w + 1, size=(1,), generator=generator).item()
+            return i, j, h, w
+    in_ratio = width / height  # no box fitted in 10 draws: the centred box nearest the ratio range
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        w, h = int(round(height * max(ratio))), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
 
 
 def render_box(image: Image.Image, box: tuple[int, int, int, int], size: int, resize: str = "crop") -> Image.Image:

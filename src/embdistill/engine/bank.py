@@ -41,7 +41,7 @@ from embdistill.data.transforms import Normalization
 from embdistill.engine.checkpoint import checkpoint_fingerprint
 from embdistill.engine.loaders import view_size
 from embdistill.engine.teacher import FrozenTeacher, TeacherCache
-from embdistill.engine.views import ViewDataset
+from embdistill.engine.views import ViewDataset, to_input
 from embdistill.models.embedder import Embedder
 
 try:
@@ -307,7 +307,7 @@ def _fill_views(partial: Path, key: BankKey, views: ViewDataset, teacher: Frozen
         chunks = []
         for _, teacher_images, _, indices, batch_views in tqdm(loader, desc=f"teacher bank view {view + 1}/{key.views}",
                                                                  leave=False, disable=not progress):
-            chunks.append(teacher.embed(teacher_images.to(device)).embedding.cpu())
+            chunks.append(teacher.embed(to_input(teacher_images, views.crop.normalization, device)).embedding.cpu())
         embeddings = torch.cat(chunks)
         _save_atomic(done, embeddings)
         per_view.append(embeddings)

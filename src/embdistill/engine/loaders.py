@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from embdistill.config import DataConfig, ExperimentConfig
+from embdistill.config import DataConfig, ExperimentConfig, held_out_count
 from embdistill.data.datasets import DatasetError, ImageList, load_dataset
 from embdistill.data.images import DecodedImageCache, ImageDataset
 from embdistill.data.samplers import PKSampler
@@ -56,7 +56,8 @@ def run_split(cfg: ExperimentConfig) -> str:
 
 
 def load_splits(data: DataConfig, skipped: list[tuple[Path, str]] | None = None, scored: str = "auto") -> Splits:
-    """Train and evaluation classes; ``validation_classes`` carves the last N train classes out.
+    """Train and evaluation classes; ``validation_classes`` carves the last N train classes out (a fraction:
+    that share of them, see ``config.held_out_count``).
 
     ``scored`` (the run's ``eval.split``) names what ``eval`` holds: with held-out
     classes, ``auto`` and ``validation`` are those, ``test`` the test classes. With
@@ -65,7 +66,7 @@ def load_splits(data: DataConfig, skipped: list[tuple[Path, str]] | None = None,
     """
     skipped = [] if skipped is None else skipped
     train = _without_bad_images(load_dataset(data.dataset, data.root, "train"), data.skip_bad_images, skipped)
-    n, held = data.validation_classes, None
+    n, held = held_out_count(data.validation_classes, train.num_classes), None
     if n > 0:
         if n >= train.num_classes - 1:
             raise DatasetError(f"data.validation_classes={n} leaves fewer than 2 of {train.num_classes} train classes")

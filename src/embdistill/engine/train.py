@@ -54,7 +54,7 @@ from embdistill.engine.select import Selection
 from embdistill.engine.signals import StopSignals
 from embdistill.engine.state import TrainState
 from embdistill.engine.teacher import FrozenTeacher, TeacherCache, load_teacher
-from embdistill.engine.views import ViewDataset
+from embdistill.engine.views import ViewDataset, to_input
 from embdistill.evaluation.collapse import collapse_warning, embedding_spread
 from embdistill.evaluation.metrics import retrieval_metrics
 from embdistill.losses.objective import Objective, all_finite, build_objective
@@ -303,6 +303,7 @@ def _train_loop(t: Training, progress: bool) -> None:
     cfg, world, device, layout, state = t.cfg, t.world, t.device, t.layout, t.state
     distill, loader, objective, optimizer, scheduler = cfg.distill, t.loader, t.objective, t.optimizer, t.scheduler
     teach, teach_unlabelled, unlabelled_stream = t.teachers.train, t.teachers.unlabelled, t.unlabelled_stream
+    normalization = t.views.crop.normalization  # the student's: the teacher's inputs are renormalised (FrozenTeacher)
     state.start_clock()
     with StopSignals() as stop:
         for epoch in range(state.epoch, cfg.train.epochs):
@@ -318,14 +319,15 @@ def _train_loop(t: Training, progress: bool) -> None:
             bar = tqdm(state.batches(loader), desc=f"{cfg.name} epoch {epoch + 1}/{cfg.train.epochs}",
                        total=len(loader), initial=state.batch, leave=False, disable=not (progress and world.is_main))
             for student_images, teacher_images, batch_labels, indices, batch_views in bar:
-                student_images = student_images.to(device, memory_format=layout)
+                student_images = to_input(student_images, normalization, device, layout)
                 if teacher_images.dim() == 4:  # empty when no teacher network runs (none, or a bank)
-                    teacher_images = teacher_images.to(device, memory_format=layout)
+                    teacher_images = to_input(teacher_images, normalization, device, layout)
                 batch_labels = batch_labels.to(device)
                 teacher_out = teach(teacher_images, indices, batch_views) if teach else None
                 if unlabelled_stream is not None:
                     student_images, batch_labels, teacher_out = _add_unlabelled(
-                        student_images, batch_labels, teacher_out, next(unlabelled_stream), teach_unlabelled, device)
+                        student_images, batch_labels, teacher_out, next(unlabelled_stream), teach_unlabelled, device,
+                        unlabelled_stream.views.crop.normalization)
                 with torch.autocast(device.type, t.amp or torch.bfloat16, enabled=t.amp is not None):
                     student_out = t.model(student_images, objective.student_layers)
                 parts = objective(student_out.float(), batch_labels, teacher_out)
@@ -380,15 +382,15 @@ def _check_collapse(t: Training, epoch: int, spreads: list[float]) -> None:
         t.log.write("warning", epoch=epoch, spread=round(t.spread, 5), message=warning)
 
 
-def _add_unlabelled(images, labels, teacher_out, batch, teach_unlabelled, device):
+def _add_unlabelled(images, labels, teacher_out, batch, teach_unlabelled, device, normalization):
     """Append a batch of unlabelled images (label -1): they add only distillation terms."""
     u_student, u_teacher, u_labels, u_indices, u_views = batch
-    u_out = teach_unlabelled(u_teacher.to(device), u_indices, u_views)
+    u_out = teach_unlabelled(to_input(u_teacher, normalization, device), u_indices, u_views)
     merged = EmbedderOutput(
         torch.cat([teacher_out.embedding, u_out.embedding]),
         {k: torch.cat([v, u_out.features[k]]) for k, v in teacher_out.features.items()},
     )
-    return torch.cat([images, u_student.to(device)]), torch.cat([labels, u_labels.to(device)]), merged
+    return torch.cat([images, to_input(u_student, normalization, device)]), torch.cat([labels, u_labels.to(device)]), merged
 
 
 # --------------------------------------------------------------------------- finish

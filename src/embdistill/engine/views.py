@@ -4,11 +4,17 @@ Image ``i`` under view ``v`` always gets the same random crop and flip, whatever
 process loads it. That makes the teacher's output a pure function of ``(i, v)``,
 so it can be computed once and cached (or banked on disk), and a run with the cache
 reproduces a run without it whenever both see the same views.
+
+A loader worker does only the per-image work (draw the box, crop, resize, flip) and hands
+out uint8 pixels; :func:`to_input` normalises whole batches where the network runs. On a
+2-core machine the worker competes with training for the cores, and a small student at
+96 px trains faster than one worker could render float views (issue #21, item 7).
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 from PIL import Image
@@ -57,22 +63,31 @@ class ViewCrop:
         return (f"ViewCrop(size={self.teacher_size}, scale={self.scale}, ratio={tuple(round(r, 6) for r in self.ratio)}, "
                 f"bilinear+antialias, hflip p=0.5, mean={self.normalization.mean}, std={self.normalization.std}{resize})")
 
-    def draw(self, image: Image.Image) -> tuple[tuple[int, int, int, int], bool]:
-        """The random part: a (top, left, height, width) box and whether to flip."""
-        box = draw_box(image, self.scale, self.ratio, self.resize)
-        return box, bool(torch.rand(1) < 0.5)
+    def draw(self, image: Image.Image, generator: torch.Generator | None = None) -> tuple[tuple[int, int, int, int], bool]:
+        """The random part: a (top, left, height, width) box and whether to flip, from ``generator``
+        (None: torch's global RNG)."""
+        box = draw_box(image, self.scale, self.ratio, self.resize, generator)
+        return box, bool(torch.rand(1, generator=generator) < 0.5)
 
     def render(self, image: Image.Image, box: tuple[int, int, int, int], flip: bool, size: int) -> Tensor:
+        """The view as uint8 (3, size, size) pixels, which :func:`to_input` normalises by the batch.
+
+        ``pad`` is the exception: its border must be exactly 0 after normalisation (the mean
+        colour, :class:`PadToSquare`), a value no uint8 pixel has, so those views are normalised
+        and padded here, as float, and :func:`to_input` only moves them.
+        """
         crop = render_box(image, box, size, self.resize)
         if flip:
             crop = TF.hflip(crop)
-        tensor = TF.normalize(TF.to_tensor(crop), self.normalization.mean, self.normalization.std)
-        return PadToSquare(size)(tensor) if self.resize == "pad" else tensor
+        pixels = TF.pil_to_tensor(crop)
+        return PadToSquare(size)(normalize(pixels, self.normalization)) if self.resize == "pad" else pixels
 
 
 class ViewDataset(Dataset):
     """Yields ``(student_image, teacher_image, label, index, view)``.
 
+    The images are uint8 pixels (float for ``pad``, see :meth:`ViewCrop.render`): pass a
+    batch of them through :func:`to_input` with ``crop.normalization`` before a network.
     Both images are the same crop (see :class:`ViewCrop`); ``teacher_image`` is the
     very same tensor when the sizes agree and nothing is degraded. ``degrade``
     (cross-quality distillation) gives the student a degraded copy cut by the same
@@ -108,9 +123,8 @@ class ViewDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor, int, int, int]:
         image = self.images.load_image(index)
         label = int(self.images.items.labels[index] if self.labels is None else self.labels[index])
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(view_seed(self.seed, index, self.view))
-            box, flip = self.crop.draw(image)
+        # A private generator: the same draws as torch's global RNG seeded alike, without the cost of forking it.
+        box, flip = self.crop.draw(image, torch.Generator().manual_seed(view_seed(self.seed, index, self.view)))
         c = self.crop
         student = c.render(image if self.degrade is None else self.degrade(image), box, flip, c.student_size)
         if not self.teacher_images:
@@ -120,3 +134,35 @@ class ViewDataset(Dataset):
         else:
             teacher = c.render(image, box, flip, c.teacher_size)
         return student, teacher, label, index, self.view
+
+
+def normalize(pixels: Tensor, normalization: Normalization) -> Tensor:
+    """uint8 pixels (..., 3, H, W) -> float32 ``(x / 255 - mean) / std``, exactly ``TF.normalize(TF.to_tensor(x))``.
+
+    The same float32 operations in the same order. The divisors are tensors, not Python
+    numbers: CUDA divides by a Python number as a multiplication by its reciprocal, which
+    can differ in the last bit.
+    """
+    scale, mean, std = _constants(normalization, pixels.device)
+    return pixels.float().div_(scale).sub_(mean).div_(std)  # in place: one float32 buffer, not three
+
+
+@lru_cache(maxsize=16)
+def _constants(normalization: Normalization, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """255, mean and std as float32 tensors on ``device``, made once rather than per batch."""
+    mean, std = (torch.tensor(v, dtype=torch.float32).view(3, 1, 1).to(device) for v in (normalization.mean, normalization.std))
+    return torch.tensor(255.0, device=device), mean, std
+
+
+def to_input(
+    batch: Tensor, normalization: Normalization, device: torch.device,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> Tensor:
+    """A loader's batch of views as a network's input: on ``device``, normalised, in ``memory_format``.
+
+    The uint8 pixels travel (a quarter of float32's bytes) and are normalised once per batch
+    on ``device``, not per image in the loader worker. Float batches (``pad`` views, see
+    :meth:`ViewCrop.render`) are normalised already and are only moved.
+    """
+    x = batch.to(device).contiguous(memory_format=memory_format)
+    return x if x.is_floating_point() else normalize(x, normalization)
