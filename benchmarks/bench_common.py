@@ -1,9 +1,11 @@
-"""What the benchmark scripts share: running a config unless it already finished, where it ran, and repo-relative paths."""
+"""What the benchmark scripts share: running a config unless it already finished, where it ran, repo-relative paths,
+and a few images of each class for smoke runs."""
 from __future__ import annotations
 
 import os
 import platform
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,16 @@ from embdistill.engine.rundir import finished_with
 from embdistill.engine.train import run
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Row:
+    """A benchmark table's row: a student and a method (the script's own ``Method``), its runs over seeds and their config."""
+    student: str
+    method: Any
+    runs: list[dict] = field(default_factory=list)
+    config: dict | None = None
+    ran: dict | None = None  # the command, date and minutes that produced the row (where the table records them)
 
 
 def run_cached(cfg: ExperimentConfig, after_run: Callable[[ExperimentConfig], None] | None = None) -> dict[str, Any]:
@@ -32,6 +44,19 @@ def machine() -> dict[str, Any]:
     """The machine a benchmark ran on, as its results record it."""
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count()}
+
+
+def few_per_class(data: Path, out: Path, per_class: int) -> Path:
+    """The first ``per_class`` images (sorted by name) of every class folder of ``data`` (one folder per class,
+    as the cars196 and folder readers read it), linked, not copied, under ``out``: a smoke run's data."""
+    root = out / f"data_{per_class}_per_class"
+    for folder in sorted(p for p in data.iterdir() if p.is_dir()):
+        (root / folder.name).mkdir(parents=True, exist_ok=True)
+        for image in sorted(p for p in folder.iterdir() if p.is_file())[:per_class]:
+            link = root / folder.name / image.name
+            if not link.exists():
+                link.symlink_to(image.resolve())
+    return root
 
 
 def repo_relative(value: Any) -> Any:

@@ -22,14 +22,14 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from embdistill.config import ExperimentConfig, load_config, to_dict
 from embdistill.plots import plot_training_curves
 from embdistill.report import write_run_report
 
-from bench_common import machine, repo_relative, run_cached  # benchmarks/bench_common.py, beside this script
+from bench_common import Row, machine, repo_relative, run_cached  # benchmarks/bench_common.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "cub100" / "benchmark"
@@ -84,14 +84,6 @@ def methods(s: Student) -> list[Method]:
         Method("cq_baseline", "low-res student alone", "one", cross_quality=True, compare_to="cq_baseline"),
         Method("cq_relative", "low-res student + relative teacher", "one", (rel,), cross_quality=True, compare_to="cq_baseline"),
     ]
-
-
-@dataclass
-class Row:
-    student: str
-    method: Method
-    runs: list[dict] = field(default_factory=list)
-    config: dict | None = None
 
 
 def _run_cached(cfg: ExperimentConfig) -> dict:

@@ -25,17 +25,19 @@ VALIDATION_CLASSES = 14
 
 
 def score_candidates(candidates: list[tuple[str, int]], out: Path, command: str,
-                     validation_classes: int = VALIDATION_CLASSES) -> list[dict]:
+                     validation_classes: int = VALIDATION_CLASSES, data: DataConfig | None = None) -> list[dict]:
     """Each (backbone, px) candidate's pooled ImageNet features scored on the held-out species, written to ``out``
     after each one (a stopped run keeps what it scored). ``validation_classes=0`` scores the test species
-    instead: for reporting what a network does there, never for a choice."""
+    instead: for reporting what a network does there, never for a choice. ``data``: another dataset (its reader,
+    root, held-out classes and ``resize``) instead of cub100's; ``validation_classes`` is then its own."""
     torch.set_num_threads(2)
-    data = DataConfig(root=str(ROOT.parent / "shared" / "data" / "cub100"), validation_classes=validation_classes, num_workers=1)
+    data = data or DataConfig(root=str(ROOT.parent / "shared" / "data" / "cub100"), validation_classes=validation_classes,
+                              num_workers=1)
     splits = load_splits(data)
     results = []
     for backbone, size in candidates:
         model = create_embedder(ModelConfig(backbone=backbone, pretrained=True, dim=None)).eval()
-        loader = eval_loader(splits.eval, size, model.normalization, 64, 1)
+        loader = eval_loader(splits.eval, size, model.normalization, 64, 1, resize=data.resize)
         start = time.perf_counter()
         metrics = evaluate_embedder(model, loader, torch.device("cpu"), progress=False)
         results.append({"backbone": backbone, "image_size": size, "dim": model.dim, "split": splits.eval_name,

@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bank)
 
     p = sub.add_parser("evaluate", help="Recall@K / MAP@R of a checkpoint on a dataset's test classes")
-    p.add_argument("checkpoint", help="a checkpoint file or a run directory (uses its last.pt)")
+    p.add_argument("checkpoint", help="a checkpoint file or a run directory (its best.pt if the run chose an epoch, else last.pt)")
     p.add_argument("--dataset", help="dataset reader (default: the checkpoint's)")
     p.add_argument("--root", help="dataset root (default: the checkpoint's)")
     p.add_argument("--split", default="test", choices=["train", "test", "all"])
