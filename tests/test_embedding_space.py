@@ -43,6 +43,15 @@ def result_rows(out: str) -> list[list[str]]:
     return [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
 
 
+def search_warnings(capsys: pytest.CaptureFixture, index: Path, query: str, model: Path) -> list[str]:
+    """`embdistill search INDEX QUERY --model MODEL -k 2`, which must succeed with its 2 results; its stderr lines."""
+    capsys.readouterr()
+    assert cli("search", index, query, "--model", model, "-k", "2") == 0
+    captured = capsys.readouterr()
+    assert len(result_rows(captured.out)) == 2
+    return captured.err.splitlines()
+
+
 def test_the_fingerprint_travels_from_checkpoint_to_export_embeddings_and_index(
     student: Path, student_onnx: Path, indexed: Path, other: Path
 ) -> None:
@@ -101,11 +110,7 @@ def test_a_gallery_without_a_fingerprint_is_searched_with_one_warning_line(
     sidecar = json.loads(Path(f"{indexed}.json").read_text())
     del sidecar["model_fingerprint"]
     Path(f"{old}.json").write_text(json.dumps(sidecar))
-    capsys.readouterr()
-    assert cli("search", old, query_of(indexed), "--model", other, "-k", "2") == 0
-    captured = capsys.readouterr()
-    assert len(result_rows(captured.out)) == 2
-    assert captured.err.splitlines() == [
+    assert search_warnings(capsys, old, query_of(indexed), other) == [
         f"embdistill search: warning: gallery {old} records no model fingerprint (embedded before embdistill recorded "
         f"one), so whether {other.resolve()} embeds into its space is unchecked; re-embed it with `embdistill embed`"
     ]
@@ -136,11 +141,7 @@ def test_an_export_without_a_fingerprint_is_used_with_one_warning_line(
     onnx.helper.set_model_props(proto, props)
     old = tmp_path / "old.onnx"
     onnx.save(proto, str(old))
-    capsys.readouterr()
-    assert cli("search", indexed, query_of(indexed), "--model", old, "-k", "2") == 0
-    captured = capsys.readouterr()
-    assert len(result_rows(captured.out)) == 2
-    assert captured.err.splitlines() == [
+    assert search_warnings(capsys, indexed, query_of(indexed), old) == [
         f"embdistill search: warning: model {old.resolve()} records no fingerprint (exported before embdistill recorded "
         f"one), so whether it embeds into the space of gallery {indexed} is unchecked; re-export it"
     ]
