@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from embdistill.cli import main
 from embdistill.config import load_config
 from embdistill.data.transforms import IMAGENET
 from embdistill.engine import bank as bank_module
-from embdistill.engine.bank import BankError, BankKey, TeacherBank, fill_bank, load_bank, save_bank
+from embdistill.engine.bank import BankError, BankKey, TeacherBank, _holder_record, fill_bank, load_bank, save_bank
 from embdistill.engine.teacher import FrozenTeacher
 from embdistill.engine.train import run
 from embdistill.engine.views import ViewCrop, ViewDataset, to_input
@@ -226,6 +227,22 @@ def test_fills_started_together_run_the_teacher_once_and_the_others_wait_and_rea
     torch.testing.assert_close(load_bank(bank, key).embeddings, expected.embeddings, rtol=1e-5, atol=1e-6)
     for p in children:  # the waiter returned the holder's bank, read from disk
         assert torch.equal(torch.load(tmp_path / f"result.{p.pid}.pt"), load_bank(bank, key).embeddings)
+
+
+def test_a_waiter_arriving_before_the_holder_writes_its_pid_waits_for_the_pid(tmp_path):
+    # The holder writes "pid host" just after taking the lock; a waiter between the two must not report "no pid".
+    lock = tmp_path / "teacher.bank.lock"
+    lock.write_bytes(b"")
+    writer = threading.Timer(0.2, lambda: lock.write_bytes(b"4242 somehost\n"))
+    writer.start()
+    fd = os.open(lock, os.O_RDONLY)
+    try:
+        assert _holder_record(fd) == b"4242 somehost\n"
+        writer.join()
+        lock.write_bytes(b"")
+        assert _holder_record(fd, patience=0.05) == b""  # a holder that never writes: the waiter still goes on
+    finally:
+        os.close(fd)
 
 
 def test_a_fill_killed_while_holding_the_lock_is_resumed_by_the_next_process(tmp_path, cub100, children):

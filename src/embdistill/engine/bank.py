@@ -25,6 +25,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -213,7 +214,7 @@ def bank_lock(path: str | Path) -> Iterator[None]:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 if not told:
-                    print(_waiting_message(path, lock, os.pread(fd, 256, 0)), file=sys.stderr, flush=True)
+                    print(_waiting_message(path, lock, _holder_record(fd)), file=sys.stderr, flush=True)
                     told = True
                 fcntl.flock(fd, fcntl.LOCK_EX)
             if _names(lock, fd):
@@ -238,6 +239,18 @@ def _names(lock: Path, fd: int) -> bool:
     except FileNotFoundError:
         return False
     return (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _holder_record(fd: int, patience: float = 2.0) -> bytes:
+    """The holder's ``pid host`` line, waiting up to ``patience`` seconds for it.
+
+    The holder writes it just after taking the lock, so a waiter arriving in between would
+    otherwise read an empty file and could not say whom it waits for.
+    """
+    deadline = time.monotonic() + patience
+    while not (recorded := os.pread(fd, 256, 0)).endswith(b"\n") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return recorded
 
 
 def _waiting_message(path: Path, lock: Path, recorded: bytes) -> str:
