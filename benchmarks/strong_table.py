@@ -61,6 +61,7 @@ def _run_cached(cfg: ExperimentConfig) -> dict:
     return {"seed": cfg.seed, "run_dir": str(cfg.run_dir), **{k: s[k] for k in KEYS},
             "train_seconds": s["train_seconds"], "teacher_forward_images": s["teacher_forward_images"],
             "embedding_spread": s.get("embedding_spread"), "collapse_warning": s.get("collapse_warning"),
+            **({"initial": {k: s["initial"][k] for k in KEYS}} if s.get("initial") else {}),
             **({"epoch": s["epoch"], "selected": s["selected"],
                 "validation_curve": [{k: c[k] for k in ("epoch", "recall@1", "map@r")} for c in s["validation_curve"]]}
                if "selected" in s else {})}
@@ -121,8 +122,12 @@ class Table:
         started = time.perf_counter()
         base = _base(args)
         teacher_size = 48 if args.smoke else self.teacher_size
-        teacher_cfg = load_config(self.teacher_config, [*base, f"data.image_size={teacher_size}", "train.epochs=0"])
+        teacher_overrides = [*base, f"data.image_size={teacher_size}"]
+        teacher_cfg = load_config(self.teacher_config, teacher_overrides)
+        if teacher_cfg.train.epochs:  # a fine-tuned teacher (its config chooses its epoch on held-out classes)
+            teacher_cfg = load_config(self.teacher_config, [*teacher_overrides, *_smoke(args)])
         teacher = _run_cached(teacher_cfg)
+        teacher_weights = teacher_cfg.run_dir / ("best.pt" if teacher_cfg.train.select == "best" else "last.pt")
         views = 1 if args.smoke else self.views
         distill: dict[str, list[str]] = {}  # student name -> its distilled rows' overrides
         banks: dict[str, dict] = {}  # bank file name -> where it is, its views and fill time
@@ -130,7 +135,7 @@ class Table:
         needed = [s for s in self.students if args.bank_only or any(st is s and m.terms for st, m in self.selected(args))]
         for student in needed:
             bank = self.bank_path(args, teacher_size, views, student)
-            distill[student.name] = [f"distill.teacher={teacher_cfg.run_dir / 'last.pt'}", f"distill.teacher_image_size={teacher_size}",
+            distill[student.name] = [f"distill.teacher={teacher_weights}", f"distill.teacher_image_size={teacher_size}",
                                      f"distill.cache_views={views}", f"distill.bank={bank}"]
             if bank.name in banks:
                 continue
@@ -189,9 +194,12 @@ class Table:
                 "mult_adds_m": round(count_mflops(model, size), 1), "cpu_images_per_s": round(cpu_throughput(model, size), 1)}
 
     def keep_other_rows(self, result: dict, previous_path: Path, main_bank: str | None = None) -> dict:
-        """``result`` plus every row of ``previous_path`` it did not rerun, in the order of ``students``."""
+        """``result`` plus every row of ``previous_path`` it did not rerun, in the order of ``students``.
+
+        With no ``previous_path`` yet, the table is ``result`` alone: a long table can be started a part at a time."""
         if not previous_path.is_file():
-            raise SystemExit(f"--rows keeps the other rows from {previous_path}, which does not exist")
+            print(f"[bench] {previous_path} does not exist yet: the table holds only the rows just run", flush=True)
+            return result
         main_bank = main_bank or self.main_bank()
         previous = json.loads(previous_path.read_text())
         order = [(s.name, m.key) for s in self.students for m in s.methods]
@@ -213,6 +221,17 @@ class Table:
         epochs = f"at most {train['epochs']} epochs (the epoch chosen per run)" if train.get("select") == "best" else f"{train['epochs']} epochs"
         return f"{epochs}, lr {train['lr']:g}, backbone ×{train['backbone_lr_mult']:g}, {batch}"
 
+    def _teacher_training(self, t: dict) -> str:
+        """How the teacher came to be: its ImageNet features, or fine-tuned with its epoch chosen on held-out classes."""
+        if "epoch" not in t:
+            return "no head, not fine-tuned"
+        c = t["config"]
+        curve = " ".join(f"{100 * p['recall@1']:.1f}" for p in t["validation_curve"])
+        before = f"; before fine-tuning, its ImageNet features: R@1 {100 * t['initial']['recall@1']:.1f} on the test {self.classes}" if t.get("initial") else ""
+        return (f"no head, fine-tuned with {c['train']['metric_loss']} on the train {self.classes} not held out, epoch "
+                f"{t['epoch']} of at most {c['train']['epochs']} chosen on {c['data']['validation_classes']} held-out ones, "
+                f"held-out R@1 by epoch {curve}; {t['train_seconds']:.0f} s to train and choose{before}")
+
     def markdown(self, result: dict) -> str:
         t = result["teacher"]
         teacher_r1 = 100 * t["recall@1"]
@@ -222,7 +241,7 @@ class Table:
             "",
             f"On {result['machine']['processor']} ({result['machine']['cpu_count']} CPUs), {result['machine']['platform']}; "
             "each student's section names the commands that produced its rows.",
-            f"Teacher: {self.teacher} at {result['teacher_image_size']} px (no head, not fine-tuned): "
+            f"Teacher: {self.teacher} at {result['teacher_image_size']} px ({self._teacher_training(t)}): "
             f"R@1 {teacher_r1:.1f}, MAP@R {100 * t['map@r']:.1f} on {self.test_classes}. Teacher bank: {bank['views']} view{'s' if bank['views'] != 1 else ''} "
             f"of each of {self.train_images}"
             + (f", filled in {bank['fill_seconds']:.0f} s" if bank["fill_seconds"] else " (already filled)")
@@ -294,9 +313,9 @@ class Table:
         p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
         p.add_argument("--smoke", action="store_true", help="every row tiny, written under --output: checks the plumbing")
         p.add_argument("--render", action="store_true", help=f"no runs: the table again from --results/{self.name}.json")
-        p.add_argument("--bank-only", action="store_true", help="score the teacher and fill its bank, then stop")
+        p.add_argument("--bank-only", action="store_true", help="score (or train) the teacher and fill its banks, then stop")
         p.add_argument("--rows", nargs="+", choices=[row_id(s, m) for s in self.students for m in s.methods], metavar="STUDENT/METHOD",
-                       help=f"rerun only these rows; the others are kept from --results/{self.name}.json")
+                       help=f"run only these rows; the others are kept from --results/{self.name}.json if it exists")
         args = p.parse_args(argv)
         if args.smoke:
             args.output += "_smoke"

@@ -40,12 +40,17 @@ def test_smoke_runs_every_row_choosing_its_epoch_on_24_held_out_models(tmp_path)
     assert set(result["students"]) == {"MobileNetV2 (ImageNet)", "MobileNet-0.25 (ImageNet)"}
     teacher = result["teacher"]["config"]
     assert teacher["data"]["dataset"] == "cars196" and teacher["data"]["resize"] == "squash"
-    assert teacher["model"]["backbone"] == "efficientnet_lite0" and teacher["data"]["validation_classes"] == 0  # scored on test
+    assert teacher["model"]["backbone"] == "efficientnet_lite0" and teacher["model"]["dim"] is None
+    # The teacher is fine-tuned as the students are: on the other train models, its epoch chosen on the same 24, scored on test.
+    assert teacher["data"]["validation_classes"] == 24 and teacher["eval"]["split"] == "test" and teacher["train"]["select"] == "best"
+    assert result["teacher"]["epoch"] == 1 and len(result["teacher"]["validation_curve"]) == 1
+    assert all(r["config"]["distill"]["teacher"].endswith("teacher_lite0_224_ft/best.pt") for r in result["rows"] if r["config"].get("distill"))
 
     assert [(r["student"], r["method"], r["seeds"]) for r in result["rows"]] == [
         (s.name, m.key, m.seeds) for s in bench.STUDENTS for m in s.methods]
     assert {r["method"]: r["seeds"] for r in result["rows"]} == {
-        "alone": "all", "absolute": "one", "relative": "one", "relative_scaled": "all", "rkd": "one"}
+        "alone": "all", "absolute": "one", "relative": "one", "relative_paper_lambda": "one",
+        "relative_scaled": "all", "relative_scaled_cars": "all", "rkd": "one"}
     for r in result["rows"]:
         c = r["config"]
         assert c["data"]["dataset"] == "cars196" and c["data"]["resize"] == "squash", r["method"]
@@ -59,6 +64,9 @@ def test_smoke_runs_every_row_choosing_its_epoch_on_24_held_out_models(tmp_path)
     v2_relative = next(r for r in result["rows"] if r["student"] == "MobileNetV2 (ImageNet)" and r["method"] == "relative")
     assert v2_relative["config"]["train"]["backbone_lr_mult"] == 1.0
     assert v2_relative["config"]["distill"]["terms"][0]["weight"] == 10.0
+    paper = next(r for r in result["rows"] if r["student"] == "MobileNetV2 (ImageNet)" and r["method"] == "relative_paper_lambda")
+    assert paper["config"]["distill"]["terms"] == [{"name": "relative", "weight": 0.1, "args": {"reduction": "frobenius"}}]
+    assert paper["config"]["train"] == v2_relative["config"]["train"]
     keras_alone = next(r for r in result["rows"] if r["student"] == "MobileNet-0.25 (ImageNet)" and r["method"] == "alone")
     assert keras_alone["config"]["train"]["classes_per_batch"] == 16 and keras_alone["config"]["train"]["metric_loss"] == "multi_similarity"
 
@@ -68,12 +76,19 @@ def test_smoke_runs_every_row_choosing_its_epoch_on_24_held_out_models(tmp_path)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     merged = json.loads((out / "cars196.json").read_text())
     assert [(r["student"], r["method"]) for r in merged["rows"]] == [(r["student"], r["method"]) for r in result["rows"]]
-    assert [r["ran"]["command"].endswith("--rows mobilenet025_imagenet/rkd") for r in merged["rows"]] == [False] * 9 + [True]
+    rerun = [r["ran"]["command"].endswith("--rows mobilenet025_imagenet/rkd") for r in merged["rows"]]
+    assert rerun == [False] * (len(rerun) - 1) + [True]
     assert merged["rows"][-1]["runs"] == result["rows"][-1]["runs"] and merged["banks"] == result["banks"]
 
 
 def test_rows_chosen_again_on_cars_or_at_the_papers_lambda_join_only_when_filled(monkeypatch):
-    assert bench.PAPER_CARS_LAMBDA is None and bench.CHOSEN_ON_CARS == {}  # nothing is invented
+    assert bench.PAPER_CARS_LAMBDA == 0.10  # the authors' run script's Cars λ
+    assert [m.key for m in bench._rows("mobilenet_v2.yaml")] == ["alone", "absolute", "relative", "relative_paper_lambda",
+                                                                 "relative_scaled", "relative_scaled_cars", "rkd"]
+    assert [m.key for m in bench._rows("mobilenet025_imagenet.yaml")] == ["alone", "absolute", "relative", "relative_paper_lambda",
+                                                                          "relative_scaled", "rkd"]
+    monkeypatch.setattr(bench, "PAPER_CARS_LAMBDA", None)
+    monkeypatch.setattr(bench, "CHOSEN_ON_CARS", {})
     assert [m.key for m in bench._rows("mobilenet_v2.yaml")] == ["alone", "absolute", "relative", "relative_scaled", "rkd"]
     monkeypatch.setattr(bench, "PAPER_CARS_LAMBDA", 2.5)
     birds_rkd = next(m for m in bench._rows("mobilenet_v2.yaml") if m.key == "rkd")
@@ -85,3 +100,13 @@ def test_rows_chosen_again_on_cars_or_at_the_papers_lambda_join_only_when_filled
     assert rows["relative_paper_lambda"].overrides == rows["relative"].overrides  # the relative row's recipe
     assert rows["rkd_cars"].overrides == ("train.epochs=9",) and rows["rkd_cars"].terms == birds_rkd.terms
     assert rows["rkd"] == birds_rkd  # the birds' recipe stays beside it; absolute's chosen recipe is the birds': no second row
+
+
+def test_rows_run_before_any_table_exists_make_the_table_and_later_rows_merge_into_it(tmp_path):
+    previous = tmp_path / "cars196.json"
+    first = {"rows": [{"student": "MobileNetV2 (ImageNet)", "method": "alone"}], "banks": {"a.bank": {"views": 4}}}
+    assert bench.TABLE.keep_other_rows(first, previous, main_bank="a.bank") is first  # a long table, started a part at a time
+    previous.write_text(json.dumps(first))
+    later = {"rows": [{"student": "MobileNetV2 (ImageNet)", "method": "relative_scaled"}], "banks": {}}
+    merged = bench.TABLE.keep_other_rows(later, previous, main_bank="a.bank")
+    assert [r["method"] for r in merged["rows"]] == ["alone", "relative_scaled"] and merged["bank"] == {"views": 4}
