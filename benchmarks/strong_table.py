@@ -40,6 +40,7 @@ class Method:
     seeds: str  # "all": every --seeds; "one": the first
     terms: tuple = ()
     overrides: tuple = ()  # the row's own schedule, chosen on held-out train classes
+    baseline: str = "alone"  # the row its gain is measured against: the student alone under the same choice of recipe
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,7 @@ class Table:
             "students": {s.name: self.network_stats(s, args) for s in self.students if any(st is s for st, _ in self.selected(args))},
             "teacher": {**teacher, "config": to_dict(teacher_cfg)},
             "rows": [{"student": r.student, "method": r.method.key, "label": r.method.label, "seeds": r.method.seeds,
+                      **({"baseline": r.method.baseline} if r.method.baseline != "alone" else {}),
                       "ran": r.ran, "runs": r.runs, "config": r.config} for r in rows],
         })
         return self.keep_other_rows(result, Path(args.results) / f"{self.name}.json", main_bank) if args.rows else result
@@ -249,7 +251,9 @@ class Table:
             "Each student's section gives its input size; rows marked * are the mean ± std over seeds "
             f"{', '.join(map(str, result['seeds']))}, the others one run (seed {result['seeds'][0]}). Gain = R@1 − R@1 of the "
             "student alone; gain / pooled std divides it by sqrt((s²_alone + s²_row) / 2); gap closed = gain / (teacher R@1 − "
-            "R@1 alone). Time = training seconds, and its ratio to the student alone's.",
+            "R@1 alone). Time = training seconds, and its ratio to the student alone's."
+            + (" A row whose recipe was chosen again on held-out classes is measured against the student alone whose recipe "
+               "was chosen there too (its \"alone\" is that row)." if any(r.get("baseline", "alone") != "alone" for r in result["rows"]) else ""),
             "",
         ]
         for student in dict.fromkeys(r["student"] for r in result["rows"]):
@@ -283,12 +287,20 @@ class Table:
                 "| method | R@1 | R@2 | R@4 | R@8 | MAP@R | gain | gain / pooled std | gap closed | train s | × alone |",
                 "|---|---|---|---|---|---|---|---|---|---|---|",
             ]
+            by_method = {r["method"]: r for r in rows}
+            missing = sorted({b for r in rows if (b := r.get("baseline", "alone")) not in by_method})
+            if missing:
+                raise SystemExit(f"{student}: the rows {', '.join(missing)} are baselines of other rows but are not in the "
+                                 f"table; run them too (--rows)")
             for r in rows:
+                base = by_method[r.get("baseline", "alone")]
+                a_r1 = _values(base)
+                a_seconds = statistics.fmean(x["train_seconds"] for x in base["runs"])
                 r1 = _values(r)
                 gain = statistics.fmean(r1) - statistics.fmean(a_r1)
                 pooled = pooled_std(a_r1, r1)
                 seconds = statistics.fmean(x["train_seconds"] for x in r["runs"])
-                own = r is alone
+                own = r is base
                 label = r["label"] + (" *" if r["seeds"] == "all" else "")
                 lines.append("| " + " | ".join([
                     label, *(_cell(_values(r, k)) for k in KEYS),

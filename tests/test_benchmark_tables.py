@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import sys
 
+import pytest
+
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -49,3 +51,20 @@ def test_rerun_rows_replace_theirs_and_keep_the_rest_in_table_order(tmp_path, ca
     assert "| relative * | 75.5 ± 0.7 |" in table  # mean ± std over the rerun's two seeds
     assert "## MobileNetV2 (ImageNet) at 96 px: alone 3 epochs, lr 0.0001, backbone ×0.1, 4 species × 8 images a batch," in table
     assert "rkd: 6 epochs, lr 0.0001, backbone ×0.1, 16 species × 4 images a batch." in table  # a row's own schedule
+
+
+def test_a_row_chosen_again_is_measured_against_the_student_alone_chosen_again():
+    cmd = "python benchmarks/cars196.py"
+    rows = [row(V2, "alone", [0.40, 0.42], cmd, "2026-11-30"), row(V2, "alone_cars", [0.50, 0.52], cmd, "2026-11-30", epochs=20),
+            row(V2, "relative_scaled", [0.44, 0.46], cmd, "2026-11-30"),
+            row(V2, "relative_scaled_cars", [0.55, 0.57], cmd, "2026-11-30", epochs=20)]
+    rows[1]["baseline"], rows[3]["baseline"] = "alone_cars", "alone_cars"
+    table = bench.markdown(result(rows))
+    assert "| alone_cars * | 51.0 ± 1.4 | " in table and table.count("| - | - | - |") == 2  # each student alone: no gain
+    assert "| relative_scaled * | 45.0 ± 1.4 | " in table and "| +4.0 | 2.8 | 8% |" in table  # (45 - 41) / (90 - 41)
+    assert "| +5.0 | 3.5 | 13% |" in table  # (56 - 51) / (90 - 51): against alone_cars, not alone
+    assert "measured against the student alone whose recipe was chosen there too" in table
+
+    del rows[1]
+    with pytest.raises(SystemExit, match="alone_cars are baselines of other rows but are not in the table"):
+        bench.markdown(result(rows))
