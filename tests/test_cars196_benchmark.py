@@ -49,14 +49,14 @@ def test_smoke_runs_every_row_choosing_its_epoch_on_24_held_out_models(tmp_path)
     assert [(r["student"], r["method"], r["seeds"]) for r in result["rows"]] == [
         (s.name, m.key, m.seeds) for s in bench.STUDENTS for m in s.methods]
     assert {r["method"]: r["seeds"] for r in result["rows"]} == {
-        "alone": "all", "absolute": "one", "relative": "one", "relative_paper_lambda": "one",
+        "alone": "all", "alone_cars": "all", "absolute": "one", "relative": "one", "relative_paper_lambda": "one",
         "relative_scaled": "all", "relative_scaled_cars": "all", "rkd": "one"}
     for r in result["rows"]:
         c = r["config"]
         assert c["data"]["dataset"] == "cars196" and c["data"]["resize"] == "squash", r["method"]
         assert c["data"]["validation_classes"] == 24 and c["eval"]["split"] == "test" and c["eval"]["every_epochs"] == 1
         assert c["train"]["select"] == "best" and c["train"]["patience"] == 4
-        assert bool(c.get("distill")) == (r["method"] != "alone")
+        assert bool(c.get("distill")) == (not r["method"].startswith("alone"))
         assert len(r["runs"]) == 1 and r["ran"]["command"] == result["command"]
         for run in r["runs"]:
             assert run["epoch"] == 1 and run["selected"]["epochs_trained"] == 1 and len(run["validation_curve"]) == 1
@@ -85,8 +85,14 @@ def test_rows_chosen_again_on_cars_or_at_the_papers_lambda_join_only_when_filled
     assert bench.PAPER_CARS_LAMBDA == 0.10  # the authors' run script's Cars λ
     assert [m.key for m in bench._rows("mobilenet_v2.yaml")] == ["alone", "absolute", "relative", "relative_paper_lambda",
                                                                  "relative_scaled", "relative_scaled_cars", "rkd"]
-    assert [m.key for m in bench._rows("mobilenet025_imagenet.yaml")] == ["alone", "absolute", "relative", "relative_paper_lambda",
-                                                                          "relative_scaled", "rkd"]
+    m025 = {m.key: m for m in bench._rows("mobilenet025_imagenet.yaml")}
+    assert list(m025) == ["alone", "alone_cars", "absolute", "relative", "relative_paper_lambda", "relative_scaled",
+                          "relative_scaled_cars", "rkd"]
+    # Its student alone was chosen again too (a longer cap), so its chosen distilled row is measured against that.
+    assert m025["alone_cars"].overrides == m025["relative_scaled_cars"].overrides == ("train.epochs=20",)
+    assert (m025["alone_cars"].baseline, m025["relative_scaled_cars"].baseline, m025["relative_scaled"].baseline) == (
+        "alone_cars", "alone_cars", "alone")
+    assert next(m for m in bench._rows("mobilenet_v2.yaml") if m.key == "relative_scaled_cars").baseline == "alone"
     monkeypatch.setattr(bench, "PAPER_CARS_LAMBDA", None)
     monkeypatch.setattr(bench, "CHOSEN_ON_CARS", {})
     assert [m.key for m in bench._rows("mobilenet_v2.yaml")] == ["alone", "absolute", "relative", "relative_scaled", "rkd"]
