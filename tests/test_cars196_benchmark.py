@@ -49,7 +49,7 @@ def test_smoke_runs_every_row_choosing_its_epoch_on_24_held_out_models(tmp_path)
     assert [(r["student"], r["method"], r["seeds"]) for r in result["rows"]] == [
         (s.name, m.key, m.seeds) for s in bench.STUDENTS for m in s.methods]
     assert {r["method"]: r["seeds"] for r in result["rows"]} == {
-        "alone": "all", "alone_cars": "all", "absolute": "one", "relative": "one", "relative_paper_lambda": "one",
+        "alone": "all", "alone_cars": "all", "absolute": "one", "absolute_cars": "all", "relative": "one", "relative_paper_lambda": "one",
         "relative_scaled": "all", "relative_scaled_cars": "all", "rkd": "one"}
     for r in result["rows"]:
         c = r["config"]
@@ -86,11 +86,14 @@ def test_rows_chosen_again_on_cars_or_at_the_papers_lambda_join_only_when_filled
     assert [m.key for m in bench._rows("mobilenet_v2.yaml")] == ["alone", "absolute", "relative", "relative_paper_lambda",
                                                                  "relative_scaled", "relative_scaled_cars", "rkd"]
     m025 = {m.key: m for m in bench._rows("mobilenet025_imagenet.yaml")}
-    assert list(m025) == ["alone", "alone_cars", "absolute", "relative", "relative_paper_lambda", "relative_scaled",
-                          "relative_scaled_cars", "rkd"]
+    assert list(m025) == ["alone", "alone_cars", "absolute", "absolute_cars", "relative", "relative_paper_lambda",
+                          "relative_scaled", "relative_scaled_cars", "rkd"]
+    assert {k: m.seeds for k, m in m025.items() if k.endswith("_cars")} == dict.fromkeys(
+        ["alone_cars", "absolute_cars", "relative_scaled_cars"], "all")  # a row chosen again runs every seed
     # Its student alone was chosen again too (a longer cap), so its chosen distilled row is measured against that.
-    assert m025["alone_cars"].overrides == m025["relative_scaled_cars"].overrides == ("train.epochs=20",)
-    assert (m025["alone_cars"].baseline, m025["relative_scaled_cars"].baseline, m025["relative_scaled"].baseline) == (
+    assert m025["alone_cars"].overrides == m025["absolute_cars"].overrides == m025["relative_scaled_cars"].overrides == (
+        "train.epochs=20",)
+    assert (m025["alone_cars"].baseline, m025["absolute_cars"].baseline, m025["relative_scaled"].baseline) == (
         "alone_cars", "alone_cars", "alone")
     assert next(m for m in bench._rows("mobilenet_v2.yaml") if m.key == "relative_scaled_cars").baseline == "alone"
     monkeypatch.setattr(bench, "PAPER_CARS_LAMBDA", None)
