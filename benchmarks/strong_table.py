@@ -259,8 +259,6 @@ class Table:
         for student in dict.fromkeys(r["student"] for r in result["rows"]):
             rows = [r for r in result["rows"] if r["student"] == student]
             alone = next(r for r in rows if r["method"] == "alone")
-            a_r1 = _values(alone)
-            a_seconds = statistics.fmean(x["train_seconds"] for x in alone["runs"])
             c = alone["config"]["train"]
             distilled = next((r for r in rows if r["config"].get("distill")), None)
             own_bank = result.get("banks", {}).get(Path(distilled["config"]["distill"]["bank"]).name) if distilled else None
