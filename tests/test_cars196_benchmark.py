@@ -109,6 +109,10 @@ def test_rows_chosen_again_on_cars_or_at_the_papers_lambda_join_only_when_filled
     assert rows["relative_paper_lambda"].overrides == rows["relative"].overrides  # the relative row's recipe
     assert rows["rkd_cars"].overrides == ("train.epochs=9",) and rows["rkd_cars"].terms == birds_rkd.terms
     assert rows["rkd"] == birds_rkd  # the birds' recipe stays beside it; absolute's chosen recipe is the birds': no second row
+    assert rows["rkd_cars"].baseline == "alone"  # no student alone chosen on cars: measured against the birds' recipe alone
+    birds_alone = next(m for m in bench._rows("mobilenet_v2.yaml") if m.key == "alone")
+    monkeypatch.setitem(bench.CHOSEN_ON_CARS, "mobilenet_v2/alone", birds_alone.overrides)
+    assert rows == {m.key: m for m in bench._rows("mobilenet_v2.yaml")}  # an alone "chosen" as the birds' is no baseline
 
 
 def test_rows_run_before_any_table_exists_make_the_table_and_later_rows_merge_into_it(tmp_path):
