@@ -55,6 +55,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from embdistill.cpu_features import cpu_int8
 from embdistill.engine.checkpoint import embedder_from_checkpoint, load_checkpoint, save_checkpoint
 from embdistill.export import ExportResult, export_checkpoint
 from embdistill.models import ModelConfig, create_embedder
@@ -71,22 +72,12 @@ MODELS = {
 
 
 def int8_cpu_flags() -> list[str]:
-    """The CPU's 8-bit dot-product extensions (VNNI: what makes U8S8 fast on x86), from /proc/cpuinfo."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return []
-    return [f for f in ("avx2", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    """The CPU's 8-bit dot-product extensions (VNNI, AMX: what makes U8S8 fast and exact on x86), read through CPUID."""
+    return list(cpu_int8().features)
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    return cpu_int8().model
 
 
 def median_seconds(runs: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, float]:
@@ -268,7 +259,8 @@ def int8_markdown(rows: list[dict], args: argparse.Namespace) -> list[str]:
         )
     lines += [
         "",
-        f"- CPU 8-bit extensions: {', '.join(int8_cpu_flags()) or 'none found'} (U8S8 uses VNNI's u8 x s8 dot product).",
+        f"- CPU integer features (CPUID): {', '.join(int8_cpu_flags()) or 'none found'}; kernel path: "
+        f"{cpu_int8().int8_path} (the default INT8 has uint8 weights, exact on every path: benchmarks/int8_cpu_paths.py).",
         "- INT8 slower than fp32 in: " + ("; ".join(slower) if slower else "nothing measured here (faster everywhere)") + ".",
     ]
     return lines

@@ -39,7 +39,11 @@ from embdistill.quantize import DEFAULT_SETTINGS, parity_report
 RESULTS = Path(__file__).resolve().parent / "results"
 # name -> (settings, why it is in the table)
 VARIANTS = {
-    "default": (DEFAULT_SETTINGS, "`embdistill export --quantize int8`: QDQ, U8S8, per-channel, percentile 99.999, all int8"),
+    "default": (DEFAULT_SETTINGS, "`embdistill export --quantize int8`: QDQ, U8U8, per-channel, percentile 99.999, all int8"),
+    "U8S8": (DEFAULT_SETTINGS.with_(weight_type="int8"), "full-range int8 weights: saturates without VNNI (the default "
+                                                         "before 2026-12-05, benchmarks/int8_cpu_paths.py)"),
+    "U8S8 7-bit": (DEFAULT_SETTINGS.with_(weight_type="int8", reduce_range=True), "int8 weights in 7 bits (reduce_range): "
+                                                                                  "exact and fast on every x86 path"),
     "MinMax calibration": (DEFAULT_SETTINGS.with_(calibration_method="minmax"), "ranges = calibration min/max"),
     "entropy calibration": (DEFAULT_SETTINGS.with_(calibration_method="entropy"), "KL-divergence ranges"),
     "percentile 99.99": (DEFAULT_SETTINGS.with_(percentile=99.99), "ranges clipped harder"),
@@ -47,7 +51,6 @@ VARIANTS = {
                            "signed activations, MinMax: quantize_static's defaults + per-channel, as the first probe ran"),
     "QOperator": (DEFAULT_SETTINGS.with_(format="qoperator"), "QLinearConv etc. instead of Q/DQ pairs"),
     "per-tensor weights": (DEFAULT_SETTINGS.with_(per_channel=False), "one scale per weight tensor"),
-    "reduce_range": (DEFAULT_SETTINGS.with_(reduce_range=True), "7-bit weights (for CPUs without VNNI)"),
     "head kept fp32": (DEFAULT_SETTINGS.with_(keep_head_fp32=True), "pooling, linear head, normalisation in fp32"),
     "no pre-processing": (DEFAULT_SETTINGS.with_(preprocess=False), "without quant_pre_process"),
 }

@@ -1,18 +1,38 @@
-"""Shared fixtures: the real CUB subset next to the repository, and small run settings."""
+"""Shared fixtures: the real CUB subset next to the repository, and small run settings.
+
+Nothing the suite checks may depend on the machine (docs/testing.md, "What the suite does not
+assume about the machine"): before torch is imported this pins every CPU thread pool to
+``THREADS`` (also for the child processes the tests start, which inherit the environment) and
+hides any CUDA device, so ``device: auto`` means the CPU everywhere. ``EMBDISTILL_TEST_CUDA=1``
+leaves CUDA visible for the tests that need it (they skip without it).
+"""
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-import torch
+THREADS = 2
+for _pool in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[_pool] = str(THREADS)  # not setdefault: in-process and child runs must use the same count
+if os.environ.get("EMBDISTILL_TEST_CUDA") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 CUB100 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cub100"
 REPO = Path(__file__).resolve().parents[1]
+# Subprocess deadlines are generous (several times a run here); a slower machine can multiply them all.
+TIMEOUT_SCALE = float(os.environ.get("EMBDISTILL_TEST_TIMEOUT_SCALE", "1"))
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _two_threads() -> None:
-    torch.set_num_threads(2)
+@pytest.fixture(autouse=True)
+def _same_threads() -> Iterator[None]:
+    """Every test starts with ``THREADS`` torch threads, even after an in-process run set ``threads``."""
+    torch.set_num_threads(THREADS)
+    yield
+    torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +56,7 @@ def tiny_overrides(tmp_path: Path, cub100: Path, name: str, **extra: object) -> 
         "train.batches_per_epoch": 2,
         "train.log_every": 1,
         "eval.batch_size": 64,
+        "device": "cpu",  # not auto: the same kernels and fp32 whether or not the machine has a GPU
         **extra,
     }
     return [f"{k}={v}" for k, v in values.items()]

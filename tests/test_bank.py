@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import CUB100, REPO, tiny_overrides
+from conftest import CUB100, REPO, TIMEOUT_SCALE, tiny_overrides
 from embdistill.cli import main
 from embdistill.config import load_config
 from embdistill.data.transforms import IMAGENET
@@ -180,7 +180,7 @@ def _start_fill(log_dir: Path, bank: Path, num_views: int, pause_in_view: int, n
 
 def _wait_until(condition: Callable[[], bool], procs: list[subprocess.Popen], logs: Path, what: str) -> None:
     """Poll for ``condition``. A child that exits first fails the test; the deadline only keeps a broken lock from hanging it."""
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 300 * TIMEOUT_SCALE
     while not condition():
         if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
             pytest.fail(f"never saw {what}; the children said:\n" + "\n".join(p.read_text() for p in logs.glob("*.log")))
@@ -214,7 +214,7 @@ def test_fills_started_together_run_the_teacher_once_and_the_others_wait_and_rea
     _wait_until(lambda: "waiting" in log.read_text(), children, tmp_path, "the second fill waiting")
     (tmp_path / "go").touch()
     for p in children:
-        assert p.wait(timeout=300) == 0, "\n".join(f.read_text() for f in tmp_path.glob("*.log"))
+        assert p.wait(timeout=300 * TIMEOUT_SCALE) == 0, "\n".join(f.read_text() for f in tmp_path.glob("*.log"))
 
     message = next(line for line in log.read_text().splitlines() if "waiting" in line)
     assert message == (f"teacher bank {bank}: another process (pid {holder}) holds {bank}.lock and is filling it; "
@@ -252,14 +252,14 @@ def test_a_fill_killed_while_holding_the_lock_is_resumed_by_the_next_process(tmp
     children.append(killed)
     _wait_until(lambda: (tmp_path / f"paused.{killed.pid}").exists(), children, tmp_path, "the fill in view 1")
     killed.send_signal(signal.SIGKILL)
-    assert killed.wait(timeout=300) == -signal.SIGKILL
+    assert killed.wait(timeout=300 * TIMEOUT_SCALE) == -signal.SIGKILL
     assert not bank.exists() and sorted(p.name for p in partial.iterdir()) == ["key.json", "view_0.pt"]
     assert lock.read_text().split()[0] == str(killed.pid)  # its lock file stays; the OS dropped its lock
     view_0 = torch.load(partial / "view_0.pt")
 
     resumed = _start_fill(tmp_path, bank, 3, pause_in_view=-1, name="resumed")
     children.append(resumed)
-    assert resumed.wait(timeout=300) == 0, (tmp_path / "resumed.log").read_text()
+    assert resumed.wait(timeout=300 * TIMEOUT_SCALE) == 0, (tmp_path / "resumed.log").read_text()
     assert "waiting" not in (tmp_path / "resumed.log").read_text()
     assert _embedded(tmp_path) == 3 * 12  # view 0 by the killed process, views 1 and 2 by the next: each once
     key, views, teacher = _tiny_bank(cub100, 3)
@@ -318,10 +318,20 @@ def test_a_banked_run_reproduces_the_live_teacher_run_and_seeds_share_the_bank(t
     assert bank.is_file()
     banked = run(load_config(STUDENT, _distill_overrides(tmp_path, cub100, teacher_ckpt, "banked", f"distill.bank={bank}")),
                  progress=False)
+    # The bank holds what the live teacher computed, image by image and view by view. (It embeds batches
+    # of eval.batch_size, the live teacher the images each training batch lacks: other shapes, whose CPU
+    # kernels may round differently, so "the same" is to 1e-5, not bit for bit.)
+    (cached,) = torch.load(live.run_dir / "teacher_cache.pt", weights_only=False).values()
+    seen = cached["filled"]
+    assert seen.any() and seen.shape == load_bank(bank).embeddings.shape[:2]
+    torch.testing.assert_close(cached["store"]["embedding"][seen], load_bank(bank).embeddings[seen], rtol=1e-5, atol=1e-6)
+    # So training on it is the live run's training, up to what those roundings become after 6 Adam steps
+    # (bit for bit on the CPU this was written on; 1e-4 leaves room for other kernels), and the retrieval
+    # metrics agree up to one of the 239 held-out queries flipping on a near-tie.
     a, b = (torch.load(r.checkpoint, weights_only=False)["model_state"] for r in (live, banked))
     for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
-    assert banked.metrics == pytest.approx(live.metrics)
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=lambda m: f"{key}: {m}")
+    assert banked.metrics == pytest.approx(live.metrics, abs=1 / 239)
     assert _summary(live)["teacher_forward_images"] > 0
     assert _summary(banked)["teacher_forward_images"] == 0 and _summary(banked)["teacher_bank"] == str(bank)
     # Another run seed: the same fixed views (distill.view_seed), so the same bank serves it.

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, TIMEOUT_SCALE
 
 CARS196 = REPO.parent / "shared" / "data" / "cars196"
 KERAS_WEIGHTS = REPO.parent / "shared" / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
@@ -24,7 +24,7 @@ def test_smoke_runs_every_row_choosing_its_epoch_on_24_held_out_models(tmp_path)
     committed = REPO / "benchmarks" / "results" / "cars196.json"
     before = committed.stat().st_mtime_ns if committed.is_file() else None
     done = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--seeds", "0", "--output", str(tmp_path / "cars")],
-                          cwd=REPO, capture_output=True, text=True, timeout=900)
+                          cwd=REPO, capture_output=True, text=True, timeout=900 * TIMEOUT_SCALE)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = tmp_path / "cars_smoke"  # --smoke writes under --output + "_smoke", never to benchmarks/results
     assert (committed.stat().st_mtime_ns if committed.is_file() else None) == before
@@ -72,7 +72,7 @@ def test_smoke_runs_every_row_choosing_its_epoch_on_24_held_out_models(tmp_path)
 
     # --rows reruns a part (here reusing its finished run) and keeps the other rows from the JSON.
     again = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--seeds", "0", "--output", str(tmp_path / "cars"),
-                            "--rows", "mobilenet025_imagenet/rkd"], cwd=REPO, capture_output=True, text=True, timeout=600)
+                            "--rows", "mobilenet025_imagenet/rkd"], cwd=REPO, capture_output=True, text=True, timeout=600 * TIMEOUT_SCALE)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     merged = json.loads((out / "cars196.json").read_text())
     assert [(r["student"], r["method"]) for r in merged["rows"]] == [(r["student"], r["method"]) for r in result["rows"]]

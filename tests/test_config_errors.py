@@ -21,7 +21,7 @@ from typing import Any, Literal, Union
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, TIMEOUT_SCALE
 from embdistill.cli import main
 from embdistill.config import ConfigError, ExperimentConfig, load_config, to_dict
 from embdistill.ranges import RANGE, CountOrFraction, Range
@@ -96,6 +96,9 @@ def test_every_fixed_choice_key_refuses_a_wrong_value(tmp_path, capsys, key, cho
     ("distill.terms=[{name: darkrank, args: {method: listwise}}]", "distill.terms[0].args.method", ("'listmle'", "'listnet'")),
     ("distill.terms=[{name: relative, args: {reducton: mean}}]", "distill.terms[0].args.reducton", ("reduction",)),
     ("distill.terms=[{name: hint}]", "distill.terms[0].args", ("student_layer", "teacher_layer")),
+    ("distill.terms=[{name: relaxed_contrastive, args: {sigma: 0}}]", "distill.terms[0].args", ("sigma", "> 0", "got 0")),
+    ("distill.terms=[{name: relaxed_contrastive, args: {delta: wide}}]", "distill.terms[0].args.delta", ("float", "'wide'")),
+    ("distill.terms=[{name: pkt, args: {eps: 0.1}}]", "distill.terms[0].args.eps", ("pkt", "(none)")),
     ("distill.teacher_backbone=resnet19", "distill.teacher_backbone", ("'resnet19'",)),
     ("distill.teacher_image_size=32", "distill.teacher_image_size", ("32",)),
     ("distill.semi_supervised.hide_label_fraction=1.5", "distill.semi_supervised.hide_label_fraction", ("1.5",)),
@@ -125,7 +128,7 @@ def test_a_bad_value_ends_the_real_command_the_same_way(tmp_path, override, mess
     out = tmp_path / "runs"
     done = subprocess.run(
         [sys.executable, "-m", "embdistill", "train", "-c", str(CONFIG), f"output_dir={out}", override],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO, capture_output=True, text=True, timeout=300 * TIMEOUT_SCALE,
     )
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == f"embdistill train: error: {message}"

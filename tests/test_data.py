@@ -144,7 +144,7 @@ def test_cub_image_without_label_is_an_error(cub: Path) -> None:
 
 
 def test_load_dataset_rejects_bad_name_split_and_option(cub: Path) -> None:
-    with pytest.raises(DatasetError, match="known datasets: cars196, cub200, folder, sop"):
+    with pytest.raises(DatasetError, match="known datasets: cars196, cub200, folder, photos, sop"):
         load_dataset("cub", cub, "train")
     with pytest.raises(DatasetError, match="unknown split 'val'"):
         load_dataset("cub200", cub, "val")

@@ -98,16 +98,28 @@ def run_exported(path: Path, fmt: str, x: torch.Tensor) -> np.ndarray:
         return module(x).numpy()
 
 
-def top1_neighbours(embeddings: np.ndarray) -> np.ndarray:
-    similarity = embeddings @ embeddings.T
+def top1_neighbours(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's nearest other row, and by how much its similarity beats the second nearest."""
+    similarity = embeddings.astype(np.float64) @ embeddings.astype(np.float64).T
     np.fill_diagonal(similarity, -np.inf)
-    return similarity.argmax(axis=1)
+    top2 = -np.sort(-similarity, axis=1)[:, :2]
+    return similarity.argmax(axis=1), top2[:, 0] - top2[:, 1]
 
 
 def assert_parity(reference: np.ndarray, exported: np.ndarray) -> None:
+    """Within TOL everywhere, and the same top-1 neighbour for every query whose neighbour these
+    differences could not change: two runtimes' fp32 kernels may round a near-tie either way."""
     assert exported.shape == reference.shape
     assert np.abs(exported - reference).max() <= TOL
-    np.testing.assert_array_equal(top1_neighbours(exported), top1_neighbours(reference))
+    if len(reference) < 2:
+        return
+    err = np.linalg.norm(exported.astype(np.float64) - reference, axis=1).max()
+    norm = max(np.linalg.norm(reference, axis=1).max(), np.linalg.norm(exported, axis=1).max())
+    margin = 2 * (2 * err * norm + err**2)  # no similarity moves by more than half of this
+    expected, gap = top1_neighbours(reference)
+    clear = gap > margin
+    assert clear.mean() >= 0.75, f"only {clear.sum()} of {len(clear)} queries have a clear top-1 neighbour"
+    np.testing.assert_array_equal(top1_neighbours(exported)[0][clear], expected[clear])
 
 
 def cli(*argv: str) -> int:
@@ -274,8 +286,11 @@ def test_exact_index_equals_brute_force() -> None:
     index, params = build_index(gallery, "flat")
     assert params == {}
     scores, ids = index.search(queries, 10)
-    similarity = queries @ gallery.T
+    similarity = queries.astype(np.float64) @ gallery.T.astype(np.float64)
     expected = np.argsort(-similarity, axis=1, kind="stable")[:, :10]
+    # No near-ties among the 11 best of any query (the smallest gap is 1.6e-6, over 10x the ~1e-7 rounding of a
+    # 32-term fp32 dot product), so whichever fp32 kernel faiss picks on this CPU, the order is this one.
+    assert np.diff(np.take_along_axis(-similarity, np.argsort(-similarity, axis=1)[:, :11], axis=1)).min() > 1e-6
     np.testing.assert_array_equal(ids, expected)
     np.testing.assert_allclose(scores, np.take_along_axis(similarity, expected, axis=1), atol=1e-5)
 

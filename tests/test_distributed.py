@@ -22,7 +22,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from conftest import REPO, cub_subset, tiny_overrides
+from conftest import REPO, TIMEOUT_SCALE, cub_subset, tiny_overrides
 from embdistill.config import ConfigError, load_config
 from embdistill.data.samplers import PKSampler
 from embdistill.engine.batch_stream import BatchStream
@@ -177,7 +177,7 @@ def test_torchrun_trains_with_two_processes_and_rank_0_writes_the_run(tmp_path, 
     overrides = tiny_overrides(tmp_path, cub100, "ddp", **settings, **{"train.classes_per_batch": 2})
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "embdistill", "train", "-c", str(STUDENT), *overrides, "--no-progress"]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300 * TIMEOUT_SCALE,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-4000:]
     assert done.stdout.count('"run_dir"') == 1  # one process prints the result
@@ -195,7 +195,14 @@ def test_torchrun_trains_with_two_processes_and_rank_0_writes_the_run(tmp_path, 
     assert summary["processes"] == 2 and summary["recall@1"] == printed["recall@1"]
     assert sorted(p.name for p in run_dir.iterdir() if p.suffix == ".pt") == ["last.pt"]
 
-    metrics = evaluate_checkpoint(run_dir, split="test", num_workers=0, progress=False)
+    # Rank 0 evaluated with 1 thread (threads: 1): so does this re-evaluation, with the same kernels and
+    # batches, so its embeddings are the same floats and the metrics agree to 1e-6.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        metrics = evaluate_checkpoint(run_dir, split="test", num_workers=0, device="cpu", progress=False)
+    finally:
+        torch.set_num_threads(threads)
     assert metrics["classes"] == 8
     for key in ("recall@1", "recall@2", "map@r"):
         assert metrics[key] == pytest.approx(summary[key], abs=1e-6), key

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from conftest import REPO
+from conftest import REPO, TIMEOUT_SCALE
 from embdistill.data.datasets import load_dataset
 from embdistill.data.images import DecodedImageCache, ImageDataset
 from embdistill.data.transforms import IMAGENET, KERAS, Degrade, draw_box
@@ -84,7 +84,7 @@ def test_to_input_gives_the_networks_layout(items):
 def test_smoke_measures_both_sizes_with_a_real_run(tmp_path, cub100):
     results = tmp_path / "results" / "pipe.json"
     done = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--data", str(cub100), "--out", str(tmp_path / "out"),
-                           "--results", str(results)], cwd=REPO, capture_output=True, text=True, timeout=600)
+                           "--results", str(results)], cwd=REPO, capture_output=True, text=True, timeout=600 * TIMEOUT_SCALE)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(results.read_text())
     assert result["smoke"] and [r["image_size"] for r in result["rows"]] == list(bench.SIZES)

@@ -19,7 +19,9 @@ from embdistill.losses import (
     DarkRankLoss,
     DistillationLoss,
     HintLoss,
+    PKTLoss,
     RelativeTeacherLoss,
+    RelaxedContrastiveLoss,
     RKDAngleLoss,
     RKDDistanceLoss,
     build_distill_loss,
@@ -313,6 +315,130 @@ def test_darkrank_listmle_is_not_zero_at_equality() -> None:
     assert DarkRankLoss()(x, x).item() > 0
 
 
+# Relaxed contrastive: teacher unit vectors (1, 0), (1, 0), (0, 1): squared distances 0 (pair 01) and 2
+# (pairs 02, 12), so w_01 = 1 and w_02 = w_12 = exp(-2 / sigma). Student on a line at x = 0, 1, 3: distances
+# 1 (01), 3 (02), 2 (12); row means over the 3 entries of each row (self included): 4/3, 1, 5/3, so the
+# normalised distances are d01 = 3/4, d02 = 9/4, d10 = 1, d12 = 2, d20 = 9/5, d21 = 6/5.
+RC_TEACHER = t([[1, 0], [1, 0], [0, 1]])
+RC_STUDENT = line(0, 1, 3)
+RC_D = {(0, 1): 3 / 4, (0, 2): 9 / 4, (1, 0): 1.0, (1, 2): 2.0, (2, 0): 9 / 5, (2, 1): 6 / 5}
+
+
+def _relaxed_by_hand(sigma: float, delta: float) -> float:
+    far = math.exp(-2 / sigma)
+    w = {(0, 1): 1.0, (1, 0): 1.0, (0, 2): far, (2, 0): far, (1, 2): far, (2, 1): far}
+    return sum(w[p] * d**2 + (1 - w[p]) * max(0.0, delta - d) ** 2 for p, d in RC_D.items()) / 3
+
+
+def test_relaxed_contrastive_by_hand() -> None:
+    # sigma = delta = 1 (the paper's): no pair is nearer than the margin but the w = 1 ones, so only pulls count:
+    # (9/16 + 1 + e^-2 (81/16 + 4 + 81/25 + 36/25)) / 3.
+    e2 = math.exp(-2)
+    expected = (9 / 16 + 1 + e2 * (81 / 16 + 4 + 81 / 25 + 36 / 25)) / 3
+    assert _relaxed_by_hand(1.0, 1.0) == pytest.approx(expected)
+    assert RelaxedContrastiveLoss()(RC_STUDENT, RC_TEACHER).item() == pytest.approx(expected, rel=1e-9)
+    # sigma 2, delta 2: w_far = e^-1, and pairs 20 (9/5) and 21 (6/5) now sit inside the margin and are pushed:
+    # (1 - e^-1) ((2 - 9/5)^2 + (2 - 6/5)^2) = (1 - e^-1) 0.68 more.
+    e1 = math.exp(-1)
+    expected = (9 / 16 + 1 + e1 * (81 / 16 + 4 + 81 / 25 + 36 / 25) + (1 - e1) * (0.04 + 0.64)) / 3
+    assert _relaxed_by_hand(2.0, 2.0) == pytest.approx(expected)
+    assert RelaxedContrastiveLoss(sigma=2, delta=2)(RC_STUDENT, RC_TEACHER).item() == pytest.approx(expected, rel=1e-9)
+
+
+def test_relaxed_contrastive_matches_a_loop_over_pairs() -> None:
+    import numpy as np
+
+    s, te = unit_batch(7, 5, seed=11), torch.randn(7, 9, dtype=DT, generator=torch.Generator().manual_seed(12))
+    sn, tn = s.numpy(), te.numpy() / np.linalg.norm(te.numpy(), axis=1, keepdims=True)
+    b, sigma, delta = 7, 0.7, 1.3
+    dist = np.array([[np.linalg.norm(sn[i] - sn[j]) for j in range(b)] for i in range(b)])
+    total = 0.0
+    for i in range(b):
+        mean = dist[i].sum() / b
+        for j in range(b):
+            if i != j:
+                w = math.exp(-np.sum((tn[i] - tn[j]) ** 2) / sigma)
+                d = dist[i, j] / mean
+                total += w * d * d + (1 - w) * max(0.0, delta - d) ** 2
+    assert RelaxedContrastiveLoss(sigma, delta)(s, te).item() == pytest.approx(total / b, rel=1e-9)
+
+
+def test_relaxed_contrastive_ignores_the_students_scale_and_each_teacher_length() -> None:
+    s, te = unit_batch(6, 4, seed=1), unit_batch(6, 8, seed=2)
+    loss_fn = RelaxedContrastiveLoss(sigma=0.5)
+    base = loss_fn(s, te).item()
+    lengths = torch.linspace(0.5, 3.0, 6, dtype=DT).unsqueeze(1)
+    assert base > 0
+    assert loss_fn(7.5 * s, te).item() == pytest.approx(base, rel=1e-9)
+    assert loss_fn(s, te * lengths).item() == pytest.approx(base, rel=1e-9)
+
+
+def test_relaxed_contrastive_refuses_a_bad_width_or_margin() -> None:
+    with pytest.raises(ValueError, match="sigma: expected a value > 0, got 0"):
+        RelaxedContrastiveLoss(sigma=0)
+    with pytest.raises(ValueError, match="delta: expected a value > 0, got -1"):
+        RelaxedContrastiveLoss(delta=-1)
+    assert RelaxedContrastiveLoss(sigma=2, delta=0.5).describe() == "RelaxedContrastiveLoss(sigma=2, delta=0.5)"
+
+
+PKT_EPS = 1e-7
+
+
+def _pkt_by_hand(cos_t: list[list[float]], cos_s: list[list[float]]) -> float:
+    """The PKT formula in plain Python from unit vectors' cosines: each vector is divided by its norm + eps,
+    i.e. by 1 + eps, which scales every cosine by 1 / (1 + eps)^2."""
+    def conditional(cos: list[list[float]]) -> list[list[float]]:
+        kernel = [[(c / (1 + PKT_EPS) ** 2 + 1) / 2 for c in row] for row in cos]
+        return [[k / sum(row) for k in row] for row in kernel]
+
+    p, q = conditional(cos_t), conditional(cos_s)
+    return sum(pi * math.log((pi + PKT_EPS) / (qi + PKT_EPS))
+               for prow, qrow in zip(p, q) for pi, qi in zip(prow, qrow)) / len(p)
+
+
+def test_pkt_by_hand() -> None:
+    # Teacher at angles 0, 90, 180 degrees: cos [[1, 0, -1], [0, 1, 0], [-1, 0, 1]], kernel (cos + 1) / 2 =
+    # [[1, .5, 0], [.5, 1, .5], [0, .5, 1]], rows over their sums 1.5, 2, 1.5:
+    # P = [[2/3, 1/3, 0], [1/4, 1/2, 1/4], [0, 1/3, 2/3]].
+    # Student at 0, 90, 90 degrees: kernel [[1, .5, .5], [.5, 1, 1], [.5, 1, 1]], sums 2, 2.5, 2.5:
+    # Q = [[1/2, 1/4, 1/4], [1/5, 2/5, 2/5], [1/5, 2/5, 2/5]].
+    # KL rows (eps aside): ln 4/3, 3/4 ln 5/4 + 1/4 ln 5/8, 1/3 ln 5/6 + 2/3 ln 5/3; the loss is their mean.
+    plain = (math.log(4 / 3) + 0.75 * math.log(5 / 4) + 0.25 * math.log(5 / 8)
+             + math.log(5 / 6) / 3 + 2 * math.log(5 / 3) / 3) / 3
+    cos_t, cos_s = [[1, 0, -1], [0, 1, 0], [-1, 0, 1]], [[1, 0, 0], [0, 1, 1], [0, 1, 1]]
+    assert _pkt_by_hand(cos_t, cos_s) == pytest.approx(plain, rel=1e-5)  # eps moves it by about 3e-6
+    teacher, student = t([[1, 0], [0, 1], [-1, 0]]), t([[1, 0], [0, 1], [0, 1]])
+    assert PKTLoss()(student, teacher).item() == pytest.approx(_pkt_by_hand(cos_t, cos_s), rel=1e-9)
+
+
+def test_pkt_ignores_each_embeddings_length() -> None:
+    s, te = unit_batch(6, 4, seed=1), unit_batch(6, 8, seed=2)
+    lengths = torch.linspace(0.5, 3.0, 6, dtype=DT).unsqueeze(1)
+    base = PKTLoss()(s, te).item()
+    assert base > 0
+    assert PKTLoss()(s * lengths, te * lengths.flip(0)).item() == pytest.approx(base, rel=1e-6)
+
+
+@pytest.mark.parametrize("loss_fn", [RelaxedContrastiveLoss(), PKTLoss()], ids=["relaxed_contrastive", "pkt"])
+def test_label_free_losses_alone_train_a_plain_loop(loss_fn: DistillationLoss) -> None:
+    # docs/own_loop.md's use, with no labels and no metric loss: a linear student on fixed inputs learns the
+    # teacher's geometry from this term alone.
+    g = torch.Generator().manual_seed(0)
+    images, teacher = torch.randn(16, 8, generator=g), unit_batch(16, 6, seed=1).float()
+    student = torch.nn.Linear(8, 4)
+    optimizer = torch.optim.Adam(student.parameters(), lr=0.05)
+
+    def loss() -> torch.Tensor:
+        return loss_fn(torch.nn.functional.normalize(student(images), dim=1), teacher)
+
+    first = loss().item()
+    for _ in range(60):
+        optimizer.zero_grad()
+        loss().backward()
+        optimizer.step()
+    assert loss().item() < 0.9 * first
+
+
 def test_hint_by_hand() -> None:
     loss_fn = HintLoss(1, 1, student_layer="s", teacher_layer="t")
     with torch.no_grad():
@@ -416,7 +542,7 @@ def test_gradients_reach_student_and_never_teacher(name: str) -> None:
         assert x.grad is None
 
 
-ZERO_AT_EQUALITY = ["absolute", "relative", "rkd_distance", "rkd_angle", "attention"]
+ZERO_AT_EQUALITY = ["absolute", "relative", "rkd_distance", "rkd_angle", "pkt", "attention"]
 
 
 @pytest.mark.parametrize("name", ZERO_AT_EQUALITY)
@@ -449,9 +575,13 @@ EMBEDDING_LOSSES = [
     RKDAngleLoss(),
     DarkRankLoss(),
     DarkRankLoss(method="listnet"),
+    RelaxedContrastiveLoss(),
+    RelaxedContrastiveLoss(sigma=0.5, delta=1.5),
+    PKTLoss(),
 ]
 EMBEDDING_LOSS_IDS = ["absolute", "relative-mean", "relative-frobenius", "relative-scaled", "rkd_distance",
-                      "rkd_angle", "darkrank-listmle", "darkrank-listnet"]
+                      "rkd_angle", "darkrank-listmle", "darkrank-listnet", "relaxed_contrastive",
+                      "relaxed_contrastive-0.5-1.5", "pkt"]
 
 
 @pytest.mark.parametrize("loss_fn", EMBEDDING_LOSSES[1:], ids=EMBEDDING_LOSS_IDS[1:])  # all but absolute
@@ -534,7 +664,8 @@ def test_tiny_batches_give_graph_connected_zero() -> None:
 
 
 def test_distill_registry_and_validation() -> None:
-    assert set(DISTILL_LOSSES) == {"absolute", "relative", "rkd_distance", "rkd_angle", "darkrank", "hint", "attention"}
+    assert set(DISTILL_LOSSES) == {"absolute", "relative", "rkd_distance", "rkd_angle", "darkrank", "relaxed_contrastive",
+                                   "pkt", "hint", "attention"}
     assert DistillationLoss.student_layers == () and make_loss("relative").student_layers == ()
     assert isinstance(build_distill_loss("relative", reduction="frobenius"), RelativeTeacherLoss)
     with pytest.raises(ValueError, match="'fitnet'.*absolute.*attention"):

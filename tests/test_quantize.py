@@ -79,8 +79,17 @@ def test_int8_file_keeps_the_metadata_and_is_under_30_percent(exported: tuple[Pa
     assert json.loads(Path(f"{int8}.json").read_text())["quantization"] == record
     ops = {n.op_type for n in proto.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    int8_weights = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8]
-    assert len(int8_weights) >= 50  # every conv and the linear head
+    uint8_weights = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.UINT8 and len(t.dims) >= 2]
+    assert len(uint8_weights) >= 50  # every conv and the linear head, uint8 (U8U8: exact on every CPU)
+    assert not [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+
+
+def test_int8_sidecar_names_the_cpu_its_parity_was_checked_on(exported: tuple[Path, Path]) -> None:
+    from embdistill.cpu_features import cpu_int8
+
+    parity = json.loads(Path(f"{exported[1]}.json").read_text())["parity"]
+    assert parity["images"] == 8 and parity["min_cosine"] > 0.95 and parity["max_abs_diff"] >= 0
+    assert parity["cpu"] == cpu_int8().to_dict() and parity["cpu"]["int8_path"] and parity["onnxruntime"]
 
 
 @pytest.mark.slow
@@ -124,3 +133,21 @@ def test_head_nodes_are_the_pooling_and_everything_after_it(exported: tuple[Path
 
     names = head_nodes(onnx.load(str(exported[0])))
     assert names[0].endswith("ReduceMean") and any(n.endswith("Gemm") for n in names) and names[-1].endswith("Div")
+
+
+def test_an_older_u8s8_file_loads_with_exact_kernels_and_one_warning_on_a_cpu_without_vnni(
+    student: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from embdistill import cpu_features
+    from embdistill.cpu_features import CpuInt8
+
+    old = export_checkpoint(student, "onnx", tmp_path / "old.int8.onnx", quantize="int8", verify=False,
+                            quant_settings=DEFAULT_SETTINGS.with_(weight_type="int8", images=8, batch_size=8)).path
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(2, 3, SIZE, SIZE)).astype(np.float32))
+    native = load_encoder(old)(x)
+    monkeypatch.setattr(cpu_features, "cpu_int8", lambda: CpuInt8("x86_64", "Haswell", ("avx2",), "cpuid"))
+    with pytest.warns(UserWarning, match=r"U8S8.*session\.x64quantprecision") as caught:
+        encoder = load_encoder(old)
+    assert len(caught) == 1 and str(old) in str(caught[0].message)
+    # the exact U8U8 kernels give what a CPU with VNNI gives (here: this one), up to requantization rounding
+    assert float((encoder(x) * native).sum(axis=1).min()) > 0.999

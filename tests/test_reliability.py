@@ -1,13 +1,14 @@
 """Reliability on real CUB images: kill and resume, signals, atomic checkpoints, bad data, bad teachers, NaNs.
 
 Every run is tiny (64 px, a few steps, 4 held-out classes). The resumed-equals-
-uninterrupted comparisons run on the CPU with a fixed seed and 2 threads, where a
-run is deterministic: weights must agree to rtol 1e-5 / atol 1e-7 and Recall@K /
-MAP@R to 1e-6 (any real difference in retrieval metrics is >= 1/239).
+uninterrupted comparisons run on the CPU with a fixed seed and 2 threads (conftest pins
+them, in this process and in the children), where a run is deterministic: weights must
+agree to rtol 1e-5 / atol 1e-7 and Recall@K / MAP@R to 1e-6 (any real difference in
+retrieval metrics is >= 1/239). A child that is killed or signalled pauses at a known
+step first (:func:`_train_pausing_in_child`), so no test depends on the machine's speed.
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, tiny_overrides
+from conftest import REPO, TIMEOUT_SCALE, tiny_overrides
 from embdistill.cli import main
 from embdistill.config import load_config, to_dict
 from embdistill.engine.checkpoint import check_teacher, load_checkpoint, remove_partial_writes, save_checkpoint
@@ -60,31 +61,52 @@ def _edit(path: Path, change) -> None:
 
 
 def _train_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "embdistill", "train", *args, "--no-progress"]
+    return [sys.executable, "-m", "embdistill", *_train_args(*args)]
 
 
-def _start(args: list[str], tmp_path: Path) -> subprocess.Popen:
+def _train_args(*args: str) -> list[str]:
+    return ["train", *args, "--no-progress"]
+
+
+def _train_pausing_in_child(pause_dir: str, step: str, *argv: str) -> None:
+    """``embdistill train ARGV`` that, having logged step ``step`` (before that step's checkpoint and its
+    check for a signal), writes ``pause_dir/paused`` and waits for ``pause_dir/go``; see :func:`_start`."""
+    from embdistill.engine.runlog import RunLog
+
+    write, folder = RunLog.write, Path(pause_dir)
+
+    def pausing(self, kind, **values):
+        write(self, kind, **values)
+        if kind == "step" and values["step"] == int(step):
+            (folder / "paused").touch()
+            for _ in range(3000):  # at most 5 minutes, so that a test gone wrong fails instead of hanging
+                if (folder / "go").exists():
+                    return
+                time.sleep(0.1)
+            raise RuntimeError(f"{folder / 'go'} never appeared")
+
+    RunLog.write = pausing
+    sys.exit(main(list(argv)))
+
+
+def _start(args: list[str], tmp_path: Path, pause_after_step: int) -> subprocess.Popen:
+    """``embdistill ARGS`` in a child that pauses after logging step ``pause_after_step`` (wait for
+    ``tmp_path/paused``), so that a test signals it at a known point however fast the machine is."""
     log = (tmp_path / f"proc{len(list(tmp_path.glob('proc*')))}.err").open("w")
-    return subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log, text=True)
+    code = (f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); "
+            "from test_reliability import _train_pausing_in_child; _train_pausing_in_child(*sys.argv[1:])")
+    return subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(pause_after_step), *args],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=log, text=True)
 
 
-def _wait_for_step(proc: subprocess.Popen, run_dir: Path, step: int, timeout: float = 300) -> None:
-    """Poll metrics.jsonl until it logs ``step`` (the process must still be running)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"training ended (rc {proc.returncode}) before step {step}"
-        path = run_dir / "metrics.jsonl"
-        lines = path.read_text().splitlines() if path.exists() else []
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line being written
-                continue
-            if record["kind"] == "step" and record["step"] >= step:
-                return
+def _wait_until(condition, proc: subprocess.Popen, what: str, timeout: float = 300) -> None:
+    """Poll for ``condition`` while the child runs; the deadline only keeps a broken child from hanging the test."""
+    deadline = time.monotonic() + timeout * TIMEOUT_SCALE
+    while not condition():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"never saw {what} (child rc {proc.poll()})")
         time.sleep(0.02)
-    proc.kill()
-    raise AssertionError(f"no step {step} in {run_dir / 'metrics.jsonl'} after {timeout} s")
 
 
 def _steps(run_dir: Path) -> list[int]:
@@ -148,20 +170,21 @@ def reference(tmp_path_factory, cub100) -> Path:
 
 def test_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_run(tmp_path, cub100, reference):
     run_dir = tmp_path / "killed"
-    proc = _start(_train_cmd("-c", str(STUDENT), *tiny_overrides(tmp_path, cub100, "killed", **RESUMABLE)), tmp_path)
-    _wait_for_step(proc, run_dir, 2)
+    # Killed after logging step 3 and before checkpointing it: mid-epoch, one logged step not checkpointed.
+    proc = _start(_train_args("-c", str(STUDENT), *tiny_overrides(tmp_path, cub100, "killed", **RESUMABLE)), tmp_path,
+                  pause_after_step=3)
+    _wait_until(lambda: (tmp_path / "paused").exists(), proc, "step 3 logged")
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=60) == -signal.SIGKILL
     assert not (run_dir / "summary.yaml").exists()
     payload = load_checkpoint(run_dir)
-    assert payload["step"] in (1, 2)  # killed during step 2's checkpoint or during step 3
-    assert payload["resume"]["sampler"] == {"epoch": 0, "batch_index": payload["step"], "seed": 0}  # mid-epoch
-    with (run_dir / "metrics.jsonl").open("a") as log:  # as if killed after logging a step not checkpointed
-        log.write(json.dumps({"kind": "step", "epoch": 0, "step": payload["step"] + 1, "loss": 0.0}) + "\n")
+    assert payload["step"] == 2 and _steps(run_dir) == [1, 2, 3]
+    assert payload["resume"]["sampler"] == {"epoch": 0, "batch_index": 2, "seed": 0}  # mid-epoch
 
-    resumed = subprocess.run(_train_cmd("--resume", str(run_dir)), cwd=REPO, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(_train_cmd("--resume", str(run_dir)), cwd=REPO, capture_output=True, text=True,
+                             timeout=600 * TIMEOUT_SCALE)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming from {run_dir / 'last.pt'} after step {payload['step']}" in resumed.stdout
+    assert f"resuming from {run_dir / 'last.pt'} after step 2" in resumed.stdout
     assert _steps(run_dir) == [1, 2, 3, 4, 5, 6]  # no gap, no duplicate
     assert [r["kind"] for r in read_log(run_dir)].count("eval") == 1
     _assert_same_run(run_dir, reference)
@@ -178,17 +201,20 @@ def test_sigterm_checkpoints_says_how_to_resume_and_resumes(tmp_path, cub100, ca
     data = _layout(tmp_path, cub100, classes=8)
     overrides = tiny_overrides(tmp_path, cub100, "term", **{"data.root": data, "train.batches_per_epoch": 3})
     run_dir = tmp_path / "term"
-    proc = _start(_train_cmd("-c", str(STUDENT), *overrides), tmp_path)
-    _wait_for_step(proc, run_dir, 1)
+    # SIGTERM arrives during step 1 (paused after logging it): the run finishes the step, checkpoints and stops.
+    proc = _start(_train_args("-c", str(STUDENT), *overrides), tmp_path, pause_after_step=1)
+    _wait_until(lambda: (tmp_path / "paused").exists(), proc, "step 1 logged")
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 143
-    err = (tmp_path / "proc0.err").read_text()
-    assert "SIGTERM: stopping after this step" in err
-    assert f"checkpoint saved to {run_dir / 'last.pt'}. Resume with: embdistill train --resume {run_dir}" in err
+    err_file = tmp_path / "proc0.err"
+    _wait_until(lambda: "SIGTERM: stopping after this step" in err_file.read_text(), proc, "the SIGTERM handler")
+    (tmp_path / "go").touch()
+    assert proc.wait(timeout=120 * TIMEOUT_SCALE) == 143
+    err = err_file.read_text()
+    assert f"stopped by SIGTERM after step 1 (epoch 1, batch 1); checkpoint saved to {run_dir / 'last.pt'}. " \
+           f"Resume with: embdistill train --resume {run_dir}" in err
     payload = load_checkpoint(run_dir)
-    stopped = payload["step"]
-    assert 1 <= stopped < 3 and payload["resume"]["sampler"]["batch_index"] == stopped  # mid-epoch, no checkpoint_every
-    assert _steps(run_dir) == list(range(1, stopped + 1))
+    assert payload["step"] == 1 and payload["resume"]["sampler"]["batch_index"] == 1  # mid-epoch, no checkpoint_every
+    assert _steps(run_dir) == [1]
 
     # A resume must not change what is computed, and needs a run directory.
     assert main(["train", "--resume", str(run_dir), "train.lr=0.5"]) == 2
@@ -262,7 +288,7 @@ def dying_save(obj, f, *args, **kwargs):
 torch.save = dying_save
 checkpoint.save_checkpoint({str(path)!r}, {{**payload, "version": 2}})
 """
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120 * TIMEOUT_SCALE)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     partial = list(tmp_path.glob(".last.pt.*.tmp"))
     assert len(partial) == 1 and 0 < partial[0].stat().st_size < path.stat().st_size  # it died mid-write

@@ -119,8 +119,12 @@ def test_choosing_needs_held_out_classes_and_evaluations():
         load_config(None, ["eval.split=validation"])
     with pytest.raises(ConfigError, match=r"train.select_metric: 'recall@1' is not computed: eval.ks is \[2, 4\]"):
         load_config(None, ["train.select=best", "data.validation_classes=4", "eval.every_epochs=1", "eval.ks=[2, 4]"])
-    with pytest.raises(ConfigError, match=r"train.select_metric: expected one of 'recall@1', 'map@r', got 'nmi'"):
+    with pytest.raises(ConfigError, match=r"train.select_metric: expected one of 'recall@1', 'map@r', "
+                                          r"'knn_agreement@10', got 'nmi'"):
         load_config(None, ["train.select_metric=nmi"])
+    with pytest.raises(ConfigError, match=r"train.select_metric: 'knn_agreement@10' compares .* no teacher"):
+        load_config(None, ["train.select=best", "data.validation_classes=4", "eval.every_epochs=1",
+                           "train.select_metric=knn_agreement@10"])
 
 
 def test_a_fraction_holds_out_that_share_of_the_train_classes(tmp_path):
@@ -346,3 +350,25 @@ def test_a_run_directory_exports_under_the_name_of_the_checkpoint_it_stands_for(
     assert default_export_path(tmp_path, "onnx") == tmp_path / "best.onnx"
     assert default_export_path(tmp_path, "torchscript") == tmp_path / "best.torchscript.pt"
     assert default_quantized_path(tmp_path, "int8") == tmp_path / "best.int8.onnx"
+
+
+def test_choosing_by_agreement_with_the_teacher(tmp_path, cub100, small_cub):
+    """train.select_metric knn_agreement@10: each held-out score has the share of the teacher's 10 nearest
+    neighbours the student keeps, computed for real, and the best of them is the epoch kept."""
+    teacher = run(_config(tmp_path, cub100, small_cub, "teacher", **{"train.epochs": 0, "model.dim": 32,
+                                                                      "data.validation_classes": 2}),
+                  progress=False).checkpoint
+    cfg = _config(tmp_path, cub100, small_cub, "agreeing", **{**CHOOSING, "train.epochs": 2, "train.patience": 0,
+                                                              "train.select_metric": "knn_agreement@10",
+                                                              "distill.teacher": teacher,
+                                                              "distill.terms": "[{name: relaxed_contrastive}]"})
+    result = run(cfg, progress=False)
+    summary = _summary(result.run_dir)
+    curve = summary["validation_curve"]
+    assert [point["epoch"] for point in curve] == [1, 2]
+    assert all(0.0 <= point["knn_agreement@10"] <= 1.0 for point in curve)
+    best = max(curve, key=lambda point: point["knn_agreement@10"])  # the earlier epoch on a tie
+    assert summary["selected"]["metric"] == "knn_agreement@10"
+    assert summary["epoch"] == best["epoch"] and summary["selected"]["validation"] == best["knn_agreement@10"]
+    assert summary["split"] == "test" and "recall@1" in summary  # the test classes are scored as ever
+

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from embdistill.models import ModelConfig
 from embdistill.search import index_embeddings, load_gallery, search_image, write_embeddings
 from embdistill.search.embed import EmbedResult, embed_files
 from embdistill.search.encoder import load_encoder
+from conftest import TIMEOUT_SCALE
 from test_deploy import CUB100, cub_test_images, write_checkpoint
 
 pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, python-multipart) is not installed")
@@ -93,8 +95,9 @@ def free_port() -> int:
 
 
 def wait_until_serving(url: str, process: subprocess.Popen, log: Path, seconds: float = 120) -> None:
-    """Until ``url``/healthz answers 200; fails with the server's log if it exits or takes longer than ``seconds``."""
-    deadline = time.monotonic() + seconds
+    """Until ``url``/healthz answers 200; fails with the server's log if it exits or takes longer than ``seconds``
+    (times EMBDISTILL_TEST_TIMEOUT_SCALE)."""
+    deadline = time.monotonic() + seconds * TIMEOUT_SCALE
     while True:
         try:
             with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
@@ -151,10 +154,23 @@ def post_image(url: str, data: bytes, filename: str = "bird.jpg", k: int | None 
     body = b"".join(parts) + f"--{boundary}--\r\n".encode()
     request = urllib.request.Request(f"{url}/api/search", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=60 * TIMEOUT_SCALE) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
+
+
+def search_as_the_server(index: Path, query: Path, k: int):
+    """What `embdistill search` finds, embedding the query with the server's 1 thread (``--threads 1``),
+    so that both run the same kernels and compute the same floats."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return search_image(index, query, k=k)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def assert_still_up(server: Server) -> None:
@@ -171,7 +187,7 @@ def test_search_api_matches_the_search_command(server: Server, galleries: Galler
     assert status == 200, body
     assert body["query"]["guessed_class"] == galleries.query.parent.name  # from CUB's file name
     for side, index in zip(body["results"], (galleries.student, galleries.teacher)):
-        expected = search_image(index, galleries.query, k=5)
+        expected = search_as_the_server(index, galleries.query, k=5)
         assert [h["path"] for h in side["hits"]] == [h.path for h in expected.hits]
         assert [h["score"] for h in side["hits"]] == pytest.approx([h.score for h in expected.hits], abs=1e-5)
         assert all(h["class"] == Path(h["path"]).parent.name for h in side["hits"])
@@ -296,12 +312,14 @@ def test_page_shows_the_neighbours_of_an_uploaded_photo_side_by_side(browser, se
     wait_for(browser, lambda d: all(img.get_property("naturalWidth") > 0 for img in d.find_elements(By.CSS_SELECTOR, ".hit img")))
     species = galleries.query.parent.name
     for side, index in zip(sides, (galleries.student, galleries.teacher)):
-        expected = search_image(index, galleries.query, k=K)  # what `embdistill search` prints
+        expected = search_as_the_server(index, galleries.query, k=K)  # what `embdistill search` prints
         shown = side.find_elements(By.CSS_SELECTOR, ".hit")
         assert [int(h.get_attribute("data-rank")) for h in shown] == list(range(1, K + 1))
         assert [h.get_attribute("data-path") for h in shown] == [h.path for h in expected.hits]
         for element, hit in zip(shown, expected.hits):
-            assert f"cos {hit.score:.3f}" in element.text and f"d {hit.distance:.3f}" in element.text
+            # Three decimals each: a score a hair from a rounding boundary may print either way.
+            cos, d = (float(re.search(rf"\b{name} (-?\d+\.\d{{3}})\b", element.text).group(1)) for name in ("cos", "d"))
+            assert cos == pytest.approx(hit.score, abs=0.0011) and d == pytest.approx(hit.distance, abs=0.0011)
             assert element.find_element(By.CSS_SELECTOR, ".label").get_attribute("textContent") == display_name(hit.class_name)
             assert ("right" if hit.class_name == species else "wrong") in element.get_attribute("class")
     assert "class from the file name" in browser.find_element(By.ID, "query-info").text
@@ -386,7 +404,7 @@ def test_serve_takes_another_space_when_asked(galleries: Galleries, other_model:
             cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         try:
-            url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
+            url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120 * TIMEOUT_SCALE
             while True:
                 try:
                     with urllib.request.urlopen(f"{url}/api/info", timeout=2) as response:

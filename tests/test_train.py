@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, tiny_overrides
+from conftest import REPO, cub_subset, tiny_overrides
 from embdistill.cli import main
 from embdistill.config import ConfigError, load_config
 from embdistill.data.transforms import Degrade
@@ -155,7 +155,35 @@ def test_semi_supervised_from_a_folder(tmp_path, cub100, teacher_ckpt):
     cfg = _distill(tmp_path, cub100, teacher_ckpt, "semi_folder", "[{name: absolute}]",
                    f"distill.semi_supervised={{folder: {folder}, unlabelled_per_batch: 4}}")
     result = run(cfg, progress=False)
-    assert yaml.safe_load((result.run_dir / "summary.yaml").read_text())["teacher_forward_images"] == 2 * (32 + 4)
+    summary = yaml.safe_load((result.run_dir / "summary.yaml").read_text())
+    assert summary["teacher_forward_images"] == 2 * (32 + 4)
+    assert "transductive" not in summary  # class 100 is a train class: no test image among them
+
+
+def test_unlabelled_test_images_mark_the_run_transductive(tmp_path, cub100, teacher_ckpt, capsys):
+    from embdistill import report
+
+    folder = tmp_path / "unlabelled"
+    (folder / "nested").mkdir(parents=True)
+    for path in sorted((cub100 / "images").glob("100.*/*.jpg"))[:3]:  # train images
+        (folder / path.name).symlink_to(path)
+    for path in sorted((cub100 / "images").glob("101.*/*.jpg"))[:5]:  # test images, at another depth
+        (folder / "nested" / path.name).symlink_to(path)
+    root = cub_subset(tmp_path, cub100, per_split=8, per_class=8)  # links: the same files as cub100's, resolved
+    cfg = _distill(tmp_path, cub100, teacher_ckpt, "semi_test", "[{name: relative}]",
+                   f"distill.semi_supervised={{folder: {folder}, unlabelled_per_batch: 4}}",
+                   **{"eval.split": "test", "data.root": root})
+    result = run(cfg, progress=False)
+    said = [line for line in capsys.readouterr().out.splitlines() if "transductive" in line]
+    assert said == [f"[semi_test] transductive: 5 of the 8 unlabelled images in distill.semi_supervised.folder are "
+                    f"test images of cub200 {root}; the test scores will be marked transductive"]
+    summary = yaml.safe_load((result.run_dir / "summary.yaml").read_text())
+    assert summary["transductive"] is True and summary["transductive_test_images"] == 5
+    md = report.write_report([result.run_dir], device="cpu")
+    text = md.read_text()
+    assert "| semi_test (transductive) |" in text
+    assert "**Transductive:** semi_test trained on 5 test image(s) without their labels" in text
+    assert "transductive" in (md.parent / "report.csv").read_text().splitlines()[0].split(",")
 
 
 def test_cross_quality_student_sees_degraded_copies_of_the_same_crop(tmp_path, cub100, teacher_ckpt):

@@ -83,10 +83,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         degrade_resolution=args.degrade_resolution,
         degrade_jpeg_quality=args.degrade_jpeg_quality,
         progress=not args.no_progress,
+        gallery_model=args.gallery_model,
+        allow_other_space=args.allow_other_space,
     )
+    if args.gallery_model:
+        print(metrics.pop("pairing"))
     print(json.dumps(metrics, indent=2))
     run_dir = Path(args.checkpoint)
-    if (run_dir / "config.yaml").is_file():  # a run directory: refresh its stats and retrieval grid too
+    if (run_dir / "config.yaml").is_file() and not args.gallery_model:  # a run directory: refresh its stats and grid too
         from embdistill.report import write_run_report
 
         write_run_report(run_dir, progress=not args.no_progress)
@@ -129,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--degrade-resolution", type=int, help="evaluate on images down-scaled to this and back")
     p.add_argument("--degrade-jpeg-quality", type=int, help="evaluate on images re-encoded at this JPEG quality")
+    p.add_argument("--gallery-model", metavar="CHECKPOINT",
+                   help="asymmetric: the checkpoint's embedding of each image queries this model's embeddings of all "
+                        "the others (a student trained into its teacher's space by the absolute teacher term, "
+                        "querying the teacher's gallery)")
+    p.add_argument("--allow-other-space", action="store_true",
+                   help="with --gallery-model: score a checkpoint that was not trained into the gallery model's space")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 

@@ -41,7 +41,7 @@ NanPolicy = Literal["stop", "skip"]
 Precision = Literal["auto", "fp32", "bf16"]
 TeacherPrecision = Literal["fp32", "bf16"]
 Select = Literal["last", "best"]
-SelectMetric = Literal["recall@1", "map@r"]
+SelectMetric = Literal["recall@1", "map@r", "knn_agreement@10"]  # knn_agreement: with the teacher, no labels needed
 EvalSplit = Literal["auto", "test", "validation"]
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
@@ -85,6 +85,9 @@ class TrainConfig:
     classes_per_batch: int = field(default=4, metadata=at_least(2))  # P, paper: 4 (a triplet needs a negative class)
     images_per_class: int = field(default=8, metadata=at_least(2))  # K, paper: 8 (and a positive)
     batches_per_epoch: int | None = field(default=None, metadata=at_least(1))  # default: one pass over the train images
+    # A label-free dataset (data.dataset: photos) has no classes for P×K batches: it trains on random batches of this
+    # many images (None: classes_per_batch x images_per_class). Labelled datasets keep P×K and ignore it.
+    batch_size: int | None = field(default=None, metadata=at_least(2))
     lr: float = field(default=1e-4, metadata=above(0))  # head learning rate (Adam)
     backbone_lr_mult: float = field(default=0.1, metadata=at_least(0))  # backbone lr = lr * this (0: its weights stay as they are)
     weight_decay: float = field(default=5e-4, metadata=at_least(0))
@@ -103,6 +106,8 @@ class TrainConfig:
     channels_last: bool | Literal["auto"] = "auto"  # auto: on for CUDA
     # Which weights are scored: the last epoch's, or the best on the held-out train classes (best.pt,
     # engine/select.py) by select_metric, evaluated every eval.every_epochs and after the last epoch.
+    # knn_agreement@10 (evaluation/agreement.py) needs no labels: the share of each held-out image's 10 nearest
+    # neighbours under the teacher that the student also ranks in its 10 nearest.
     select: Select = "last"
     select_metric: SelectMetric = "recall@1"
     patience: int = field(default=0, metadata=at_least(0))  # select=best: stop after N evaluations without a better one (0: never)
@@ -110,7 +115,7 @@ class TrainConfig:
 
 @dataclass
 class DistillTermConfig:
-    name: str  # a name in losses/distill.py DISTILL_LOSSES: absolute | relative | rkd_distance | rkd_angle | darkrank | hint | attention
+    name: str  # a name in losses/distill.py DISTILL_LOSSES: absolute | relative | rkd_distance | rkd_angle | darkrank | relaxed_contrastive | pkt | hint | attention
     weight: float = field(default=1.0, metadata=at_least(0))  # lambda
     args: dict[str, Any] = field(default_factory=dict)
 
@@ -340,6 +345,7 @@ def validate(cfg: ExperimentConfig) -> None:
     _check_ranges(cfg)
     if not DEVICE_PATTERN.fullmatch(cfg.device):
         raise ConfigError(f"device: expected auto, cpu, cuda, cuda:N or mps, got {cfg.device!r}")
+    _check_label_free(cfg)  # before the selection's checks: the reason is the missing labels
     _check_selection(cfg)
     _check_name("data.dataset", "dataset", cfg.data.dataset, DATASETS)
     _check_backbone("model.backbone", cfg.model.backbone, "model.backbone_args", cfg.model.backbone_args)
@@ -359,6 +365,11 @@ def validate(cfg: ExperimentConfig) -> None:
         _check_name(f"{key}.name", "distillation loss", term.name, DISTILL_LOSSES)
         loss = DISTILL_LOSSES[term.name]
         _check_call(f"{key}.args", f"distillation loss {term.name!r}", loss, term.args, provided=loss.NETWORK_ARGS)
+        if not loss.NETWORK_ARGS:  # nothing to read off the networks: values the loss refuses (sigma <= 0) end here
+            try:
+                loss(**term.args)
+            except ValueError as err:
+                raise ConfigError(f"{key}.args: {err}") from err
     if d.teacher_image_size is not None and d.teacher_image_size < cfg.data.image_size:
         raise ConfigError(f"distill.teacher_image_size: expected an int >= data.image_size ({cfg.data.image_size}), "
                           f"got {d.teacher_image_size}")
@@ -398,7 +409,10 @@ def with_held_out_count(cfg: ExperimentConfig) -> ExperimentConfig:
 
     train_classes = load_dataset(cfg.data.dataset, cfg.data.root, "train").num_classes
     count = held_out_count(value, train_classes)
-    print(f"[{cfg.name}] data.validation_classes={value}: holding out the last {count} of {train_classes} train classes",
+    from embdistill.data.datasets import is_label_free
+
+    what = "photos (each its own class, chosen by a hash of its path)" if is_label_free(cfg.data.dataset) else "train classes"
+    print(f"[{cfg.name}] data.validation_classes={value}: holding out the last {count} of {train_classes} {what}",
           flush=True)
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, validation_classes=count))
 
@@ -433,11 +447,46 @@ def _check_selection(cfg: ExperimentConfig) -> None:
         if not e.every_epochs:
             raise ConfigError("train.select: 'best' chooses among the evaluations every eval.every_epochs, which is 0; "
                               "set eval.every_epochs to N >= 1")
+        if t.select_metric.startswith("knn_agreement@") and not (cfg.distill and cfg.distill.terms):
+            raise ConfigError(f"train.select_metric: {t.select_metric!r} compares the student's neighbours with the "
+                              "teacher's, and this run has no teacher (distill.terms); choose recall@1 or map@r")
         if t.select_metric.startswith("recall@") and int(t.select_metric[len("recall@"):]) not in e.ks:
             raise ConfigError(f"train.select_metric: {t.select_metric!r} is not computed: eval.ks is {e.ks}")
     elif t.patience:
         raise ConfigError(f"train.patience: {t.patience} stops on the validation score, which only train.select: 'best' "
                           f"watches (train.select is {t.select!r}); set train.select: best or train.patience: 0")
+
+
+def _check_label_free(cfg: ExperimentConfig) -> None:
+    """A dataset without labels (``photos``) trains on the teacher's terms alone and is scored by kNN agreement.
+
+    Each rule is one error naming its key: a held-out share of the photos (no test split exists), and, for a
+    run that trains, the metric loss explicitly off (``train.metric_weight: 0``), distillation terms to learn
+    from, and ``knn_agreement@k`` to choose and score with. ``train.epochs: 0`` without a teacher only saves the
+    starting network (the label-free recipes' teacher), with nothing to score it by.
+    """
+    from embdistill.data.datasets import is_label_free
+
+    t, d, name = cfg.train, cfg.distill, cfg.data.dataset
+    if not is_label_free(name):
+        return
+    why = f"data.dataset {name!r} has no labels"
+    if not cfg.data.validation_classes:
+        raise ConfigError(f"data.validation_classes: {why} and no test split; hold out a share of the photos to "
+                          "choose and score on, e.g. data.validation_classes: 0.25")
+    if cfg.eval.split == "test":
+        raise ConfigError(f"eval.split: 'test' scores the test split, and {why} and no test split; "
+                          "use eval.split: auto (the held-out photos)")
+    teacher = bool(d and d.terms)
+    if t.epochs > 0 and t.metric_weight != 0:
+        raise ConfigError(f"train.metric_weight: {why}, so the metric loss ({t.metric_loss}) has nothing to learn from; "
+                          "set train.metric_weight: 0 (the teacher's terms alone train the student)")
+    if t.epochs > 0 and not teacher:
+        raise ConfigError(f"distill.terms: {why}; the teacher's terms are all a label-free run learns from and is scored "
+                          "with: give distill.teacher and distill.terms (and run `embdistill distill`)")
+    if (teacher or t.select == "best") and not t.select_metric.startswith("knn_agreement@"):
+        raise ConfigError(f"train.select_metric: {t.select_metric!r} needs classes, and {why}; "
+                          "use knn_agreement@10 (the teacher's neighbours the student keeps)")
 
 
 def _check_name(key: str, what: str, name: str, registry: Mapping[str, Any]) -> None:

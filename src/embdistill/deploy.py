@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from embdistill.formats import EXPORT_FORMATS, INDEX_KINDS, QUANTIZE_MODES, DeployError, EmbeddingSpaceWarning
+from embdistill.formats import EXPORT_FORMATS, EXPORT_SPACES, INDEX_KINDS, QUANTIZE_MODES, DeployError, EmbeddingSpaceWarning
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -59,15 +59,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     from embdistill.export import export_checkpoint
 
     settings = None
-    if args.calibration_images is not None and not args.quantize:
-        raise DeployError("--calibration-images only applies with --quantize int8")
-    if args.quantize and args.calibration_images is not None:
-        from embdistill.quantize import DEFAULT_SETTINGS
+    for flag, value in (("--calibration-images", args.calibration_images), ("--int8-weights", args.int8_weights)):
+        if value is not None and not args.quantize:
+            raise DeployError(f"{flag} only applies with --quantize int8")
+    if args.quantize and (args.calibration_images is not None or args.int8_weights is not None):
+        from embdistill.quantize import DEFAULT_SETTINGS, WEIGHT_CHOICES
 
-        settings = DEFAULT_SETTINGS.with_(images=args.calibration_images)
+        settings = DEFAULT_SETTINGS
+        if args.calibration_images is not None:
+            settings = settings.with_(images=args.calibration_images)
+        if args.int8_weights is not None:
+            settings = settings.with_(**WEIGHT_CHOICES[args.int8_weights])
     result = export_checkpoint(
         args.checkpoint, args.format, args.output, opset=args.opset, verify=not args.no_verify,
-        quantize=args.quantize, calibration=args.calibration, quant_settings=settings,
+        quantize=args.quantize, calibration=args.calibration, quant_settings=settings, space=args.space,
     )
     report = {
         "path": str(result.path),
@@ -75,6 +80,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         "size_mb": round(result.size_bytes / 2**20, 3),
         "max_abs_diff_vs_pytorch": result.max_abs_diff,
         **({"min_cosine_vs_pytorch": result.min_cosine, "quantization": result.quantization} if result.quantization else {}),
+        **({"parity_cpu": result.parity["cpu"]["int8_path"]} if result.parity else {}),
         **result.metadata.to_dict(),
     }
     if result.format == "onnx":
@@ -118,6 +124,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     result = search_image(args.index, args.query, args.k, args.model, allow_other_space=args.allow_other_space)
     print(f"query {result.query} (model {result.model})")
+    if result.pairing:
+        print(result.pairing)
     print("rank  score   path")
     print("\n".join(result.lines()))
     if args.output:
@@ -132,7 +140,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return run_server(
         args.gallery, args.compare, host=args.host, port=args.port, k=args.k, max_upload_mb=args.max_upload_mb,
         model=args.model, compare_model=args.compare_model, name=args.name, compare_name=args.compare_name,
-        threads=args.threads, allow_other_space=args.allow_other_space,
+        threads=args.threads, allow_other_space=args.allow_other_space, query_model=args.query_model,
     )
 
 
@@ -152,6 +160,14 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibration", type=Path, metavar="DIR",
                    help="--quantize: training images to calibrate on (default: the checkpoint's training split)")
     p.add_argument("--calibration-images", type=int, metavar="N", help="--quantize: how many calibration images (default 256)")
+    p.add_argument("--int8-weights", choices=("uint8", "int8-7bit", "int8"),
+                   help="--quantize: the weights' type. uint8 (default): exact on every CPU, the most faithful, slower "
+                        "than int8 on x86; int8-7bit: exact and about 2x faster on x86, less faithful; int8: full range, "
+                        "for CPUs with VNNI or ARM only (x86 without VNNI saturates it)")
+    p.add_argument("--space", choices=EXPORT_SPACES, default="own",
+                   help="teacher: a student distilled with the absolute teacher term, its output in the teacher's "
+                        "embedding space (its learned projection applied), to query the teacher's galleries; "
+                        "default output last.teacher_space.onnx")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("embed", help="embed every image under a folder into an .npy (+ .files.txt)")
@@ -195,8 +211,11 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="larger uploads are refused with 413")
     p.add_argument("--model", help="model for GALLERY (default: the one it was embedded with)")
     p.add_argument("--compare-model", help="model for --compare (default: the one it was embedded with)")
+    p.add_argument("--query-model", metavar="MODEL",
+                   help="a second column searching GALLERY with MODEL: a student trained into the space of the "
+                        "teacher that embedded GALLERY (absolute teacher term), beside the teacher's own query")
     p.add_argument("--allow-other-space", action="store_true", help=_ALLOW_OTHER_SPACE)
     p.add_argument("--name", help="title of GALLERY's column (default: its model's run directory name)")
-    p.add_argument("--compare-name", help="title of the --compare column")
+    p.add_argument("--compare-name", help="title of the --compare (or --query-model) column")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
     p.set_defaults(func=cmd_serve)

@@ -6,7 +6,11 @@ A deployed model is useless without the exact preprocessing it was trained with
 ``embdistill.json``. The exported graph takes a normalised N×3×S×S float tensor
 (any N) and returns the L2-normalised N×D embedding. The metadata also holds
 ``model_fingerprint``, the checkpoint's :func:`~embdistill.engine.checkpoint.checkpoint_fingerprint`:
-the embedding space, which `search` and `serve` check a gallery's model against.
+the embedding space, which `search` and `serve` check a gallery's model against, and
+``declared_space``, the teacher's space that a student's output was trained into (absolute
+teacher term, :mod:`embdistill.engine.teacher_space`): such a student may query its teacher's
+galleries. ``space="teacher"`` (``embdistill export --space teacher``) exports a student whose
+absolute term learned a projection with that projection applied, so its output lies there.
 
 ``quantize="int8"`` (``embdistill export --quantize int8``) writes a statically
 quantized ONNX file with the same metadata plus a ``quantization`` record; the
@@ -27,12 +31,20 @@ from torch import Tensor, nn
 
 import embdistill
 from embdistill.data.transforms import Normalization, check_resize, eval_transform  # eval_transform re-exported: defined here before
-from embdistill.engine.checkpoint import checkpoint_fingerprint, embedder_from_checkpoint, load_checkpoint, run_checkpoint
-from embdistill.formats import EXPORT_FORMATS, QUANTIZE_MODES, DeployError  # re-exported: defined here before
+from embdistill.engine.checkpoint import (
+    CheckpointError,
+    checkpoint_fingerprint,
+    embedder_from_checkpoint,
+    load_checkpoint,
+    run_checkpoint,
+)
+from embdistill.engine.teacher_space import TEACHER_SPACE, declared_space, in_teacher_space
+from embdistill.formats import EXPORT_FORMATS, EXPORT_SPACES, QUANTIZE_MODES, DeployError  # re-exported: defined here before
 from embdistill.models.embedder import Embedder
 
 __all__ = [
     "EXPORT_FORMATS",
+    "EXPORT_SPACES",
     "DeployError",
     "EmbeddingOnly",
     "ExportMetadata",
@@ -48,6 +60,7 @@ __all__ = [
     "read_onnx_metadata",
     "read_torchscript_metadata",
     "sidecar_path",
+    "space_payload",
 ]
 
 INPUT_NAME, OUTPUT_NAME = "image", "embedding"
@@ -85,6 +98,7 @@ class ExportMetadata:
     resize: str = "crop"  # data.resize the model was trained with: crop | squash | pad (older files: crop)
     source: str = ""
     model_fingerprint: str = ""  # checkpoint_fingerprint of the source checkpoint: its embedding space ("": unknown, older file)
+    declared_space: str = ""  # the teacher's fingerprint when the output was trained into its space (absolute term), else ""
     embdistill_version: str = embdistill.__version__
 
     @property
@@ -137,6 +151,7 @@ def metadata_from_checkpoint(payload: dict[str, Any], model: Embedder, source: s
         mean, std = payload["normalization"]
         norm = Normalization(tuple(mean), tuple(std))
     resize = check_resize(str(((payload.get("config") or {}).get("data") or {}).get("resize", "crop")))
+    projected = (payload.get(TEACHER_SPACE) or {}).get("projected_from_dim")
     return ExportMetadata(
         image_size=size,
         resize_size=round(size * RESIZE_RATIO),
@@ -147,9 +162,25 @@ def metadata_from_checkpoint(payload: dict[str, Any], model: Embedder, source: s
         pooling=str(model.pooling),
         source=source,
         model_fingerprint=checkpoint_fingerprint(payload),
+        declared_space=declared_space(payload),
         resize=resize,
         input_layout=INPUT_LAYOUTS[resize],
+        **({"output_layout": f"N x embedding_dim float32, L2-normalised, in the teacher's embedding space: the "
+                             f"student's {projected}-d embedding through its learned projection"} if projected else {}),
     )
+
+
+def space_payload(payload: dict[str, Any], space: str, where: str) -> dict[str, Any]:
+    """The checkpoint payload to export for ``space``: ``"own"`` as it is, ``"teacher"`` the student as it embeds
+    into its teacher's space (:func:`~embdistill.engine.teacher_space.in_teacher_space`)."""
+    if space not in EXPORT_SPACES:
+        raise DeployError(f"unknown space {space!r}; expected one of {EXPORT_SPACES}")
+    if space == "own":
+        return payload
+    try:
+        return in_teacher_space(payload, where)
+    except CheckpointError as err:
+        raise DeployError(str(err)) from err
 
 
 class EmbeddingOnly(nn.Module):
@@ -163,12 +194,15 @@ class EmbeddingOnly(nn.Module):
         return self.embedder(x).embedding
 
 
-def default_export_path(checkpoint: str | Path, fmt: str) -> Path:
+def default_export_path(checkpoint: str | Path, fmt: str, space: str = "own") -> Path:
     """Next to the checkpoint: ``run/last.pt`` -> ``run/last.onnx`` or ``run/last.torchscript.pt``; a run
-    directory stands for the checkpoint it is scored by (``best.pt`` when it chose an epoch)."""
+    directory stands for the checkpoint it is scored by (``best.pt`` when it chose an epoch). ``space="teacher"``:
+    ``run/last.teacher_space.onnx``, so the student's own export is not overwritten."""
     path = Path(checkpoint)
     if path.is_dir():
         path = run_checkpoint(path)
+    if space == "teacher":
+        path = path.with_name(f"{path.stem}.teacher_space{path.suffix}")
     return path.with_suffix(".onnx" if fmt == "onnx" else ".torchscript.pt")
 
 
@@ -220,17 +254,36 @@ def export_torchscript(model: Embedder, meta: ExportMetadata, out: str | Path) -
     return out
 
 
-def read_onnx_metadata(path: str | Path) -> ExportMetadata:
+def _onnx_props(path: Path) -> dict[str, str]:
     import onnx
 
-    path = Path(path)
     if not path.is_file():
         raise DeployError(f"ONNX model {path} does not exist")
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as err:
         raise DeployError(f"{path}: cannot be read as an ONNX model ({type(err).__name__}: {err})") from err
-    props = {p.key: p.value for p in proto.metadata_props}
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def read_quantization_record(path: str | Path) -> dict[str, Any] | None:
+    """The ``quantization`` record of an INT8 file written by ``embdistill export`` (None: a float file)."""
+    path = Path(path)
+    raw = _onnx_props(path).get("quantization")
+    if raw is None:
+        return None
+    try:
+        record = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise DeployError(f"{path}: malformed quantization record in metadata_props ({err})") from err
+    if not isinstance(record, dict):
+        raise DeployError(f"{path}: quantization record must be a JSON object, got {raw[:80]!r}")
+    return record
+
+
+def read_onnx_metadata(path: str | Path) -> ExportMetadata:
+    path = Path(path)
+    props = _onnx_props(path)
     if "image_size" not in props and sidecar_path(path).is_file():
         return ExportMetadata.from_dict(json.loads(sidecar_path(path).read_text()), str(sidecar_path(path)))
     try:
@@ -266,6 +319,7 @@ class ExportResult:
     max_abs_diff: float | None  # exported vs PyTorch on a random batch (fp32) or on calibration images (int8); None if not checked
     min_cosine: float | None = None  # int8: lowest cosine between its embeddings and PyTorch's on calibration images
     quantization: dict[str, Any] | None = None  # int8: the settings and calibration images, as in the metadata
+    parity: dict[str, Any] | None = None  # int8: the check against PyTorch and the CPU it ran on, as in the sidecar
 
 
 def _run_exported(path: Path, fmt: str, meta: ExportMetadata, x: Tensor) -> np.ndarray:
@@ -292,9 +346,9 @@ def _check_against_pytorch(model: Embedder, path: Path, fmt: str, meta: ExportMe
     return float(abs(got - expected).max()), float((got * expected).sum(axis=1).min())
 
 
-def default_quantized_path(checkpoint: str | Path, mode: str) -> Path:
-    """``run/last.pt`` -> ``run/last.int8.onnx``."""
-    return default_export_path(checkpoint, "onnx").with_suffix(f".{mode}.onnx")
+def default_quantized_path(checkpoint: str | Path, mode: str, space: str = "own") -> Path:
+    """``run/last.pt`` -> ``run/last.int8.onnx`` (``space="teacher"``: ``run/last.teacher_space.int8.onnx``)."""
+    return default_export_path(checkpoint, "onnx", space).with_suffix(f".{mode}.onnx")
 
 
 def export_checkpoint(
@@ -307,12 +361,15 @@ def export_checkpoint(
     quantize: str | None = None,
     calibration: str | Path | None = None,
     quant_settings: Any = None,
+    space: str = "own",
 ) -> ExportResult:
     """Load a checkpoint (file or run directory), export its embedder in eval mode, and check it runs.
 
     ``quantize="int8"`` (ONNX only) writes a statically quantized model instead, calibrated
     on training images (``calibration`` folder, else the checkpoint's dataset): see
-    :mod:`embdistill.quantize`; ``quant_settings`` overrides its defaults.
+    :mod:`embdistill.quantize`; ``quant_settings`` overrides its defaults. ``space="teacher"``:
+    a student trained with the absolute teacher term, its output in the teacher's space
+    (its learned projection applied, L2-normalised); see :func:`space_payload`.
     """
     if fmt not in EXPORT_FORMATS:
         raise DeployError(f"unknown export format {fmt!r}; expected one of {EXPORT_FORMATS}")
@@ -322,12 +379,13 @@ def export_checkpoint(
         raise DeployError(f"--quantize {quantize} needs --format onnx (got {fmt}): TorchScript export stays fp32")
     if quantize is None and calibration is not None:
         raise DeployError("--calibration only applies with --quantize int8")
-    payload = load_checkpoint(checkpoint)
+    payload = space_payload(load_checkpoint(checkpoint), space, f"checkpoint {checkpoint}")
     model = embedder_from_checkpoint(payload).eval()
     meta = metadata_from_checkpoint(payload, model, source=str(Path(checkpoint).resolve()))
     if quantize is not None:
+        out = Path(out) if out is not None else default_quantized_path(checkpoint, quantize, space)
         return _export_quantized(checkpoint, payload, model, meta, quantize, out, opset, verify, calibration, quant_settings)
-    out = Path(out) if out is not None else default_export_path(checkpoint, fmt)
+    out = Path(out) if out is not None else default_export_path(checkpoint, fmt, space)
     if fmt == "onnx":
         export_onnx(model, meta, out, opset)
     else:
@@ -353,10 +411,18 @@ def _export_quantized(
     with tempfile.TemporaryDirectory(prefix="embdistill_export_") as tmp:
         fp32 = export_onnx(model, meta, Path(tmp) / "fp32.onnx", opset)
         q.quantize_onnx(fp32, out, reader, settings, {**meta.to_props(), **q.quantization_prop(record)})
-    sidecar_path(out).write_text(json.dumps({"format": "onnx", **meta.to_dict(), "quantization": record}, indent=2) + "\n")
-    diff = cosine = None
+    diff = cosine = parity = None
     if verify:  # on real images: int8 on random noise says nothing
+        import onnxruntime as ort
+
+        from embdistill.cpu_features import cpu_int8
+
         reader.rewind()
         x = torch.from_numpy(reader.get_next()[meta.input_name][:8])
         diff, cosine = _check_against_pytorch(model, out, "onnx", meta, x)
-    return ExportResult(out, "onnx", meta, out.stat().st_size, diff, cosine, record)
+        # integer kernels differ between CPUs (embdistill.cpu_features): the figures hold for this one
+        parity = {"images": len(x), "min_cosine": cosine, "max_abs_diff": diff, "cpu": cpu_int8().to_dict(),
+                  "onnxruntime": ort.__version__}
+    sidecar = {"format": "onnx", **meta.to_dict(), "quantization": record, **({"parity": parity} if parity else {})}
+    sidecar_path(out).write_text(json.dumps(sidecar, indent=2) + "\n")
+    return ExportResult(out, "onnx", meta, out.stat().st_size, diff, cosine, record, parity)

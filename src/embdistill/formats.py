@@ -7,11 +7,14 @@ choices. The libraries (:mod:`embdistill.export`, :mod:`embdistill.quantize`,
 """
 from __future__ import annotations
 
-__all__ = ["EXPORT_FORMATS", "INDEX_KINDS", "QUANTIZE_MODES", "DeployError", "EmbeddingSpaceError", "EmbeddingSpaceWarning"]
+__all__ = ["EXPORT_FORMATS", "EXPORT_SPACES", "INDEX_KINDS", "QUANTIZE_MODES", "DeployError", "EmbeddingSpaceError",
+           "EmbeddingSpaceWarning"]
 
 EXPORT_FORMATS = ("onnx", "torchscript")
 INDEX_KINDS = ("flat", "ivf", "hnsw")
 QUANTIZE_MODES = ("int8",)  # ONNX only: static post-training quantization, see embdistill.quantize
+# export --space: the student's own embedding, or the teacher's space its absolute teacher term trained it into
+EXPORT_SPACES = ("own", "teacher")
 
 
 class DeployError(ValueError):

@@ -7,9 +7,15 @@ quarter of the fp32 one, and 8-bit kernels (VNNI on x86, dot-product on ARM) do 
 multiply-adds per cycle.
 
 The defaults (:data:`DEFAULT_SETTINGS`) were chosen on the cub100 student (MobileNetV2,
-96 px) with ``benchmarks/int8_parity.py``: its figures are in
-``benchmarks/results/int8_parity.md``, and the README ("Shipping the student") says why
-each setting won.
+96 px) with ``benchmarks/int8_parity.py``, ``benchmarks/int8_cpu_paths.py`` and
+``benchmarks/export_speed.py``; docs/deploy.md ("INT8 for phones") says why each setting won.
+The file is made once and runs on CPUs its maker never sees, so the default must give the same
+embeddings on all of them: its weights are uint8 (U8U8), whose products every x86 kernel sums
+exactly, and ARM runs them on its unsigned dot product. x86 CPUs without VNNI add uint8 x int8
+(U8S8) product pairs in saturating 16 bits (:mod:`embdistill.cpu_features`): full-range int8
+weights bent the demo student to a cosine of 0.87 there. 7-bit int8 weights (``reduce_range``)
+are exact there too and keep x86's fast U8S8 kernels, at some cost in accuracy.
+:data:`WEIGHT_CHOICES` names the three for ``embdistill export --int8-weights``.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ import contextlib
 import io
 import json
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -30,12 +37,16 @@ __all__ = [
     "CALIBRATION_METHODS",
     "DEFAULT_SETTINGS",
     "QUANT_FORMATS",
+    "WEIGHT_CHOICES",
     "ImageCalibrationReader",
     "QuantSettings",
     "calibration_images",
     "head_nodes",
     "parity_report",
+    "precise_session_config",
+    "saturates_without_vnni",
     "quantize_onnx",
+    "spread_indices",
 ]
 
 QUANT_FORMATS = ("qdq", "qoperator")
@@ -53,9 +64,9 @@ class QuantSettings:
 
     format: str = "qdq"  # "qdq": Quantize/DequantizeLinear pairs ORT fuses into int8 kernels; "qoperator": QLinear* ops
     per_channel: bool = True  # one weight scale per output channel: MobileNet's depthwise convs need it
-    reduce_range: bool = False  # 7-bit weights: only for x86 CPUs without VNNI
-    activation_type: str = "uint8"  # U8S8: the x86 fast path (VNNI vpdpbusd multiplies u8 by s8)
-    weight_type: str = "int8"
+    reduce_range: bool = False  # 7-bit weights: U8S8 pair sums stay below 2^15, exact on every x86 path, less accurate
+    activation_type: str = "uint8"
+    weight_type: str = "uint8"  # U8U8: exact on every CPU; int8 (U8S8) has faster x86 kernels but saturates without VNNI
     calibration_method: str = "percentile"  # ranges clipped at a percentile: rare outliers do not stretch the scale
     percentile: float = 99.999  # calibration_method="percentile" only
     keep_head_fp32: bool = False  # True: pooling, linear head, normalisation stay float (+1.9 MB on MobileNetV2)
@@ -87,15 +98,27 @@ class QuantSettings:
 
 DEFAULT_SETTINGS = QuantSettings()
 
+# `embdistill export --int8-weights`: the weights' type and range; docs/deploy.md ("One file, every CPU") measures each.
+WEIGHT_CHOICES: dict[str, dict[str, Any]] = {
+    "uint8": {"weight_type": "uint8", "reduce_range": False},  # the default: exact everywhere; x86 runs it slower than U8S8
+    "int8-7bit": {"weight_type": "int8", "reduce_range": True},  # exact and fast on every x86 path, less accurate
+    "int8": {"weight_type": "int8", "reduce_range": False},  # fast and accurate with VNNI or on ARM; saturates on other x86
+}
+
 
 # --------------------------------------------------------------------------- calibration images
 
 
+def spread_indices(n: int, count: int) -> np.ndarray:
+    """``count`` indices evenly spaced through ``range(n)`` (all of them if ``count >= n``)."""
+    if count >= n:
+        return np.arange(n)
+    return np.linspace(0, n - 1, count).round().astype(int)
+
+
 def _spread(paths: Sequence[Path], count: int) -> list[Path]:
     """``count`` paths evenly spaced through ``paths`` (sorted by class in every reader), so all classes show up."""
-    if count >= len(paths):
-        return list(paths)
-    return [paths[i] for i in np.linspace(0, len(paths) - 1, count).round().astype(int)]
+    return [paths[i] for i in spread_indices(len(paths), count)]
 
 
 def calibration_images(
@@ -268,6 +291,33 @@ def quantization_record(settings: QuantSettings, mode: str, calibration: str) ->
 
 def quantization_prop(record: dict[str, Any]) -> dict[str, str]:
     return {"quantization": json.dumps(record)}
+
+
+def saturates_without_vnni(record: dict[str, Any] | None) -> bool:
+    """Whether a file quantized with ``record`` runs ONNX Runtime's U8S8 kernels at full weight range: on x86
+    without VNNI those add product pairs in saturating 16 bits. uint8 weights (U8U8) or 7-bit ones never do."""
+    if not record:
+        return False
+    weights = record.get("weight_type", "int8")  # files before 2026-12-05 were all U8S8
+    return weights == "int8" and not record.get("reduce_range", False)
+
+
+def precise_session_config(record: dict[str, Any] | None, where: str) -> dict[str, str]:
+    """ONNX Runtime session config that keeps a quantized file exact on this CPU, with one warning line when needed.
+
+    A U8S8 file (an older default) on an x86 CPU without VNNI runs with
+    ``session.x64quantprecision=1``: ONNX Runtime turns its int8 weights into uint8 at load time
+    and uses the exact U8U8 kernels, slower but right. Elsewhere nothing changes.
+    """
+    from embdistill.cpu_features import cpu_int8
+
+    cpu = cpu_int8()
+    if not saturates_without_vnni(record) or not cpu.u8s8_saturates:
+        return {}
+    warnings.warn(f"{where} is INT8 with int8 weights (U8S8), which this CPU ({cpu.int8_path}) would sum in saturating "
+                  "16 bits; running it with ONNX Runtime's exact U8U8 kernels (session.x64quantprecision=1), slower. "
+                  "Re-export it with --int8-weights uint8 (the default) or int8-7bit to run exactly everywhere", stacklevel=3)
+    return {"session.x64quantprecision": "1"}
 
 
 # --------------------------------------------------------------------------- parity

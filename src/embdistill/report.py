@@ -172,7 +172,8 @@ def run_stats(
     payload = load_checkpoint(run_dir)
     model = embedder_from_checkpoint(payload)
     size = int(payload["image_size"])
-    e = _embedded(run_dir, device, root, progress)
+    label_free = _label_free(payload)
+    e = None if label_free else _embedded(run_dir, device, root, progress)
     mc = payload["model_config"]
     stats = {
         "backbone": mc["backbone"],
@@ -184,7 +185,8 @@ def run_stats(
         "cpu_images_per_s": round(cpu_throughput(model, size, CPU_BATCH, CPU_THREADS, CPU_REPEATS), 1),
         "cpu_batch_size": CPU_BATCH,
         "cpu_threads": CPU_THREADS,
-        "nmi": round(nmi_kmeans(e.embeddings, e.labels, seed=0), 4),
+        # NMI needs classes: none for a label-free run (data.dataset: photos), whose every photo is its own.
+        "nmi": None if e is None else round(nmi_kmeans(e.embeddings, e.labels, seed=0), 4),
         "checkpoint": key,
     }
     path.write_text(json.dumps(stats, indent=2) + "\n")
@@ -203,8 +205,16 @@ def write_run_report(run_dir: str | Path, device: str = "auto", root: str | None
     if (Path(run_dir) / "metrics.jsonl").is_file():
         plot_training_curves(Path(run_dir))
     stats = run_stats(run_dir, device=device, root=root, progress=progress)
-    write_retrieval_grid(run_dir, device=device, root=root, progress=progress)
+    if not _label_free(load_checkpoint(run_dir)):  # no classes to frame the neighbours green or red by
+        write_retrieval_grid(run_dir, device=device, root=root, progress=progress)
     return stats
+
+
+def _label_free(payload: dict[str, Any]) -> bool:
+    """Whether a checkpoint's run trained on a dataset without labels (``photos``): no retrieval metrics, NMI or grid."""
+    from embdistill.data.datasets import is_label_free
+
+    return is_label_free(((payload.get("config") or {}).get("data") or {}).get("dataset"))
 
 
 # --------------------------------------------------------------------------- the report
@@ -239,6 +249,7 @@ def _row(name: str, run_dir: Path, remeasure: bool, device: str, root: str | Non
     summary_path = run_dir / "summary.yaml"
     summary = (yaml.safe_load(summary_path.read_text()) or {}) if summary_path.is_file() else {}
     stats = run_stats(run_dir, remeasure, device, root, progress)
+    label_free = bool(summary.get("label_free"))  # scored by knn_agreement alone: no classes to score retrieval by
     return {
         "run": name,
         "model": _model_name(stats),
@@ -247,12 +258,16 @@ def _row(name: str, run_dir: Path, remeasure: bool, device: str, root: str | Non
         "embedding_dim": stats["embedding_dim"],
         "image_size": stats["image_size"],
         "split": summary.get("split"),
-        **_retrieval(run_dir, summary, device, root, progress),
+        **({} if label_free else _retrieval(run_dir, summary, device, root, progress)),
+        **{k: float(v) for k, v in summary.items() if k.startswith("knn_agreement@")},
+        "label_free": label_free or None,
         "nmi": stats["nmi"],
         "train_seconds": summary.get("train_seconds"),
         "cpu_images_per_s": stats["cpu_images_per_s"],
         "run_dir": str(run_dir),
         "collapse_warning": summary.get("collapse_warning"),
+        # Test images among its unlabelled training images (distill.semi_supervised.folder): its scores are transductive.
+        "transductive": summary.get("transductive_test_images", 0) if summary.get("transductive") else None,
         # Not table columns: the run's own section shows them (_selection_lines).
         "epoch": summary.get("epoch"),
         "selected": summary.get("selected"),
@@ -262,9 +277,11 @@ def _row(name: str, run_dir: Path, remeasure: bool, device: str, root: str | Non
 
 def _columns(rows: list[dict[str, Any]]) -> list[str]:
     ks = sorted({int(k.split("@")[1]) for r in rows for k in r if k.startswith("recall@")})
+    agreement = sorted({k for r in rows for k in r if k.startswith("knn_agreement@")})
+    transductive = ["transductive"] if any(r.get("transductive") is not None for r in rows) else []
     return [
         "run", "model", "parameters", "mult_adds_millions", "embedding_dim", "image_size", "split",
-        *[f"recall@{k}" for k in ks], "map@r", "nmi", "train_seconds", "cpu_images_per_s", "run_dir",
+        *[f"recall@{k}" for k in ks], "map@r", "nmi", *agreement, "train_seconds", "cpu_images_per_s", *transductive, "run_dir",
     ]
 
 
@@ -278,7 +295,7 @@ _HEADINGS = {
 def _cell(column: str, value: Any) -> str:
     if value is None:
         return "–"
-    if column.startswith("recall@") or column in ("map@r", "nmi"):
+    if column.startswith(("recall@", "knn_agreement@")) or column in ("map@r", "nmi"):
         return f"{100 * float(value):.1f}"
     if column == "parameters":
         return f"{value / 1e6:.2f}"
@@ -299,14 +316,18 @@ def _csv_value(value: Any) -> Any:
 
 
 def _markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    shown = [c for c in columns if c not in ("run_dir", "split")]
-    head = [_HEADINGS.get(c, c.replace("recall@", "R@")) for c in shown]
+    shown = [c for c in columns if c not in ("run_dir", "split", "transductive")]
+    head = [_HEADINGS.get(c, c.replace("recall@", "R@").replace("knn_agreement@", "kNN agree@")) for c in shown]
     right = [c not in ("run", "model") for c in shown]
     lines = [
         "| " + " | ".join(head) + " |",
         "|" + "|".join("---:" if r else "---" for r in right) + "|",
     ]
-    lines += ["| " + " | ".join(_cell(c, row.get(c)) for c in shown) + " |" for row in rows]
+    for row in rows:
+        cells = [_cell(c, row.get(c)) for c in shown]
+        if row.get("transductive") is not None:  # the run's name carries the mark, so no number is read without it
+            cells[0] += " (transductive)"
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -318,6 +339,14 @@ def _split_warning(rows: list[dict[str, Any]]) -> list[str]:
     return ["", f"**Note:** these runs were scored on different splits ({where}); their quality numbers do not compare."]
 
 
+def _transductive_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """Runs that trained on test images without their labels: their test scores are transductive."""
+    notes = [f"**Transductive:** {r['run']} trained on {r['transductive']} test image(s) without their labels "
+             "(`distill.semi_supervised.folder`); its test scores do not compare with inductive runs'."
+             for r in rows if r.get("transductive") is not None]
+    return ["", *notes] if notes else []
+
+
 def _collapse_warnings(rows: list[dict[str, Any]]) -> list[str]:
     """Runs whose embeddings collapsed towards one point during training (evaluation/collapse.py)."""
     warnings = [f"**Warning:** {r['run']}: {r['collapse_warning']}" for r in rows if r.get("collapse_warning")]
@@ -327,20 +356,21 @@ def _collapse_warnings(rows: list[dict[str, Any]]) -> list[str]:
 def _selection_lines(row: dict[str, Any]) -> list[str]:
     """Which epoch's weights the numbers are of, and the held-out curve they were chosen on (if any)."""
     selected, curve = row.get("selected"), row.get("validation_curve") or []
+    held_out = "held-out photos" if row.get("label_free") else "held-out train classes"
     lines = []
     if selected:
         early = ", stopped early" if selected.get("stopped_early") else ""
         metric = _HEADINGS.get(selected["metric"], selected["metric"].replace("recall@", "R@"))
         lines += [f"Scored with the weights of epoch {row['epoch']} of {selected['epochs_trained']}{early}: the best "
-                  f"{metric} on the held-out train classes ({_cell(selected['metric'], selected['validation'])}).", ""]
+                  f"{metric} on the {held_out} ({_cell(selected['metric'], selected['validation'])}).", ""]
     if curve:
-        keys = [k for k in curve[0] if k.startswith("recall@") or k == "map@r"]
+        keys = [k for k in curve[0] if k.startswith(("recall@", "knn_agreement@")) or k == "map@r"]
         lines += ["| Epoch | " + " | ".join(_HEADINGS.get(k, k.replace("recall@", "R@")) for k in keys) + " |",
                   "|" + "---:|" * (1 + len(keys))]
         for point in curve:
             mark = " (scored)" if selected and point["epoch"] == row["epoch"] else ""
             lines.append(f"| {point['epoch']}{mark} | " + " | ".join(_cell(k, point.get(k)) for k in keys) + " |")
-        lines += ["", "Held-out train classes (`data.validation_classes`) after each evaluated epoch, in %.", ""]
+        lines += ["", f"{held_out.capitalize()} (`data.validation_classes`) after each evaluated epoch, in %.", ""]
     return lines
 
 
@@ -386,7 +416,12 @@ def write_report(
         "MobileNet papers. CPU img/s: inference, batch "
         f"{CPU_BATCH}, {CPU_THREADS} threads, median of {CPU_REPEATS} "
         "(compare only numbers measured on the same machine; `--remeasure` times every run again).",
+        *(["", "kNN agree@k: the share of each held-out image's k nearest neighbours under the teacher that the "
+               "run also ranks in its k nearest (`train.select_metric: knn_agreement@k`), in %; label-free runs "
+               "(`data.dataset: photos`) have no classes, so no R@K, MAP@R or NMI."]
+          if any(k.startswith("knn_agreement@") for r in rows for k in r) else []),
         *_split_warning(rows),
+        *_transductive_notes(rows),
         *_collapse_warnings(rows),
         "",
         "## Recall@K",
@@ -401,6 +436,10 @@ def write_report(
         if curve.is_file():
             lines += [f"![training curves of {row['run']}]({_link(curve, out)})", ""]
         lines += _selection_lines(row)
+        if row.get("label_free"):
+            lines += ["Label-free (`data.dataset: photos`): no classes, so no Recall@K, MAP@R, NMI or retrieval grid; "
+                      "scored by kNN agreement with the teacher on the held-out photos."]
+            continue
         grid = write_retrieval_grid(d, device=device, root=root, progress=progress)
         lines += [
             f"Queries from the {row.get('split') or 'evaluation'} split (grey frame) and their {GRID_NEIGHBOURS} "

@@ -6,14 +6,16 @@ from .datasets import (
     SPLITS,
     DatasetError,
     ImageList,
+    is_label_free,
     load_dataset,
     read_cars196,
     read_cub200,
     read_folder,
+    read_photos,
     read_sop,
 )
 from .images import DecodedImageCache, ImageDataset, decode_rgb
-from .samplers import PKSampler
+from .samplers import PKSampler, RandomBatchSampler
 from .transforms import IMAGENET, NORMALIZATIONS, TF_LITE, Degrade, Normalization, build_transform
 
 __all__ = [
@@ -31,11 +33,14 @@ __all__ = [
     "ImageList",
     "Normalization",
     "PKSampler",
+    "RandomBatchSampler",
     "build_transform",
     "decode_rgb",
+    "is_label_free",
     "load_dataset",
     "read_cars196",
     "read_cub200",
     "read_folder",
+    "read_photos",
     "read_sop",
 ]

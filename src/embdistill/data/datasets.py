@@ -27,10 +27,13 @@ __all__ = [
     "SPLITS",
     "DatasetError",
     "ImageList",
+    "LABEL_FREE_DATASETS",
+    "is_label_free",
     "load_dataset",
     "read_cars196",
     "read_cub200",
     "read_folder",
+    "read_photos",
     "read_sop",
 ]
 
@@ -53,6 +56,8 @@ _LAYOUTS = {
     "'image_id class_id super_class_id path', then one row per image), "
     "images at <root>/<path>, e.g. <root>/bicycle_final/111085122871_0.JPG",
     "folder": "<root>/<class name>/<image>, one sub-folder per class, images with "
+    f"extensions {', '.join(IMAGE_EXTENSIONS)}",
+    "photos": "<root>/**/<image>, images at any depth, no labels (folder names mean nothing), "
     f"extensions {', '.join(IMAGE_EXTENSIONS)}",
 }
 _MAX_LISTED = 5
@@ -490,12 +495,56 @@ def _class_images(class_dir: Path, dataset: str = "folder") -> list[Path]:
     return images
 
 
+def read_photos(root: str | Path, split: str) -> ImageList:
+    """A folder of photos in any layout, nested or flat, with no labels: a label-free training set.
+
+    Every image under ``root`` at any depth (``imagefiles.list_images``: hidden files
+    and folders skipped) is one "class" of its own, named by its path relative to
+    ``root``. So ``data.validation_classes`` (a count or a share of the train
+    "classes") holds out that many photos, and which ones is fixed by a hash of each
+    relative path: the label of a photo is the rank of that hash, and the held-out
+    "classes" are the last labels, a spread-out share of the folders rather than
+    the last folder. There is no test split: a label-free run is scored on its
+    held-out photos (``train.select_metric: knn_agreement@10``); "train" and "all"
+    are every photo.
+    """
+    import hashlib
+
+    from embdistill.imagefiles import list_images  # imports embdistill.data: not at module level
+
+    root = _root(root, "photos")
+    if split == "test":
+        raise DatasetError(
+            f"photos: {root} has no labels and so no test split; a label-free run is scored on the photos "
+            "data.validation_classes holds out. " + _hint("photos")
+        )
+    try:
+        paths = list_images(root, what="photos: data.root")
+    except DatasetError as err:
+        raise DatasetError(f"{err}. {_hint('photos')}") from None
+    names = [p.relative_to(root.absolute()).as_posix() if p.is_relative_to(root.absolute()) else str(p) for p in paths]
+    order = sorted(range(len(names)), key=lambda i: hashlib.sha1(names[i].encode()).hexdigest())
+    labels = np.empty(len(names), dtype=np.int64)
+    labels[order] = np.arange(len(names))
+    return ImageList(paths=tuple(paths), labels=labels, class_names=tuple(names[i] for i in order),
+                     name=f"photos:{root.name}/{split}")
+
+
 DATASETS: dict[str, Callable[..., ImageList]] = {
     "cub200": read_cub200,
     "cars196": read_cars196,
     "sop": read_sop,
     "folder": read_folder,
+    "photos": read_photos,
 }
+# Readers with no labels: every image is its own class (read_photos). A run on one learns from the teacher's
+# terms alone (train.metric_weight: 0), in random batches (train.batch_size), and is scored by knn_agreement.
+LABEL_FREE_DATASETS = frozenset({"photos"})
+
+
+def is_label_free(dataset: str | None) -> bool:
+    """Whether ``data.dataset`` names a reader without labels (``photos``)."""
+    return dataset in LABEL_FREE_DATASETS
 
 
 def load_dataset(name: str, root: str | Path, split: str, **kwargs: Any) -> ImageList:

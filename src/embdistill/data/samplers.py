@@ -1,7 +1,10 @@
-"""P×K batch sampling for metric learning (Yu et al. use P=4 classes × K=8 images).
+"""P×K batch sampling for metric learning (Yu et al. use P=4 classes × K=8 images), and random
+batches for label-free distillation.
 
 Triplet and other pair-based losses need positives in every batch: a random batch
-of 32 images from 100+ classes rarely holds two images of the same class.
+of 32 images from 100+ classes rarely holds two images of the same class. Without
+labels (a ``photos`` dataset) there are no classes to balance, and
+:class:`RandomBatchSampler` draws plain random batches with the same resume interface.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from torch.utils.data import Sampler
 
 from .datasets import DatasetError
 
-__all__ = ["PKSampler"]
+__all__ = ["PKSampler", "RandomBatchSampler"]
 
 
 class PKSampler(Sampler[list[int]]):
@@ -157,3 +160,75 @@ class PKSampler(Sampler[list[int]]):
         take = k - len(left)
         orders[c], positions[c] = fresh, take
         return np.concatenate([left, fresh[:take]])
+
+
+class RandomBatchSampler(Sampler[list[int]]):
+    """A batch sampler of ``batch_size`` random images, for label-free distillation (no classes to balance).
+
+    The same interface as :class:`PKSampler`, which resuming relies on: deterministic
+    from ``(seed, epoch)``, ``set_epoch`` (restarts only when the epoch changes),
+    ``state_dict`` / ``load_state_dict`` with ``batch_index`` the batches handed out so
+    far this epoch, ``world_size``. Each epoch is a fresh permutation of the images,
+    cut into global steps of ``world_size * batch_size`` (the last step filled up from
+    a second permutation, so every batch is full); every process keeps its own slice
+    of each step, so processes never share an image within a step. An
+    epoch has ``ceil(N / (world_size * batch_size))`` steps unless ``batches_per_epoch``
+    says otherwise (more steps take further permutations).
+    """
+
+    def __init__(self, num_images: int, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 batches_per_epoch: int | None = None) -> None:
+        super().__init__()
+        for name, value, low in (("num_images", num_images, 2), ("batch_size", batch_size, 2),
+                                 ("world_size", world_size, 1), ("seed", seed, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"RandomBatchSampler: {name} must be an int >= {low}, got {value!r}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"RandomBatchSampler: rank must be in 0..{world_size - 1}, got {rank!r}")
+        if batches_per_epoch is not None and batches_per_epoch < 1:
+            raise ValueError(f"RandomBatchSampler: batches_per_epoch must be >= 1, got {batches_per_epoch!r}")
+        self.num_images, self.batch_size, self.rank, self.world_size = num_images, batch_size, rank, world_size
+        self.batches_per_epoch = batches_per_epoch
+        self.seed = seed
+        self.epoch = 0
+        self.batch_index = 0
+
+    def __len__(self) -> int:
+        if self.batches_per_epoch is not None:
+            return self.batches_per_epoch
+        return math.ceil(self.num_images / (self.world_size * self.batch_size))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's shuffle; restarts at batch 0 only if ``epoch`` differs."""
+        if epoch != self.epoch:
+            self.epoch = int(epoch)
+            self.batch_index = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batch_index": self.batch_index, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = {"epoch", "batch_index", "seed"} - set(state)
+        if missing:
+            raise ValueError(f"RandomBatchSampler.load_state_dict: missing keys {sorted(missing)}")
+        self.epoch, self.batch_index, self.seed = (
+            int(state["epoch"]), int(state["batch_index"]), int(state["seed"]))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        start = self.batch_index
+        for step, batch in enumerate(self._epoch_batches()):
+            if step < start:
+                continue
+            self.batch_index = step + 1  # set before yielding: this batch is handed out
+            yield batch
+
+    def _epoch_batches(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        step_size = self.world_size * self.batch_size
+        order = rng.permutation(self.num_images)
+        needed = len(self) * step_size
+        while len(order) < needed:  # a full last step, or more steps than one pass (batches_per_epoch)
+            order = np.concatenate([order, rng.permutation(self.num_images)])
+        for s in range(len(self)):
+            step = order[s * step_size:(s + 1) * step_size]
+            yield [int(i) for i in step[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]]

@@ -1,15 +1,18 @@
-"""`embdistill evaluate`: score a saved embedder on a dataset split."""
+"""`embdistill evaluate`: score a saved embedder on a dataset split; with ``--gallery-model``, its queries against
+another network's gallery of the same images (a student's queries, its teacher's gallery)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from embdistill.config import ConfigError, ExperimentConfig, from_dict
-from embdistill.engine.checkpoint import embedder_from_checkpoint, load_checkpoint
+from embdistill.config import ConfigError, ExperimentConfig, from_dict, to_dict
+from embdistill.engine.checkpoint import CheckpointError, checkpoint_fingerprint, embedder_from_checkpoint, load_checkpoint
 from embdistill.engine.device import resolve_device
-from embdistill.engine.evaluate import evaluate_embedder
+from embdistill.engine.evaluate import embed_loader, evaluate_embedder
 from embdistill.engine.loaders import evaluation_set
+from embdistill.engine.teacher_space import TEACHER_SPACE, declared_space, in_teacher_space
+from embdistill.evaluation.metrics import retrieval_metrics
 
 SOP_KS = (1, 10, 100, 1000)
 
@@ -26,25 +29,102 @@ def evaluate_checkpoint(
     degrade_jpeg_quality: int | None = None,
     device: str = "auto",
     progress: bool = True,
-) -> dict[str, float]:
-    """Exact retrieval metrics over every image of ``split``; written beside the checkpoint too."""
+    gallery_model: str | Path | None = None,
+    allow_other_space: bool = False,
+) -> dict[str, Any]:
+    """Exact retrieval metrics over every image of ``split``; written beside the checkpoint too.
+
+    ``gallery_model`` (a checkpoint): asymmetric retrieval. Every image is embedded by both
+    networks; query i is the checkpoint's embedding of image i, the gallery is
+    ``gallery_model``'s embedding of every other image (image i itself left out, as
+    leave-one-out does). That is a student querying its teacher's gallery: the checkpoint must
+    declare the gallery model's space (absolute teacher term; its projection is applied) unless
+    ``allow_other_space``. Each network sees the images at its own size and normalisation; only
+    the queries are degraded (``degrade_*``), as a phone's photos would be.
+    """
     payload = load_checkpoint(checkpoint)
     cfg = _evaluation_config(payload, dataset, root, batch_size, num_workers, degrade_resolution, degrade_jpeg_quality)
     dataset = cfg.data.dataset
     ks = tuple(ks or (SOP_KS if dataset == "sop" else (1, 2, 4, 8)))
-    model = embedder_from_checkpoint(payload)
     dev = resolve_device(device)
+    if gallery_model is not None:
+        payload, gallery_payload, note = _paired_payloads(checkpoint, payload, gallery_model, allow_other_space)
+    model = embedder_from_checkpoint(payload)
     model.to(dev)
     evaluated = evaluation_set(cfg, model.normalization, split=split)
-    metrics = evaluate_embedder(model, evaluated.loader, dev, ks, progress)
     items = evaluated.items
-    result = {"dataset": dataset, "split": split, "images": len(items), "classes": items.num_classes, **metrics}
+    if gallery_model is None:
+        metrics = evaluate_embedder(model, evaluated.loader, dev, ks, progress)
+        pairing: dict[str, Any] = {}
+    else:
+        metrics = _paired_metrics(model, evaluated, cfg, gallery_payload, split, dev, ks, progress)
+        pairing = {"query_model": str(Path(checkpoint)), "gallery_model": str(Path(gallery_model)), "pairing": note}
+    result = {"dataset": dataset, "split": split, "images": len(items), "classes": items.num_classes, **pairing, **metrics}
     ckpt = Path(checkpoint)
     out_dir = ckpt if ckpt.is_dir() else ckpt.parent
     degraded = degrade_resolution or degrade_jpeg_quality
     suffix = f"_degraded{degrade_resolution or ''}q{degrade_jpeg_quality or ''}" if degraded else ""
+    suffix = ("_gallery_" + _run_name(gallery_model) if gallery_model is not None else "") + suffix
     (out_dir / f"eval_{dataset}_{split}{suffix}.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def _run_name(checkpoint: str | Path) -> str:
+    """runs/x/teacher/last.pt -> "teacher"; runs/x/teacher -> "teacher"."""
+    path = Path(checkpoint)
+    return path.name if path.is_dir() else path.parent.name or path.stem
+
+
+def _paired_payloads(
+    checkpoint: str | Path, payload: dict[str, Any], gallery_model: str | Path, allow_other_space: bool,
+) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """The query network (in the gallery network's space where it declares it), the gallery network, and the
+    line that says what pairs them; a query network of another space is refused unless ``allow_other_space``."""
+    gallery_payload = load_checkpoint(gallery_model)
+    space = checkpoint_fingerprint(gallery_payload)
+    record = payload.get(TEACHER_SPACE) or {}
+    if record.get("fingerprint") == space:
+        payload = in_teacher_space(payload, f"checkpoint {checkpoint}")
+    own = checkpoint_fingerprint(payload)
+    if own == space:
+        note = f"{checkpoint} and {gallery_model} are one network (space {space[:12]}): leave-one-out retrieval"
+    elif declared_space(payload) == space:
+        note = (f"student {checkpoint} queries the gallery of its teacher {gallery_model}: trained into the "
+                f"teacher's space {space[:12]} by the absolute teacher term")
+    elif allow_other_space:
+        note = f"{checkpoint} (space {own[:12]}) queries the gallery of {gallery_model} (space {space[:12]}): --allow-other-space"
+    else:
+        raise CheckpointError(
+            f"checkpoint {checkpoint} embeds into space {own[:12]}, not into the space {space[:12]} of gallery model "
+            f"{gallery_model}: only a student distilled from that teacher with the absolute teacher term was trained "
+            "there; pass --allow-other-space to score it anyway"
+        )
+    query_dim, gallery_dim = payload["model_config"].get("dim"), gallery_payload["model_config"].get("dim")
+    if query_dim and gallery_dim and query_dim != gallery_dim:
+        raise CheckpointError(f"checkpoint {checkpoint} embeds in {query_dim}-d, gallery model {gallery_model} in {gallery_dim}-d")
+    return payload, gallery_payload, note
+
+
+def _paired_metrics(
+    model: Any, evaluated: Any, cfg: ExperimentConfig, gallery_payload: dict[str, Any], split: str, dev: Any,
+    ks: tuple[int, ...], progress: bool,
+) -> dict[str, float]:
+    """Query i: ``model``'s embedding of image i; the gallery: the gallery network's embeddings of the same images,
+    each at its own image size, resize and normalisation, never degraded (the server's clean copies)."""
+    gallery_net = embedder_from_checkpoint(gallery_payload).to(dev)
+    gallery_data = ((gallery_payload.get("config") or {}).get("data") or {})
+    values = to_dict(cfg)
+    values["data"] = {**values["data"], "image_size": gallery_payload["image_size"],
+                      "resize": gallery_data.get("resize", "crop")}  # older configs: crop, as export reads them
+    values["distill"] = None  # the gallery's images are not degraded
+    gallery_set = evaluation_set(from_dict(values), gallery_net.normalization, split=split)
+    if list(gallery_set.items.paths) != list(evaluated.items.paths):
+        raise CheckpointError(f"the gallery model's {split} split is not the same images as the query model's")
+    queries, labels = embed_loader(model, evaluated.loader, dev, progress)
+    gallery, gallery_labels = embed_loader(gallery_net, gallery_set.loader, dev, progress)
+    if queries.shape[1] != gallery.shape[1]:
+        raise CheckpointError(f"the query model embeds in {queries.shape[1]}-d, the gallery model in {gallery.shape[1]}-d")
+    return retrieval_metrics(gallery, gallery_labels, query_embeddings=queries, query_labels=labels, ks=ks, paired=True)
 
 
 def _evaluation_config(
@@ -55,16 +135,28 @@ def _evaluation_config(
 
     The test images are degraded only when asked for here, whatever the run trained with.
     """
+    from embdistill.data.datasets import is_label_free
+
     values = dict(payload.get("config") or {})
     data = dict(values.get("data") or {})
     data.update(image_size=payload["image_size"], num_workers=num_workers)
     data.setdefault("dataset", "cub200")
+    trained_on = data["dataset"]
     if dataset:
         data["dataset"] = dataset
     if root:
         data["root"] = root
     if not data.get("root"):
         raise ConfigError("the checkpoint names no dataset root: pass --root")
+    if is_label_free(data["dataset"]):
+        raise ConfigError(f"data.dataset: {data['dataset']!r} has no labels, so there is no retrieval to score; a "
+                          "label-free run's score, knn_agreement on its held-out photos, is in its summary.yaml. To score "
+                          "retrieval, pass a labelled set: --dataset folder --root PATH (one sub-folder per class)")
+    values["train"] = {**(values.get("train") or {}), "select": "last", "patience": 0}  # nothing is chosen here
+    if is_label_free(trained_on):  # the run's label-free settings say nothing about a labelled set
+        values["train"].update(select_metric="recall@1", metric_weight=1.0, batch_size=None)
+        data["validation_classes"] = 0
+        values["eval"] = {**(values.get("eval") or {}), "split": "auto"}
     values["data"] = data
     values["eval"] = {**(values.get("eval") or {}), "batch_size": batch_size}
     degraded = degrade_resolution or degrade_jpeg_quality

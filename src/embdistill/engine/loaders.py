@@ -14,9 +14,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from embdistill.config import DataConfig, ExperimentConfig, held_out_count
-from embdistill.data.datasets import DatasetError, ImageList, load_dataset
+from embdistill.data.datasets import DatasetError, ImageList, is_label_free, load_dataset
 from embdistill.data.images import DecodedImageCache, ImageDataset
-from embdistill.data.samplers import PKSampler
+from embdistill.data.samplers import PKSampler, RandomBatchSampler
 from embdistill.data.transforms import Degrade, Normalization, build_transform
 from embdistill.engine.views import ViewCrop, ViewDataset
 from embdistill.imagefiles import list_images
@@ -79,7 +79,10 @@ def load_splits(data: DataConfig, skipped: list[tuple[Path, str]] | None = None,
 
 
 def check_pk_classes(train: ImageList, labels: np.ndarray) -> None:
-    """P×K batches need a positive pair in every class: name the classes with a single image."""
+    """P×K batches need a positive pair in every class: name the classes with a single image.
+
+    All labels -1 (a label-free dataset, :func:`train_labels`): random batches, nothing to check.
+    """
     counts = np.bincount(labels[labels >= 0], minlength=train.num_classes)
     single = [train.class_names[c] for c in np.flatnonzero(counts == 1)]
     if single:
@@ -159,6 +162,14 @@ def view_seed_of(cfg: ExperimentConfig) -> int:
     return cfg.distill.view_seed if cfg.distill and cfg.distill.terms else cfg.seed
 
 
+def train_labels(cfg: ExperimentConfig, items: ImageList) -> np.ndarray:
+    """The labels the training batches carry: the dataset's, or -1 for every image of a label-free one
+    (``data.dataset: photos``), which adds nothing to the metric loss (switched off there anyway)."""
+    if is_label_free(cfg.data.dataset):
+        return np.full(len(items), -1, dtype=np.int64)
+    return items.labels
+
+
 def train_loader(
     cfg: ExperimentConfig,
     items: ImageList,
@@ -167,13 +178,15 @@ def train_loader(
     cache: DecodedImageCache | None = None,
     rank: int = 0,
     world_size: int = 1,
-) -> tuple[DataLoader, ViewDataset, PKSampler]:
+) -> tuple[DataLoader, ViewDataset, PKSampler | RandomBatchSampler]:
     """Class-balanced P×K batches of augmented views; ``labels`` < 0 are excluded from the batches.
 
+    A label-free dataset (``data.dataset: photos``) has every label -1 and is batched at
+    random instead (:class:`RandomBatchSampler`, ``train.batch_size`` images a batch).
     With ``world_size`` processes, this one's share of each global step (see PKSampler).
     """
     images = ImageDataset(items, cache=cache)
-    labels = items.labels if labels is None else labels
+    labels = train_labels(cfg, items) if labels is None else labels
     views = ViewDataset(
         images,
         view_crop(cfg, normalization),
@@ -182,6 +195,13 @@ def train_loader(
         labels=torch.from_numpy(np.array(labels)),
         teacher_images=bool(cfg.distill and cfg.distill.terms),
     )
+    if is_label_free(cfg.data.dataset):
+        t = cfg.train
+        random_batches = RandomBatchSampler(len(items), t.batch_size or t.classes_per_batch * t.images_per_class,
+                                            seed=cfg.seed, rank=rank, world_size=world_size,
+                                            batches_per_epoch=t.batches_per_epoch)
+        loader = DataLoader(views, batch_sampler=random_batches, num_workers=cfg.data.num_workers, pin_memory=False)
+        return loader, views, random_batches
     labelled = np.flatnonzero(labels >= 0)
     sampler = PKSampler(
         labels[labelled],
@@ -225,6 +245,21 @@ def unlabelled_items(cfg: ExperimentConfig, train: ImageList, hidden: np.ndarray
     if hidden is None or not hidden.any():
         raise DatasetError("distill.semi_supervised needs `folder` or a hide_label_fraction > 0")
     return train.subset(np.flatnonzero(hidden))
+
+
+def transductive_images(cfg: ExperimentConfig, unlabelled: ImageList) -> int:
+    """How many of the unlabelled images (``distill.semi_supervised.folder``) are images of the dataset's test split.
+
+    Paths are compared resolved, as ``quantize.calibration_images`` does, so a link to a
+    test image counts. A student that has seen the test images, even without their labels,
+    is scored transductively: the run says so rather than refusing, since that can be the
+    point. A dataset whose test split cannot be read counts none.
+    """
+    try:
+        test = {p.resolve() for p in load_dataset(cfg.data.dataset, cfg.data.root, "test").paths}
+    except DatasetError:
+        return 0
+    return sum(p.resolve() in test for p in unlabelled.paths)
 
 
 def eval_loader(

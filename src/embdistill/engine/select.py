@@ -20,7 +20,8 @@ from embdistill.engine.checkpoint import BEST, CheckpointError, load_checkpoint,
 __all__ = ["BEST", "Selection"]
 
 # Checkpoint entries best.pt keeps: enough to rebuild and score the embedder, nothing to resume with.
-_WEIGHTS = ("model_config", "model_state", "normalization", "image_size", "config", "epoch", "step")
+_WEIGHTS = ("model_config", "model_state", "normalization", "image_size", "config", "epoch", "step",
+            "teacher_space")  # the space an absolute teacher term trained it into, its projection of the same step
 
 
 class Selection:

@@ -23,11 +23,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from embdistill.config import ExperimentConfig, to_dict
-from embdistill.data.samplers import PKSampler
+from embdistill.data.datasets import is_label_free
+from embdistill.data.samplers import PKSampler, RandomBatchSampler
 from embdistill.data.images import DecodedImageCache
 from embdistill.engine.bank import bank_for_run
 from embdistill.engine.batch_stream import BatchStream
-from embdistill.engine.checkpoint import run_checkpoint, save_checkpoint
+from embdistill.engine.checkpoint import checkpoint_fingerprint, run_checkpoint, save_checkpoint
 from embdistill.engine.device import resolve_device
 from embdistill.engine.distributed import World, process_group
 from embdistill.engine.eval_cache import save_test_embeddings
@@ -39,8 +40,11 @@ from embdistill.engine.loaders import (
     hidden_label_mask,
     image_cache,
     load_splits,
+    eval_loader,
     run_split,
+    train_labels,
     train_loader,
+    transductive_images,
     unlabelled_items,
     unlabelled_views,
     view_size,
@@ -54,7 +58,9 @@ from embdistill.engine.select import Selection
 from embdistill.engine.signals import StopSignals
 from embdistill.engine.state import TrainState
 from embdistill.engine.teacher import FrozenTeacher, TeacherCache, load_teacher
+from embdistill.engine.teacher_space import TEACHER_SPACE, TeacherSpace, teacher_space_of
 from embdistill.engine.views import ViewDataset, to_input
+from embdistill.evaluation.agreement import knn_agreement, knn_agreement_k
 from embdistill.evaluation.collapse import collapse_warning, embedding_spread
 from embdistill.evaluation.metrics import retrieval_metrics
 from embdistill.losses.objective import Objective, all_finite, build_objective
@@ -110,7 +116,7 @@ class Training:
     teachers: Teachers
     loader: DataLoader
     views: ViewDataset
-    sampler: PKSampler
+    sampler: PKSampler | RandomBatchSampler  # random batches for a label-free dataset
     unlabelled_stream: BatchStream | None
     test_loader: DataLoader  # the run's split (run_split), scored at the end
     val_loader: DataLoader  # scored every eval.every_epochs: the held-out train classes, or the run's split without them
@@ -119,8 +125,17 @@ class Training:
     state: TrainState
     resume_from: dict[str, Any] | None  # the checkpoint payload to continue from
     selection: Selection  # the held-out scores so far and the epoch chosen (train.select)
+    transductive: int = 0  # unlabelled images that are test images: the test scores are transductive
+    # train.select_metric knn_agreement@k: the teacher's embeddings of the periodic split's images, in its order
+    teacher_reference: torch.Tensor | None = None
     spread: float | None = None  # the last epoch's mean batch embedding spread (evaluation/collapse.py)
     collapse: str | None = None  # the collapse warning, if an epoch's spread fell below train.collapse_spread
+    teacher_space: TeacherSpace | None = None  # the absolute teacher term trains the student into the teacher's space
+
+    @property
+    def label_free(self) -> bool:
+        """A dataset with no labels (``photos``): scored by knn_agreement alone, no retrieval metrics or NMI."""
+        return is_label_free(self.cfg.data.dataset)
 
     @property
     def checkpoint(self) -> Path:
@@ -139,9 +154,23 @@ class Training:
     def evaluate(self, epoch: int, progress: bool, periodic: bool = False) -> dict[str, float]:
         """Score the run's split, or (``periodic``) the :attr:`periodic_split`."""
         loader, split = (self.val_loader, self.periodic_split) if periodic else (self.test_loader, self.splits.eval_name)
-        metrics = evaluate_embedder(self.student, loader, self.device, self.cfg.eval.ks, progress)
+        if self.label_free and self.teacher_reference is None:  # no classes and no teacher: nothing to score by
+            metrics = {}
+        elif self.teacher_reference is None or not (periodic or loader is self.val_loader):
+            metrics = evaluate_embedder(self.student, loader, self.device, self.cfg.eval.ks, progress)
+        else:
+            embeddings, labels = embed_loader(self.student, loader, self.device, progress)
+            retrieval = {} if self.label_free else retrieval_metrics(embeddings, labels, ks=self.cfg.eval.ks)
+            metrics = {**retrieval, **self.agreement(embeddings)}
         self.log.write("eval", epoch=epoch, split=split, **metrics)
         return metrics
+
+    def agreement(self, embeddings: torch.Tensor) -> dict[str, float]:
+        """``knn_agreement@k`` of the student's embeddings of the periodic split with the teacher's (none without them)."""
+        if self.teacher_reference is None:
+            return {}
+        metric = self.cfg.train.select_metric
+        return {metric: knn_agreement(embeddings, self.teacher_reference, knn_agreement_k(metric))}
 
     def validate(self, epoch: int, progress: bool) -> bool:
         """The score after ``epoch`` epochs, said and offered to the selection; True when it is the best so far."""
@@ -162,6 +191,7 @@ class Training:
             "normalization": (student.normalization.mean, student.normalization.std),
             "image_size": cfg.data.image_size,
             "config": to_dict(cfg),
+            **({TEACHER_SPACE: self.teacher_space.record()} if self.teacher_space else {}),  # engine/teacher_space.py
             **self.state.state_dict(),  # epoch, step, optimizer, scheduler, objective, and what resuming needs
             "selection": self.selection.state_dict(),
         }
@@ -222,12 +252,18 @@ def _setup(cfg: ExperimentConfig, world: World, device: torch.device, resume: bo
 
     semi = cfg.distill.semi_supervised if cfg.distill else None
     hidden = hidden_label_mask(splits.train, semi.hide_label_fraction, cfg.seed) if semi and not semi.folder else None
-    labels = np.where(hidden, -1, splits.train.labels) if hidden is not None else splits.train.labels
+    labels = np.where(hidden, -1, splits.train.labels) if hidden is not None else train_labels(cfg, splits.train)
     check_pk_classes(splits.train, labels)
     cache = image_cache(cfg.data, splits.train, view_size(cfg))
     loader, views, sampler = train_loader(cfg, splits.train, student.normalization, labels, cache, world.rank, world.size)
     unlabelled = unlabelled_items(cfg, splits.train, hidden)
-    unlabelled_stream = None
+    unlabelled_stream, transductive = None, 0
+    if unlabelled is not None and semi.folder:
+        transductive = transductive_images(cfg, unlabelled)
+        if transductive and world.is_main:
+            print(f"[{cfg.name}] transductive: {transductive} of the {len(unlabelled)} unlabelled images in "
+                  f"distill.semi_supervised.folder are test images of {cfg.data.dataset} {cfg.data.root}; "
+                  "the test scores will be marked transductive")
     if unlabelled is not None:
         unlabelled_stream = BatchStream(unlabelled_views(cfg, unlabelled, student.normalization, cache),
                                         semi.unlabelled_per_batch, cfg.seed, cfg.data.num_workers, world.rank, world.size)
@@ -242,9 +278,30 @@ def _setup(cfg: ExperimentConfig, world: World, device: torch.device, resume: bo
     scheduler = build_scheduler(cfg, optimizer, len(loader))
     state = TrainState(run_dir, student, optimizer, scheduler, objective, sampler,
                        teachers.by_name(), unlabelled_stream, writes=world.is_main)
+    reference = None
+    if teacher is not None and world.is_main and knn_agreement_k(cfg.train.select_metric):
+        reference = _teacher_reference(cfg, teacher, val_loader.dataset.items, device)
+    space = None
+    if teacher is not None and world.is_main:  # the space the absolute teacher term trains the student into
+        space = teacher_space_of(dict(objective.terms.items()), objective.weights,
+                                 checkpoint_fingerprint(cfg.distill.teacher), str(cfg.distill.teacher))
     return Training(cfg, world, device, amp, layout, RunLog(run_dir, enabled=world.is_main), splits, skipped,
                     student, model, objective, teachers, loader, views, sampler, unlabelled_stream, test_loader,
-                    val_loader, optimizer, scheduler, state, payload, selection)
+                    val_loader, optimizer, scheduler, state, payload, selection, transductive,
+                    teacher_reference=reference, teacher_space=space)
+
+
+def _teacher_reference(cfg: ExperimentConfig, teacher: Embedder, items, device: torch.device) -> torch.Tensor:
+    """The teacher's embeddings of ``items`` (the periodic split), once: what ``knn_agreement`` compares the student with.
+
+    At the teacher's own size and normalisation, on the clean images (as the teacher
+    sees its training crops), in the order the student's evaluation embeds them.
+    """
+    loader = eval_loader(items, view_size(cfg), teacher.normalization, cfg.eval.batch_size, cfg.data.num_workers,
+                         resize=cfg.data.resize)
+    print(f"[{cfg.name}] train.select_metric {cfg.train.select_metric}: the teacher embeds the {len(items)} "
+          "held-out images once")
+    return embed_loader(teacher, loader, device, progress=False)[0]
 
 
 def _build_teachers(cfg: ExperimentConfig, world: World, teacher: Embedder | None, objective: Objective,
@@ -280,7 +337,9 @@ def _start(t: Training, progress: bool) -> None:
     """Say what runs; then put the checkpoint back, or score the starting point (``eval.initial``)."""
     cfg, splits = t.cfg, t.splits
     t.say(f"{cfg.model.backbone} -> {t.student.dim}-d on {len(splits.train)} images "
-          f"/ {splits.train.num_classes} classes; evaluating on {len(splits.eval)} {splits.eval_name} images"
+          + ("(label-free: random batches, the teacher's terms alone)" if t.label_free
+             else f"/ {splits.train.num_classes} classes")
+          + f"; evaluating on {len(splits.eval)} {splits.eval_name} images"
           + (f"; validating on {len(splits.validation)} held-out images" if t.selection.separate else "")
           + f"; device {t.device}"
           + (f" x {t.world.size} processes" if t.world.distributed else ""))
@@ -413,12 +472,16 @@ def _finish(t: Training, progress: bool) -> RunResult:
         t.student.load_state_dict(selection.chosen_weights())
         t.log.write("selected", **chosen["selected"], epoch=chosen["epoch"])
     embeddings, eval_labels = embed_loader(t.student, t.test_loader, t.device, progress)
-    metrics = retrieval_metrics(embeddings, eval_labels, ks=cfg.eval.ks)
+    # A label-free run has no classes to score retrieval by: its score is the teacher's neighbours it keeps.
+    metrics = {} if t.label_free else retrieval_metrics(embeddings, eval_labels, ks=cfg.eval.ks)
+    if t.test_loader is t.val_loader:  # the split the teacher's reference is of (train.select_metric knn_agreement@k)
+        metrics.update(t.agreement(embeddings))
     t.log.write("eval", epoch=chosen["epoch"], split=t.splits.eval_name, **metrics)
     save_test_embeddings(run_dir, embeddings, eval_labels, t.splits.eval.paths, t.splits.eval.class_names)
     summary: dict[str, Any] = {
         "name": cfg.name,
         "split": t.splits.eval_name,
+        **({"label_free": True} if t.label_free else {}),
         **metrics,
         **chosen,
         "train_seconds": round(train_seconds, 1),
@@ -427,6 +490,7 @@ def _finish(t: Training, progress: bool) -> RunResult:
         **({"teacher_bank": cfg.distill.bank} if cfg.distill and cfg.distill.bank else {}),
         "embedding_spread": None if t.spread is None else round(t.spread, 5),
         **({"collapse_warning": t.collapse} if t.collapse else {}),
+        **({"transductive": True, "transductive_test_images": t.transductive} if t.transductive else {}),
         "skipped_images": len(t.skipped),
         "skipped_steps": state.skipped_steps,
         **({"processes": world.size} if world.distributed else {}),
@@ -438,7 +502,8 @@ def _finish(t: Training, progress: bool) -> RunResult:
     (run_dir / "summary.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
     which = (f" ({t.splits.eval_name}, epoch {chosen['epoch']} of {state.epoch} chosen on validation {selection.metric})"
              if selection.chose else "")
-    print(f"[{cfg.name}] done in {train_seconds:.0f} s{which}: " + _fmt(metrics))
+    print(f"[{cfg.name}] done in {train_seconds:.0f} s{which}: "
+          + (_fmt(metrics) or "nothing to score (no labels and no teacher: the starting network is saved)"))
     if t.skipped or state.skipped_steps:
         print(f"[{cfg.name}] skipped {len(t.skipped)} unreadable image(s) and {state.skipped_steps} non-finite step(s)")
     return RunResult(run_dir, world.broadcast(metrics), run_checkpoint(run_dir))

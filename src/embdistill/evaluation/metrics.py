@@ -21,7 +21,9 @@ Conventions (the same as pytorch-metric-learning's ``AccuracyCalculator`` and Mu
 al., "A Metric Learning Reality Check", 2020):
 
 * Without ``query_embeddings`` every item is a query against all the others (itself
-  excluded). With them, queries are ranked against the whole gallery.
+  excluded). With them, queries are ranked against the whole gallery; with ``paired``
+  too, query i and gallery item i are one image embedded by two networks (a student's
+  query against its teacher's gallery), and item i is left out of query i's ranking.
 * R for a query is its number of positives in the gallery (itself excluded). Queries
   without a positive are left out of every average, Recall@K included; if no query has a
   positive, every value is NaN.
@@ -68,11 +70,14 @@ def retrieval_metrics(
     r_precision: bool = True,
     chunk_size: int | None = None,
     metric: Metric = "cosine",
+    paired: bool = False,
 ) -> dict[str, float]:
     """Recall@K for each K in ``ks``, MAP@R and R-Precision, exact, in bounded memory.
 
     ``embeddings``/``labels`` are the gallery; without ``query_*`` they are also the
-    queries (leave-one-out). ``metric="cosine"`` L2-normalises and ranks by inner product;
+    queries (leave-one-out). ``paired``: the queries are the gallery's images embedded
+    by another network, row for row (same length, same labels), and each query's own
+    image is left out of the gallery, as leave-one-out does with one network. ``metric="cosine"`` L2-normalises and ranks by inner product;
     ``"euclidean"`` ranks by L2 distance. Work runs on the embeddings' device.
     ``chunk_size`` is the block side of the similarity matrix; besides a copy of the
     embeddings, work memory is about 5 * chunk_size**2 bytes (14 for euclidean) plus ~40
@@ -97,6 +102,11 @@ def retrieval_metrics(
     gallery_labels, q_labels = _as_label_ids(labels, None if same_set else query_labels, gallery.device)
     if len(gallery_labels) != len(gallery) or len(q_labels) != len(queries):
         raise ValueError("embeddings and labels must have the same length")
+    if paired and same_set:
+        raise ValueError("paired needs query_embeddings: the same images embedded by another network")
+    if paired and (len(queries) != len(gallery) or not torch.equal(q_labels, gallery_labels)):
+        raise ValueError(f"paired queries must be the gallery's images row for row: {len(queries)} queries, "
+                         f"{len(gallery)} gallery items" + ("" if len(queries) != len(gallery) else ", labels differ"))
     if chunk_size is None:
         chunk_size = DEFAULT_CHUNK_CUDA if gallery.is_cuda else DEFAULT_CHUNK_CPU
     if chunk_size < 1:
@@ -112,7 +122,7 @@ def retrieval_metrics(
         torch.set_num_threads(1)
     try:
         return _retrieval_metrics(queries, q_labels, gallery, gallery_labels, same_set, ks, map_at_r, r_precision,
-                                  chunk_size, metric, threads)
+                                  chunk_size, metric, threads, paired)
     finally:
         torch.set_float32_matmul_precision(precision)
         torch.set_num_threads(threads)
@@ -121,7 +131,7 @@ def retrieval_metrics(
 @torch.no_grad()
 def _retrieval_metrics(
     queries: Tensor, q_labels: Tensor, gallery: Tensor, gallery_labels: Tensor, same_set: bool, ks: list[int],
-    map_at_r: bool, r_precision: bool, chunk_size: int, metric: Metric, matmul_threads: int,
+    map_at_r: bool, r_precision: bool, chunk_size: int, metric: Metric, matmul_threads: int, paired: bool = False,
 ) -> dict[str, float]:
     if metric == "cosine":
         gallery = torch.nn.functional.normalize(gallery, dim=1)
@@ -132,7 +142,9 @@ def _retrieval_metrics(
         # <q, g> - ||g||^2 / 2 (higher is nearer) is the same order.
         gallery_offset = 0.5 * (gallery * gallery).sum(dim=1)
 
-    owner, scores = _positive_scores(queries, q_labels, gallery, gallery_labels, gallery_offset, same_set)
+    # Query i's own image (gallery item i, same_set or paired) is its positive, never a negative: leaving it
+    # out of the positives leaves it out of the ranking.
+    owner, scores = _positive_scores(queries, q_labels, gallery, gallery_labels, gallery_offset, same_set or paired)
     if same_set:
         # Renumber items by their lowest positive score. Then in blocks above the diagonal
         # the row queries hold the lower thresholds, so one comparison serves both sides.
@@ -283,15 +295,16 @@ class _Ranks:
 
 def _positive_scores(
     queries: Tensor, q_labels: Tensor, gallery: Tensor, g_labels: Tensor, gallery_offset: Tensor | None,
-    same_set: bool,
+    exclude_self: bool,
 ) -> tuple[Tensor, Tensor]:
     """Query index and score of every (query, positive) pair, class by class.
 
     Classes with the same number of queries and gallery items share one bmm.
+    ``exclude_self``: query i and gallery item i are one image (one label order), left out of its positives.
     """
     device = queries.device
     q_order = torch.argsort(q_labels, stable=True)
-    g_order = q_order if same_set else torch.argsort(g_labels, stable=True)
+    g_order = q_order if exclude_self else torch.argsort(g_labels, stable=True)
     classes, q_count = torch.unique_consecutive(q_labels[q_order], return_counts=True)
     q_start = torch.cumsum(q_count, 0) - q_count
     g_sorted = g_labels[g_order]
@@ -300,13 +313,13 @@ def _positive_scores(
 
     owners, scores = [], []
     width = int(g_count.max()) + 1 if len(classes) else 1
-    shape_of_class = torch.where(g_count > int(same_set), q_count * width + g_count, -1)
+    shape_of_class = torch.where(g_count > int(exclude_self), q_count * width + g_count, -1)
     for shape in torch.unique(shape_of_class).tolist():
         if shape < 0:
             continue
         a, b = divmod(shape, width)
         i, j = torch.arange(a, device=device), torch.arange(b, device=device)
-        keep = i[:, None] != j[None, :] if same_set else torch.ones(a, b, dtype=torch.bool, device=device)
+        keep = i[:, None] != j[None, :] if exclude_self else torch.ones(a, b, dtype=torch.bool, device=device)
         per_part = max(1, _PAIR_SCORE_ELEMENTS // ((a + b) * queries.shape[1] + a * b))
         for part in torch.nonzero(shape_of_class == shape).squeeze(1).split(per_part):
             qi = q_order[q_start[part, None] + i]
@@ -314,7 +327,7 @@ def _positive_scores(
             block = torch.bmm(queries[qi], gallery[gi].transpose(1, 2))
             if gallery_offset is not None:
                 block -= gallery_offset[gi][:, None, :]
-            owners.append(qi[:, :, None].expand_as(block)[:, keep])  # same_set: self left out
+            owners.append(qi[:, :, None].expand_as(block)[:, keep])  # exclude_self: self left out
             scores.append(block[:, keep])
     if not owners:
         return torch.zeros(0, dtype=torch.int64, device=device), torch.zeros(0, device=device)

@@ -326,6 +326,83 @@ class DarkRankLoss(DistillationLoss):
         return f"alpha={self.alpha}, beta={self.beta}, method={self.method!r}"
 
 
+class RelaxedContrastiveLoss(DistillationLoss):
+    """Kim et al. (CVPR 2021), "Embedding Transfer with Label Relaxation": the relaxed contrastive loss.
+
+    A contrastive loss whose binary same-class label is relaxed into the teacher's
+    similarity, so it needs no labels at all: each pair (i, j), i != j, is pulled
+    together with weight w_ij and pushed beyond the margin delta with weight 1 - w_ij,
+
+        loss = 1/B sum_i sum_{j != i} [ w_ij d_ij^2 + (1 - w_ij) [delta - d_ij]_+^2 ],
+        w_ij = exp(-||t_i - t_j||^2 / sigma).
+
+    Normalised exactly as the authors' code (LabelRelaxation-CVPR21, ``Relaxed_Contra``):
+    the teacher's embeddings are L2-normalised before w is taken (so the teacher's
+    scale never matters), and the student's distances are divided by their row mean
+    over all B entries of the row, the zero self-distance included
+    (d_ij = ||s_i - s_j|| / (1/B sum_k ||s_i - s_k||)), which makes the loss blind to the
+    student's scale; the student's embeddings are used as given. ``sigma`` (the kernel
+    width) and ``delta`` (the margin) default to the paper's 1 and 1.
+    """
+
+    batch_level = True
+
+    def __init__(self, sigma: float = 1.0, delta: float = 1.0) -> None:
+        super().__init__()
+        if not (math.isfinite(sigma) and sigma > 0):
+            raise ValueError(f"sigma: expected a value > 0, got {sigma!r}")
+        if not (math.isfinite(delta) and delta > 0):
+            raise ValueError(f"delta: expected a value > 0, got {delta!r}")
+        self.sigma = sigma
+        self.delta = delta
+
+    def forward(self, student: Tensor | EmbedderOutput, teacher: Tensor | EmbedderOutput) -> Tensor:
+        s, t = _embeddings(student, teacher)
+        b = s.shape[0]
+        if b < 2:
+            return _zero(s)
+        weights = torch.exp(-pairwise_distances(F.normalize(t, dim=1)).pow(2) / self.sigma)
+        d = pairwise_distances(s)
+        d = d / d.mean(dim=1, keepdim=True).clamp_min(1e-12)  # the row mean over B entries, as the authors' code
+        pull = weights * d.pow(2)
+        push = (1.0 - weights) * F.relu(self.delta - d).pow(2)
+        return _off_diagonal(pull + push).sum() / b
+
+    def extra_repr(self) -> str:
+        return f"sigma={self.sigma}, delta={self.delta}"
+
+
+class PKTLoss(DistillationLoss):
+    """Passalis & Tefas (ECCV 2018) probabilistic knowledge transfer (PKT).
+
+    Each network's cosine similarities, mapped to [0, 1] by (cos + 1) / 2, are
+    normalised row by row into conditional probabilities p_{j|i} (teacher) and
+    q_{j|i} (student); the loss is KL(P || Q) per row, summed over j and averaged
+    over the B rows:
+
+        loss = 1/B sum_i sum_j p_{j|i} log((p_{j|i} + eps) / (q_{j|i} + eps)),  eps = 1e-7.
+
+    As in the authors' code (passalis/probabilistic_kt), each vector is divided by
+    its norm + eps, the row includes j = i, and eps is theirs; their code takes the
+    mean over the B^2 entries, i.e. their value is ours / B. Blind to each
+    embedding's length and to rotations of either space; zero when the student's
+    cosine similarities equal the teacher's, so embedding sizes may differ.
+    """
+
+    batch_level = True
+    EPS = 1e-7
+
+    def _conditional(self, x: Tensor) -> Tensor:
+        unit = x / (torch.linalg.vector_norm(x, dim=1, keepdim=True) + self.EPS)
+        kernel = (unit @ unit.t() + 1.0) / 2.0
+        return kernel / kernel.sum(dim=1, keepdim=True)
+
+    def forward(self, student: Tensor | EmbedderOutput, teacher: Tensor | EmbedderOutput) -> Tensor:
+        s, t = _embeddings(student, teacher)
+        p, q = self._conditional(t), self._conditional(s)
+        return (p * torch.log((p + self.EPS) / (q + self.EPS))).sum(dim=1).mean()
+
+
 class HintLoss(DistillationLoss):
     """FitNets hint (Romero et al., ICLR 2015): regress a student feature map onto a teacher's.
 
@@ -412,6 +489,8 @@ DISTILL_LOSSES: dict[str, type[DistillationLoss]] = {
     "rkd_distance": RKDDistanceLoss,
     "rkd_angle": RKDAngleLoss,
     "darkrank": DarkRankLoss,
+    "relaxed_contrastive": RelaxedContrastiveLoss,
+    "pkt": PKTLoss,
     "hint": HintLoss,
     "attention": AttentionTransferLoss,
 }

@@ -16,14 +16,17 @@ from PIL import Image
 
 from embdistill.data.transforms import eval_transform
 from embdistill.engine.checkpoint import embedder_from_checkpoint, load_checkpoint
+from embdistill.engine.teacher_space import TEACHER_SPACE, in_teacher_space
 from embdistill.export import (
     ExportMetadata,
     is_torchscript_file,
     metadata_from_checkpoint,
     read_onnx_metadata,
+    read_quantization_record,
     read_torchscript_metadata,
 )
 from embdistill.formats import DeployError
+from embdistill.quantize import precise_session_config
 
 __all__ = ["Encoder", "load_encoder"]
 
@@ -47,6 +50,11 @@ class Encoder:
         return self.metadata.model_fingerprint or None
 
     @property
+    def declared_space(self) -> str | None:
+        """The teacher's space this model's output was trained into (absolute teacher term), None if none."""
+        return self.metadata.declared_space or None
+
+    @property
     def transform(self) -> Callable:
         return eval_transform(self.metadata)
 
@@ -60,8 +68,13 @@ class Encoder:
         return np.asarray(self(batch), dtype=np.float32)
 
 
-def load_encoder(path: str | Path, threads: int | None = None) -> Encoder:
-    """A ``.pt`` checkpoint or run directory (its last.pt), an exported ``.onnx``, or an exported TorchScript file."""
+def load_encoder(path: str | Path, threads: int | None = None, *, target_space: str | None = None) -> Encoder:
+    """A ``.pt`` checkpoint or run directory (its last.pt), an exported ``.onnx``, or an exported TorchScript file.
+
+    ``target_space``: a gallery's fingerprint. A checkpoint of a student trained into that space
+    through a learned projection (absolute teacher term, engine/teacher_space.py) is loaded with the
+    projection applied, so its output lies there; an exported file is what it was exported as.
+    """
     path = Path(path)
     if not path.exists():
         raise DeployError(f"model {path} does not exist; expected a checkpoint (.pt), a run directory or an exported .onnx")
@@ -70,6 +83,8 @@ def load_encoder(path: str | Path, threads: int | None = None) -> Encoder:
     if is_torchscript_file(path):
         return _torchscript_encoder(path)
     payload = load_checkpoint(path)
+    if target_space and (payload.get(TEACHER_SPACE) or {}).get("fingerprint") == target_space:
+        payload = in_teacher_space(payload, f"checkpoint {path}")
     model = embedder_from_checkpoint(payload).eval()
     meta = metadata_from_checkpoint(payload, model, source=str(path.resolve()))
 
@@ -88,6 +103,8 @@ def _onnx_encoder(path: Path, threads: int | None) -> Encoder:
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    for key, value in precise_session_config(read_quantization_record(path), f"model {path}").items():
+        options.add_session_config_entry(key, value)
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     inputs = [i.name for i in session.get_inputs()]
     if meta.input_name not in inputs:

@@ -65,18 +65,33 @@ class Gallery:
         Two networks of one embedding size still embed into unrelated spaces, where every
         score is noise; so a model whose fingerprint differs from the gallery's is refused
         (:class:`EmbeddingSpaceError`) unless ``allow_other_space``. The gallery's own
-        checkpoint and its ONNX, TorchScript and INT8 exports share its fingerprint. A
-        gallery or an export older than fingerprints is accepted with an
-        :class:`EmbeddingSpaceWarning`: the check cannot be made.
+        checkpoint and its ONNX, TorchScript and INT8 exports share its fingerprint; a
+        student that declares the gallery's space (trained into its teacher's space by
+        the absolute teacher term, see :meth:`pairing`) is accepted too, and its
+        checkpoint is loaded with its projection applied. A gallery or an export older
+        than fingerprints is accepted with an :class:`EmbeddingSpaceWarning`: the check
+        cannot be made.
         """
         model = model or self.model
         if not model:
             raise DeployError(f"gallery {self.path}: its sidecar records no model; pass --model CHECKPOINT_OR_ONNX")
-        encoder = load_encoder(model, threads)
+        encoder = load_encoder(model, threads, target_space=self.fingerprint)
         if encoder.dim != self.dim:
-            raise DeployError(f"model {encoder.source} gives {encoder.dim}-d embeddings, gallery {self.path} holds {self.dim}-d ones")
+            hint = ("" if encoder.format == "checkpoint" or encoder.declared_space else
+                    "; a student distilled with the absolute teacher term through a projection queries its teacher's "
+                    "gallery when exported with `embdistill export CKPT --space teacher`")
+            raise DeployError(f"model {encoder.source} gives {encoder.dim}-d embeddings, gallery {self.path} holds "
+                              f"{self.dim}-d ones{hint}")
         self._check_space(encoder, allow_other_space)
         return encoder
+
+    def pairing(self, encoder: Encoder) -> str | None:
+        """One line when ``encoder`` is another network that was trained into this gallery's space (a student
+        querying its teacher's gallery), else None."""
+        if not self.fingerprint or encoder.fingerprint == self.fingerprint or encoder.declared_space != self.fingerprint:
+            return None
+        return (f"student {encoder.source} queries gallery {self.path} of its teacher {self.model or '(its model unrecorded)'}: "
+                f"trained into the teacher's space {self.fingerprint[:12]} by the absolute teacher term")
 
     def _check_space(self, encoder: Encoder, allow_other_space: bool) -> None:
         if self.fingerprint is None:
@@ -87,7 +102,7 @@ class Gallery:
             warnings.warn(f"model {encoder.source} records no fingerprint (exported before embdistill recorded one), so "
                           f"whether it embeds into the space of gallery {self.path} is unchecked; re-export it",
                           EmbeddingSpaceWarning, stacklevel=3)
-        elif encoder.fingerprint != self.fingerprint and not allow_other_space:
+        elif encoder.fingerprint != self.fingerprint and encoder.declared_space != self.fingerprint and not allow_other_space:
             raise EmbeddingSpaceError(
                 f"model {encoder.source} embeds into space {encoder.fingerprint[:12]}, but gallery {self.path} was "
                 f"embedded by {self.model or 'another model'} into space {self.fingerprint[:12]}: scores across two spaces "
@@ -131,6 +146,7 @@ class SearchResult:
     query: Path
     hits: list[Hit]
     model: Path
+    pairing: str | None = None  # the line saying that a student queries its teacher's gallery (Gallery.pairing)
 
     def lines(self) -> list[str]:
         return [f"{h.rank:>4}  {h.score:.4f}  {h.path}" for h in self.hits]
@@ -155,7 +171,7 @@ def search_image(
         raise DeployError(
             f"query image {query} cannot be decoded (truncated, corrupt or not an image?): {err.__cause__ or err}"
         ) from err
-    return SearchResult(query, gallery.search(vector, k)[0], encoder.source)
+    return SearchResult(query, gallery.search(vector, k)[0], encoder.source, gallery.pairing(encoder))
 
 
 def save_grid(result: SearchResult, out: str | Path, columns: int = 5, thumb: int = 160) -> Path:

@@ -48,6 +48,11 @@ class Side:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
+    def pairing(self) -> str | None:
+        """The line saying that a student queries its teacher's gallery here (Gallery.pairing), else None."""
+        return self.gallery.pairing(self.encoder)
+
+    @property
     def classes(self) -> list[str]:
         return sorted({class_name(f) for f in self.gallery.files})
 
@@ -62,16 +67,18 @@ class Side:
             "backbone": meta.backbone,
             "image_size": meta.image_size,
             "dim": meta.embedding_dim,
+            **({"pairing": self.pairing} if self.pairing else {}),
         }
 
 
 def load_side(
-    gallery: str | Path, name: str | None = None, model: str | Path | None = None, threads: int | None = None,
+    gallery: str | Path | Gallery, name: str | None = None, model: str | Path | None = None, threads: int | None = None,
     *, allow_other_space: bool = False,
 ) -> Side:
-    """A gallery (.faiss from `embdistill index`, or .npy from `embdistill embed`) and its model, which must
-    embed into the gallery's space unless ``allow_other_space`` (see :meth:`~embdistill.search.Gallery.encoder`)."""
-    loaded = load_gallery(gallery)
+    """A gallery (.faiss from `embdistill index`, or .npy from `embdistill embed`, or one already loaded) and its
+    model, which must embed into the gallery's space unless ``allow_other_space`` (see
+    :meth:`~embdistill.search.Gallery.encoder`)."""
+    loaded = gallery if isinstance(gallery, Gallery) else load_gallery(gallery)
     encoder = loaded.encoder(model, threads, allow_other_space=allow_other_space)
     if name is None:  # runs/x/student/last.pt -> "student"; runs/x/student -> "student"
         source = Path(encoder.source)

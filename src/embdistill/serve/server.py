@@ -30,10 +30,14 @@ def run_server(
     threads: int | None = None,
     log_level: str = "warning",
     allow_other_space: bool = False,
+    query_model: str | Path | None = None,
 ) -> int:
     """Serve until interrupted. Uploads are parsed in a private temporary folder, removed on exit.
 
     ``model`` / ``compare_model`` must embed into their gallery's space unless ``allow_other_space``.
+    ``query_model`` (instead of ``compare``): a second column that searches ``gallery`` itself with
+    that model, e.g. a student trained into the space of the teacher that embedded it, beside the
+    teacher's own query.
     """
     try:
         import uvicorn
@@ -45,7 +49,13 @@ def run_server(
         raise DeployError(f"--port must be in 1..65535, got {port}")
     if max_upload_mb <= 0:
         raise DeployError(f"--max-upload-mb must be > 0, got {max_upload_mb}")
+    if compare is not None and query_model is not None:
+        raise DeployError("--compare and --query-model each add the page's second column: give one of them")
     sides = [load_side(gallery, name, model, threads, allow_other_space=allow_other_space)]
+    if query_model is not None:
+        sides.append(load_side(sides[0].gallery, compare_name, query_model, threads, allow_other_space=allow_other_space))
+        if compare_name is None:
+            sides[1].name = f"{sides[1].name} on {sides[0].name}'s gallery"
     if compare is not None:
         sides.append(load_side(compare, compare_name, compare_model, threads, allow_other_space=allow_other_space))
         if sides[0].name == sides[1].name:
@@ -59,6 +69,8 @@ def run_server(
         print(f"embdistill serve: listening on {host}, not only this machine: anyone who reaches it can search", file=sys.stderr)
     for side in sides:
         print(f"{side.name}: {side.gallery.size} images in {side.gallery.path}, model {side.encoder.source}", flush=True)
+        if side.pairing:
+            print(side.pairing, flush=True)
     print(f"search page: http://{host}:{port}/  (Ctrl-C stops it)", flush=True)
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again: with
     # these handlers that ends here, not by the signal's default action, so the folder goes.

@@ -1,0 +1,240 @@
+"""INT8 settings on every x86 integer-kernel path, measured on one machine: which default is right on every CPU?
+
+    .venv/bin/python benchmarks/int8_cpu_paths.py --checkpoint runs/demo/distilled
+
+ONNX Runtime picks its INT8 kernels from the CPU it runs on (``embdistill.cpu_features``):
+with VNNI or AMX, uint8 x int8 (U8S8) products are summed in 32 bits; on x86 without them,
+each pair of products is first added in a saturating 16-bit lane. So one INT8 file can be
+right on the machine that made it and wrong on another. This script quantizes the checkpoint
+once per setting in ``VARIANTS`` (256 training images, as ``embdistill export --quantize int8``),
+then embeds the test split with every file on every path in ``PATHS``:
+
+- ``native``: this CPU, as it is;
+- ``avx2-no-vnni``: the same program under ``qemu-x86_64 -cpu Haswell`` (Debian's ``qemu-user``),
+  whose CPUID says AVX2 without VNNI, so ONNX Runtime takes the saturating kernels, exactly as on
+  such a machine (its arithmetic is emulated bit for bit; only the speed is not real);
+- ``avx2-no-vnni+precise``: as above with ONNX Runtime's ``session.x64quantprecision=1``, which
+  turns int8 weights into uint8 at load time (what ``embdistill`` does for older files there).
+
+Every embedding is compared with the fp32 ONNX model's on this CPU (float kernels do not saturate):
+R@1 and MAP@R on the test classes (every image a query against all others), the cosine between
+each image's fp32 and INT8 embeddings, and the file size. Speed is in ``benchmarks/export_speed.py``
+(it needs a quiet machine and a real CPU, not an emulated one).
+
+Writes ``benchmarks/results/int8_cpu_paths.{md,json}``. ``--smoke`` runs 2 settings on 32 images of the
+ImageNet student and writes to a temporary folder unless ``--out`` is given. ``tests/test_int8_cpus.py``
+runs the ``--child`` mode under the emulator on a worst-case convolution.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+QEMU = "qemu-x86_64"
+# path name -> (CPU that qemu emulates or None for this CPU, ONNX Runtime session config)
+PATHS = {
+    "native": (None, {}),
+    "avx2-no-vnni": ("Haswell", {}),
+    "avx2-no-vnni+precise": ("Haswell", {"session.x64quantprecision": "1"}),
+}
+
+
+def variants() -> dict:
+    from embdistill.quantize import DEFAULT_SETTINGS, QuantSettings
+
+    u8s8 = QuantSettings(activation_type="uint8", weight_type="int8", reduce_range=False)
+    return {
+        "default": (DEFAULT_SETTINGS, "`embdistill export --quantize int8`"),
+        "U8S8": (u8s8, "uint8 activations x int8 weights in full range (the default before 2026-12-05)"),
+        "U8S8 7-bit": (u8s8.with_(reduce_range=True), "int8 weights in 7 bits (reduce_range): pair sums below 2^15"),
+        "S8S8": (u8s8.with_(activation_type="int8"), "signed activations (x86 shifts them to uint8)"),
+    }
+
+
+def embed_child(models: list[Path], inputs: Path, out_dir: Path, config: dict[str, str], threads: int) -> None:
+    """Run each model on the saved input tensor; runs inside the emulator too, so it imports only numpy and ORT."""
+    import onnxruntime as ort
+
+    x = np.load(inputs, mmap_mode="r")
+    for model in models:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        for key, value in config.items():
+            options.add_session_config_entry(key, value)
+        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        out = np.concatenate([session.run(None, {name: np.ascontiguousarray(x[i:i + 64])})[0] for i in range(0, len(x), 64)])
+        np.save(out_dir / f"{model.stem}.npy", out)
+
+
+def run_path(path: str, models: list[Path], inputs: Path, workdir: Path, threads: int) -> tuple[Path, dict]:
+    """Embeddings of every model on one kernel path, and the CPU that path reported."""
+    cpu, config = PATHS[path]
+    out = workdir / path
+    out.mkdir(exist_ok=True)
+    command = [sys.executable, __file__, "--child", str(inputs), str(out), json.dumps(config), str(threads),
+               *map(str, models)]
+    if cpu is not None:
+        if shutil.which(QEMU) is None:
+            raise SystemExit(f"path {path} needs {QEMU} (Debian: apt-get install qemu-user)")
+        command = [QEMU, "-cpu", cpu, *command]
+    subprocess.run(command, check=True, stderr=subprocess.DEVNULL if cpu else None)
+    return out, json.loads((out / "cpu.json").read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default="runs/demo/distilled",
+                        help="a run directory or checkpoint; 'imagenet': ImageNet MobileNetV2 with a fresh 512-d head at 96 px")
+    parser.add_argument("--images", type=int, default=0, help="test images to embed, spread over the classes (0: all)")
+    parser.add_argument("--variants", nargs="+", help="settings to compare (default: all)")
+    parser.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(PATHS))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true", help="2 settings, 32 images, the ImageNet student: a quick check")
+    parser.add_argument("--out", type=Path, help="results path without suffix (default: benchmarks/results/int8_cpu_paths)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.checkpoint, args.images, args.variants = "imagenet", args.images or 32, args.variants or ["default", "U8S8"]
+        args.out = args.out or Path(tempfile.mkdtemp(prefix="int8_cpu_paths_smoke_")) / "int8_cpu_paths"
+    args.out = args.out or RESULTS / "int8_cpu_paths"
+    return measure(args, shlex.join([os.path.relpath(sys.executable), "benchmarks/int8_cpu_paths.py", *(argv or sys.argv[1:])]))
+
+
+def measure(args: argparse.Namespace, command: str) -> int:
+    import onnxruntime as ort
+    import torch
+
+    from embdistill.data import load_dataset
+    from embdistill.engine.checkpoint import checkpoint_normalization, load_checkpoint
+    from embdistill.engine.loaders import eval_loader
+    from embdistill.export import export_checkpoint
+    from embdistill.quantize import parity_report, spread_indices
+
+    table = variants()
+    chosen = args.variants or list(table)
+    unknown = sorted(set(chosen) - set(table))
+    if unknown:
+        raise SystemExit(f"--variants: unknown {unknown}; known: {list(table)}")
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="int8_cpu_paths_") as tmp:
+        workdir = Path(tmp)
+        checkpoint = args.checkpoint
+        if checkpoint == "imagenet":
+            sys.path.insert(0, str(ROOT / "benchmarks"))
+            from export_speed import CUB100, STUDENT, STUDENT_SIZE, write_checkpoint
+
+            checkpoint = str(write_checkpoint(workdir / "imagenet" / "last.pt", STUDENT, STUDENT_SIZE,
+                                              {"dataset": "cub200", "root": os.path.relpath(CUB100)}))
+        payload = load_checkpoint(checkpoint)
+        data = payload["config"]["data"]
+        test = load_dataset(data["dataset"], data["root"], "test")
+        if args.images:
+            test = test.subset(spread_indices(len(test), args.images))
+        loader = eval_loader(test, payload["image_size"], checkpoint_normalization(payload), batch_size=128, num_workers=0,
+                             resize=data.get("resize", "crop"))
+        inputs = workdir / "inputs.npy"
+        np.save(inputs, np.concatenate([images.numpy() for images, _, _ in loader]))
+
+        models = [export_checkpoint(checkpoint, "onnx", workdir / "fp32.onnx", verify=False)]
+        for n, name in enumerate(chosen):
+            start = time.perf_counter()
+            models.append(export_checkpoint(checkpoint, "onnx", workdir / f"int8_{n}.onnx", verify=False,
+                                            quantize="int8", quant_settings=table[name][0]))
+            print(f"[int8_cpu_paths] quantized {name} in {time.perf_counter() - start:.0f} s", flush=True)
+        files = [m.path for m in models]
+
+        reference, native = None, {}
+        rows, cpus = [], {}
+        for path in args.paths:
+            start = time.perf_counter()
+            out, cpus[path] = run_path(path, files if reference is None else files[1:], inputs, workdir, args.threads)
+            print(f"[int8_cpu_paths] {path} ({cpus[path]['int8_path']}): {time.perf_counter() - start:.0f} s", flush=True)
+            if reference is None:
+                reference = np.load(out / "fp32.npy")
+            for n, name in enumerate(chosen, start=1):
+                got = np.load(out / f"int8_{n - 1}.npy")
+                report = parity_report(reference, got, test.labels)
+                # the same file on the native CPU: 0 where both paths sum exactly (no saturation anywhere)
+                native.setdefault(name, got)
+                row = {"variant": name, "path": path, "why": table[name][1], "settings": table[name][0].to_dict(),
+                       "int8_mb": models[n].size_bytes / 2**20, "fp32_mb": models[0].size_bytes / 2**20, **report,
+                       "max_abs_diff_vs_first_path": float(np.abs(got - native[name]).max())}
+                rows.append(row)
+                print(f"  {name}: R@1 {row['fp32_recall@1']:.1f} -> {row['int8_recall@1']:.1f}, MAP@R "
+                      f"{row['fp32_map@r']:.1f} -> {row['int8_map@r']:.1f}, cosine {row['mean_cosine']:.4f} "
+                      f"(min {row['min_cosine']:.4f})", flush=True)
+
+    meta = {
+        "command": command,
+        "checkpoint": args.checkpoint,
+        "backbone": payload["model_config"].get("backbone"),
+        "image_size": payload["image_size"],
+        "embedding_dim": payload["model_config"].get("dim"),
+        "test_images": len(test),
+        "test_classes": test.num_classes,
+        "calibration": models[1].quantization["calibration"],
+        "onnxruntime": ort.__version__,
+        "cpus": cpus,
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{args.out}.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+    Path(f"{args.out}.md").write_text(markdown(meta, rows))
+    print(f"-> {args.out}.md, {args.out}.json")
+    return 0
+
+
+def markdown(meta: dict, rows: list[dict]) -> str:
+    lines = [
+        "# INT8 on every x86 kernel path: retrieval against fp32",
+        "",
+        f"- command: `{meta['command']}`",
+        f"- model: {meta['backbone']} at {meta['image_size']} px, {meta['embedding_dim']}-d, from `{meta['checkpoint']}`",
+        f"- queries: {meta['test_images']} test images ({meta['test_classes']} unseen classes), each against all others; "
+        f"reference: the fp32 ONNX model on the native CPU",
+        f"- calibration: {meta['calibration']}; onnxruntime {meta['onnxruntime']}; {meta['date']}",
+        "- paths (the CPU each reported through CPUID):",
+        *(f"  - `{path}`: {cpu['model']}, {cpu['int8_path']}"
+          + (f", session config {PATHS[path][1]}" if PATHS[path][1] else "") for path, cpu in meta["cpus"].items()),
+        "- R@1, MAP@R in %; cosine = between an image's fp32 and INT8 embeddings",
+        "",
+        f"- max diff: largest |difference| between this path's INT8 embeddings and the same file's on `{rows[0]['path']}`",
+        "",
+        "| setting | path | R@1 fp32 → INT8 | MAP@R fp32 → INT8 | cosine mean | cosine min | max diff | INT8 MB | what it is |",
+        "|---|---|---|---|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['variant']} | {r['path']} | {r['fp32_recall@1']:.1f} → {r['int8_recall@1']:.1f} | "
+            f"{r['fp32_map@r']:.1f} → {r['int8_map@r']:.1f} | {r['mean_cosine']:.4f} | {r['min_cosine']:.4f} | "
+            f"{r['max_abs_diff_vs_first_path']:.1e} | "
+            f"{r['int8_mb']:.2f} | {r['why']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def child(argv: list[str]) -> int:
+    inputs, out, config, threads, *models = argv
+    sys.path.insert(0, str(ROOT / "src"))
+    from embdistill.cpu_features import cpu_int8
+
+    Path(out, "cpu.json").write_text(json.dumps(cpu_int8().to_dict()))
+    embed_child([Path(m) for m in models], Path(inputs), Path(out), json.loads(config), int(threads))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(child(sys.argv[2:]) if sys.argv[1:2] == ["--child"] else main())
