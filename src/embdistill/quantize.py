@@ -62,7 +62,9 @@ _HEAD_START_OPS = ("GlobalAveragePool", "ReduceMean")
 class QuantSettings:
     """How to quantize; every field maps to one onnxruntime.quantization option."""
 
-    format: str = "qdq"  # "qdq": Quantize/DequantizeLinear pairs ORT fuses into int8 kernels; "qoperator": QLinear* ops
+    # "qdq": Quantize/DequantizeLinear pairs ORT fuses into int8 kernels; "qoperator": QLinear* ops, whose per-channel
+    # convolution weights onnxruntime makes int8 whatever weight_type says
+    format: str = "qdq"
     per_channel: bool = True  # one weight scale per output channel: MobileNet's depthwise convs need it
     reduce_range: bool = False  # 7-bit weights: U8S8 pair sums stay below 2^15, exact on every x86 path, less accurate
     activation_type: str = "uint8"
@@ -295,10 +297,13 @@ def quantization_prop(record: dict[str, Any]) -> dict[str, str]:
 
 def saturates_without_vnni(record: dict[str, Any] | None) -> bool:
     """Whether a file quantized with ``record`` runs ONNX Runtime's U8S8 kernels at full weight range: on x86
-    without VNNI those add product pairs in saturating 16 bits. uint8 weights (U8U8) or 7-bit ones never do."""
+    without VNNI those add product pairs in saturating 16 bits. uint8 weights (U8U8) or 7-bit ones never do.
+    onnxruntime's QOperator format quantizes per-channel convolution weights to int8 whatever ``weight_type`` says."""
     if not record:
         return False
     weights = record.get("weight_type", "int8")  # files before 2026-12-05 were all U8S8
+    if record.get("format") == "qoperator" and record.get("per_channel", True):
+        weights = "int8"
     return weights == "int8" and not record.get("reduce_range", False)
 
 
