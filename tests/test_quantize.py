@@ -118,6 +118,14 @@ def test_export_command_quantizes_and_bad_requests_name_the_problem(
     assert cli("export", student, "--quantize", "int8", "--calibration-images", "16", "-o", out, "--no-verify") == 0
     report = json.loads(capsys.readouterr().out)
     assert report["path"] == str(out) and report["quantization"]["images"] == 16 and report["image_size"] == SIZE
+    assert report["quantization"]["weight_type"] == "uint8" and "parity_cpu" not in report  # --no-verify: no parity
+    fast = tmp_path / "fast.onnx"
+    assert cli("export", student, "--quantize", "int8", "--calibration-images", "16", "--int8-weights", "int8-7bit",
+               "-o", fast, "--no-verify") == 0
+    record = json.loads(capsys.readouterr().out)["quantization"]
+    assert (record["weight_type"], record["reduce_range"]) == ("int8", True)
+    assert cli("export", student, "--int8-weights", "int8") == 2
+    assert "--int8-weights only applies with --quantize" in capsys.readouterr().err
     assert cli("export", student, "--format", "torchscript", "--quantize", "int8") == 2
     assert "needs --format onnx" in capsys.readouterr().err
     assert cli("export", student, "--calibration", tmp_path) == 2
