@@ -21,7 +21,66 @@ from .datasets import DatasetError
 __all__ = ["PKSampler", "RandomBatchSampler"]
 
 
-class PKSampler(Sampler[list[int]]):
+class _EpochPlanSampler(Sampler[list[int]]):
+    """What both samplers share: an epoch is a plan of batches deterministic from ``(seed, epoch)``, replayed from
+    its start on every iteration so that a resumed run skips exactly the ``batch_index`` batches handed out.
+    Subclasses set the fields below and write :meth:`_epoch_batches`."""
+
+    name = "sampler"
+    num_images: int
+    images_per_step: int  # every process's images in one global step
+    batches_per_epoch: int | None
+    seed: int
+    epoch: int = 0
+    batch_index: int = 0
+
+    def __len__(self) -> int:
+        if self.batches_per_epoch is not None:
+            return self.batches_per_epoch
+        return math.ceil(self.num_images / self.images_per_step)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's shuffle; restarts at batch 0 only if ``epoch`` differs."""
+        if epoch != self.epoch:
+            self.epoch = int(epoch)
+            self.batch_index = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batch_index": self.batch_index, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = {"epoch", "batch_index", "seed"} - set(state)
+        if missing:
+            raise ValueError(f"{self.name}.load_state_dict: missing keys {sorted(missing)}")
+        self.epoch, self.batch_index, self.seed = (
+            int(state["epoch"]), int(state["batch_index"]), int(state["seed"]))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        # Replay the epoch's plan from its start so that resuming is exact; skipping
+        # batches costs only index arithmetic.
+        start = self.batch_index
+        for step, batch in enumerate(self._epoch_batches()):
+            if step < start:
+                continue
+            self.batch_index = step + 1  # set before yielding: this batch is handed out
+            yield batch
+
+    def _epoch_batches(self) -> Iterator[list[int]]:
+        raise NotImplementedError
+
+
+def _check_ints(name: str, checks: Sequence[tuple[str, Any, int]], rank: int, world_size: int,
+                batches_per_epoch: int | None) -> None:
+    for key, value, low in checks:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name}: {key} must be an int >= {low}, got {value!r}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"{name}: rank must be in 0..{world_size - 1}, got {rank!r}")
+    if batches_per_epoch is not None and batches_per_epoch < 1:
+        raise ValueError(f"{name}: batches_per_epoch must be >= 1, got {batches_per_epoch!r}")
+
+
+class PKSampler(_EpochPlanSampler):
     """A batch sampler: every batch holds ``p`` distinct classes × ``k`` images each.
 
     Use it as ``DataLoader(dataset, batch_sampler=PKSampler(labels, p, k))``.
@@ -46,6 +105,8 @@ class PKSampler(Sampler[list[int]]):
       store the number of steps the training loop finished as ``batch_index``.
     """
 
+    name = "PKSampler"
+
     def __init__(
         self,
         labels: Sequence[int] | np.ndarray | torch.Tensor,
@@ -59,16 +120,8 @@ class PKSampler(Sampler[list[int]]):
         min_images: int = 2,
     ) -> None:
         super().__init__()
-        for name, value, low in (("p", p, 2), ("k", k, 2), ("world_size", world_size, 1),
-                                 ("min_images", min_images, 1), ("seed", seed, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"PKSampler: {name} must be an int >= {low}, got {value!r}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"PKSampler: rank must be in 0..{world_size - 1}, got {rank!r}")
-        if batches_per_epoch is not None and batches_per_epoch < 1:
-            raise ValueError(
-                f"PKSampler: batches_per_epoch must be >= 1, got {batches_per_epoch!r}"
-            )
+        _check_ints(self.name, (("p", p, 2), ("k", k, 2), ("world_size", world_size, 1),
+                                ("min_images", min_images, 1), ("seed", seed, 0)), rank, world_size, batches_per_epoch)
 
         labels_np = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
         labels_np = labels_np.astype(np.int64).reshape(-1)
@@ -90,41 +143,11 @@ class PKSampler(Sampler[list[int]]):
             )
         self.p, self.k, self.rank, self.world_size = p, k, rank, world_size
         self.num_images = len(labels_np)
+        self.images_per_step = world_size * p * k
         self.batches_per_epoch = batches_per_epoch
         self.seed = seed
         self.epoch = 0
         self.batch_index = 0
-
-    def __len__(self) -> int:
-        if self.batches_per_epoch is not None:
-            return self.batches_per_epoch
-        return math.ceil(self.num_images / (self.world_size * self.p * self.k))
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch's shuffle; restarts at batch 0 only if ``epoch`` differs."""
-        if epoch != self.epoch:
-            self.epoch = int(epoch)
-            self.batch_index = 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batch_index": self.batch_index, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        missing = {"epoch", "batch_index", "seed"} - set(state)
-        if missing:
-            raise ValueError(f"PKSampler.load_state_dict: missing keys {sorted(missing)}")
-        self.epoch, self.batch_index, self.seed = (
-            int(state["epoch"]), int(state["batch_index"]), int(state["seed"]))
-
-    def __iter__(self) -> Iterator[list[int]]:
-        # Replay the epoch's plan from its start so that resuming is exact; skipping
-        # batches costs only index arithmetic.
-        start = self.batch_index
-        for step, batch in enumerate(self._epoch_batches()):
-            if step < start:
-                continue
-            self.batch_index = step + 1  # set before yielding: this batch is handed out
-            yield batch
 
     def _epoch_batches(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
@@ -162,7 +185,7 @@ class PKSampler(Sampler[list[int]]):
         return np.concatenate([left, fresh[:take]])
 
 
-class RandomBatchSampler(Sampler[list[int]]):
+class RandomBatchSampler(_EpochPlanSampler):
     """A batch sampler of ``batch_size`` random images, for label-free distillation (no classes to balance).
 
     The same interface as :class:`PKSampler`, which resuming relies on: deterministic
@@ -176,51 +199,19 @@ class RandomBatchSampler(Sampler[list[int]]):
     says otherwise (more steps take further permutations).
     """
 
+    name = "RandomBatchSampler"
+
     def __init__(self, num_images: int, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1,
                  batches_per_epoch: int | None = None) -> None:
         super().__init__()
-        for name, value, low in (("num_images", num_images, 2), ("batch_size", batch_size, 2),
-                                 ("world_size", world_size, 1), ("seed", seed, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"RandomBatchSampler: {name} must be an int >= {low}, got {value!r}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"RandomBatchSampler: rank must be in 0..{world_size - 1}, got {rank!r}")
-        if batches_per_epoch is not None and batches_per_epoch < 1:
-            raise ValueError(f"RandomBatchSampler: batches_per_epoch must be >= 1, got {batches_per_epoch!r}")
+        _check_ints(self.name, (("num_images", num_images, 2), ("batch_size", batch_size, 2),
+                                ("world_size", world_size, 1), ("seed", seed, 0)), rank, world_size, batches_per_epoch)
         self.num_images, self.batch_size, self.rank, self.world_size = num_images, batch_size, rank, world_size
+        self.images_per_step = world_size * batch_size
         self.batches_per_epoch = batches_per_epoch
         self.seed = seed
         self.epoch = 0
         self.batch_index = 0
-
-    def __len__(self) -> int:
-        if self.batches_per_epoch is not None:
-            return self.batches_per_epoch
-        return math.ceil(self.num_images / (self.world_size * self.batch_size))
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch's shuffle; restarts at batch 0 only if ``epoch`` differs."""
-        if epoch != self.epoch:
-            self.epoch = int(epoch)
-            self.batch_index = 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batch_index": self.batch_index, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        missing = {"epoch", "batch_index", "seed"} - set(state)
-        if missing:
-            raise ValueError(f"RandomBatchSampler.load_state_dict: missing keys {sorted(missing)}")
-        self.epoch, self.batch_index, self.seed = (
-            int(state["epoch"]), int(state["batch_index"]), int(state["seed"]))
-
-    def __iter__(self) -> Iterator[list[int]]:
-        start = self.batch_index
-        for step, batch in enumerate(self._epoch_batches()):
-            if step < start:
-                continue
-            self.batch_index = step + 1  # set before yielding: this batch is handed out
-            yield batch
 
     def _epoch_batches(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
