@@ -1,0 +1,229 @@
+"""One gallery, two networks: a student's queries against the gallery its teacher embedded (issue #31).
+
+    .venv/bin/python benchmarks/asymmetric.py                 # after `make demo` (its teacher and bank)
+    .venv/bin/python benchmarks/asymmetric.py --smoke         # 2 steps a row, seed 0, to a temporary folder
+
+The server embeds the gallery once with the big teacher; phones query it with the student. Only a student
+trained into the teacher's space can do that: the paper's absolute teacher term puts it there (through a
+learned projection when the sizes differ), relation-only terms do not. For every row (``ROWS``: a config a
+user can run with ``embdistill distill``) and seed, this trains the student (a finished run is reused), then
+scores on the 42 unseen cub100 species, every test image a query against all the others:
+
+The best row of the held-out tuning (absolute + relative) runs every seed; the absolute term alone and the
+relation-only row run the first seed only (CPU time: about 12 minutes a run on this machine); the relation-only
+row's seed 0 is the demo's own distilled run (``runs/demo/distilled``, the same config), reused.
+
+- **own**: the student's queries against its own gallery (its run's ``summary.yaml``);
+- **asymmetric**: the student's queries against the teacher's gallery (``embdistill evaluate --gallery-model``;
+  relation-only rows with ``--allow-other-space``, to show them failing);
+- **asymmetric INT8**: the same with the student exported ``--space teacher --quantize int8`` and run in
+  ONNX Runtime (the phone's file), against the same fp32 teacher gallery.
+
+The teacher (EfficientNet-Lite0's ImageNet features, 1,280-d) and its bank of 2 views are the demo's
+(``runs/demo``), as are the schedule and the epoch choice (best held-out R@1 over 14 train species).
+Writes ``benchmarks/results/asymmetric_cub100.{md,json}``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+from bench_common import ROOT, machine, repo_relative
+from strong_table import _cell, pooled_std  # the benchmark tables' mean ± std cells and pooled std
+
+TEACHER = "runs/demo/teacher"
+# row -> (config, what it is, relation-only: its queries are in another space, every seed or the first only)
+ROWS = {
+    "absolute_relative": ("configs/cub100/asymmetric/absolute_relative.yaml",
+                          "absolute λ 1 + scale-free relative λ 10", False, "all"),
+    "absolute": ("configs/cub100/asymmetric/absolute.yaml", "absolute teacher, λ 1", False, "one"),
+    "relative": ("configs/cub100/demo/distilled.yaml", "scale-free relative λ 10 (the demo's; relation only)", True, "one"),
+}
+# rows whose first seed is a run `make demo` already made with the same config and seed
+DEMO_RUNS = {"relative": ROOT / "runs" / "demo" / "distilled"}
+
+
+def train(config: str, row: str, seed: int, out: Path, smoke: bool) -> Path:
+    """The run directory of ``row`` at ``seed``, trained unless its summary.yaml is already there."""
+    demo = DEMO_RUNS.get(row)
+    if demo is not None and not smoke and seed == 0 and (demo / "summary.yaml").is_file():
+        return demo
+    run = out / row / f"seed{seed}"
+    if (run / "summary.yaml").is_file():
+        return run
+    overrides = [f"seed={seed}", f"output_dir={out}", f"name={row}/seed{seed}"]
+    if smoke:
+        overrides += ["train.epochs=1", "train.batches_per_epoch=2"]
+    subprocess.run([sys.executable, "-m", "embdistill", "distill", "-c", config, "--no-progress", *overrides],
+                   check=True, cwd=ROOT)
+    return run
+
+
+def int8_queries(run: Path, workdir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The test split embedded by the student's INT8 export in the teacher's space, and the labels."""
+    import torch
+
+    from embdistill.data import load_dataset
+    from embdistill.engine.checkpoint import checkpoint_normalization, load_checkpoint
+    from embdistill.engine.loaders import eval_loader
+    from embdistill.export import export_checkpoint
+    from embdistill.search.encoder import load_encoder
+
+    payload = load_checkpoint(run / "best.pt")
+    data = payload["config"]["data"]
+    test = load_dataset(data["dataset"], data["root"], "test")
+    exported = export_checkpoint(run / "best.pt", "onnx", workdir / f"{run.parent.name}_{run.name}.int8.onnx",
+                                 quantize="int8", space="teacher")
+    encoder = load_encoder(exported.path, threads=torch.get_num_threads())
+    loader = eval_loader(test, payload["image_size"], checkpoint_normalization(payload), batch_size=128,
+                         num_workers=0, resize=data.get("resize", "crop"))
+    return np.concatenate([encoder(images) for images, _, _ in loader]), np.asarray(test.labels)
+
+
+def teacher_gallery(teacher: str) -> tuple[np.ndarray, np.ndarray]:
+    """The test split embedded by the teacher (fp32, its own size and normalisation), and the labels."""
+    import torch
+
+    from embdistill.config import from_dict
+    from embdistill.engine.checkpoint import embedder_from_checkpoint, load_checkpoint
+    from embdistill.engine.evaluate import embed_loader
+    from embdistill.engine.loaders import evaluation_set
+
+    payload = load_checkpoint(Path(teacher) / "last.pt")
+    net = embedder_from_checkpoint(payload)
+    values = dict(payload["config"])
+    values["data"] = {**values["data"], "image_size": payload["image_size"], "num_workers": 0}
+    values["train"] = {**values["train"], "select": "last"}
+    gallery, labels = embed_loader(net, evaluation_set(from_dict(values), net.normalization, split="test").loader,
+                                   torch.device("cpu"), progress=False)
+    return gallery.numpy(), labels
+
+
+def measure(args: argparse.Namespace, command: str) -> dict:
+    from embdistill.engine.evaluate_checkpoint import evaluate_checkpoint
+    from embdistill.evaluation.metrics import retrieval_metrics
+
+    teacher_summary = yaml.safe_load((ROOT / TEACHER / "summary.yaml").read_text())
+    gallery, gallery_labels = teacher_gallery(str(ROOT / TEACHER))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="asymmetric_") as tmp:
+        for row in args.rows:
+            config, label, relation_only, seeds = ROWS[row]
+            runs = []
+            for seed in args.seeds if seeds == "all" else args.seeds[:1]:
+                start = time.perf_counter()
+                run = train(config, row, seed, args.runs, args.smoke)
+                summary = yaml.safe_load((run / "summary.yaml").read_text())
+                asym = evaluate_checkpoint(run / "best.pt", gallery_model=ROOT / TEACHER / "last.pt", num_workers=0,
+                                           progress=False, allow_other_space=relation_only)
+                result = {"seed": seed, "run_dir": str(run), "epoch": summary.get("epoch"),
+                          "train_seconds": summary.get("train_seconds"),
+                          "own_recall@1": summary["recall@1"], "own_map@r": summary["map@r"],
+                          "asym_recall@1": asym["recall@1"], "asym_map@r": asym["map@r"], "pairing": asym["pairing"]}
+                if not relation_only:
+                    queries, labels = int8_queries(run, Path(tmp))
+                    if not np.array_equal(labels, gallery_labels):
+                        raise SystemExit(f"{run}: the INT8 queries' test split is not the teacher's")
+                    int8 = retrieval_metrics(gallery, gallery_labels, query_embeddings=queries, query_labels=labels,
+                                             paired=True, ks=(1,))
+                    result.update({"int8_asym_recall@1": int8["recall@1"], "int8_asym_map@r": int8["map@r"]})
+                runs.append(result)
+                print(f"[asymmetric] {row} seed {seed}: own R@1 {100 * result['own_recall@1']:.1f}, asymmetric "
+                      f"{100 * result['asym_recall@1']:.1f}" + (f", INT8 {100 * result['int8_asym_recall@1']:.1f}"
+                                                                if "int8_asym_recall@1" in result else "")
+                      + f" ({time.perf_counter() - start:.0f} s)", flush=True)
+            rows.append({"row": row, "label": label, "config": config, "relation_only": relation_only, "seeds": seeds,
+                         "runs": runs})
+    return {
+        "command": command,
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "teacher": TEACHER,
+        "teacher_recall@1": teacher_summary["recall@1"],
+        "teacher_map@r": teacher_summary["map@r"],
+        "seeds": args.seeds,
+        "rows": rows,
+    }
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        "# One gallery, two networks: the student's queries, the teacher's gallery (cub100)",
+        "",
+        f"- command: `{result['command']}`",
+        f"- date: {result['date']}; machine: this project's 2-core CPU machine (no GPU)",
+        f"- teacher: `{result['teacher']}` (EfficientNet-Lite0's ImageNet features, 1,280-d, 160 px): R@1 "
+        f"{100 * result['teacher_recall@1']:.1f}, MAP@R {100 * result['teacher_map@r']:.1f} on its own gallery",
+        "- student: MobileNetV2 from ImageNet at 96 px, 512-d, the demo's schedule (8 epochs, the best held-out epoch "
+        "of 14 train species); the 42 unseen species score, every image a query against all the others",
+        "- own = student queries, student gallery; asymmetric = student queries, teacher gallery (`embdistill "
+        "evaluate --gallery-model`); INT8 = the student's `export --space teacher --quantize int8` file in ONNX "
+        "Runtime, against the same gallery. Mean ± std over seeds " + ", ".join(map(str, result["seeds"])) + "; gain = "
+        "asymmetric − own R@1, with the pooled std of the two; rows with one value are one run (seed "
+        + str(result["seeds"][0]) + ")",
+        "",
+        "| row | config | own R@1 | asymmetric R@1 | gain (pooled std) | asymmetric INT8 R@1 | own MAP@R | asymmetric MAP@R |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        runs = row["runs"]
+        own, asym = [100 * r["own_recall@1"] for r in runs], [100 * r["asym_recall@1"] for r in runs]
+        pooled = pooled_std(own, asym)
+        gain = statistics.fmean(asym) - statistics.fmean(own)
+        int8 = [100 * r["int8_asym_recall@1"] for r in runs if "int8_asym_recall@1" in r]
+        lines.append(
+            f"| {row['label']} | `{row['config']}` | {_cell(own)} | {_cell(asym)} | {gain:+.1f}"
+            + (f" ({pooled:.1f})" if pooled is not None else "") + f" | {_cell(int8) if int8 else '—'} | "
+            f"{_cell([100 * r['own_map@r'] for r in runs])} | {_cell([100 * r['asym_map@r'] for r in runs])} |")
+    lines += ["", "Per run (R@1 %, epoch chosen on held-out species, training seconds):", ""]
+    for row in result["rows"]:
+        for r in row["runs"]:
+            int8 = f", INT8 {100 * r['int8_asym_recall@1']:.1f}" if "int8_asym_recall@1" in r else ""
+            lines.append(f"- {row['row']} seed {r['seed']}: own {100 * r['own_recall@1']:.1f}, asymmetric "
+                         f"{100 * r['asym_recall@1']:.1f}{int8}; epoch {r['epoch']}, {r['train_seconds']} s")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "asymmetric", help="where the runs go")
+    parser.add_argument("--out", type=Path, help="results path without suffix (default: benchmarks/results/asymmetric_cub100)")
+    parser.add_argument("--render", action="store_true",
+                        help="only write the .md again from the .json (its paths made repository-relative)")
+    parser.add_argument("--smoke", action="store_true", help="2 training steps a row, seed 0, to a temporary folder")
+    args = parser.parse_args(argv)
+    if args.render:
+        out = args.out or ROOT / "benchmarks" / "results" / "asymmetric_cub100"
+        result = repo_relative(json.loads(Path(f"{out}.json").read_text()))
+        Path(f"{out}.json").write_text(json.dumps(result, indent=2) + "\n")
+        Path(f"{out}.md").write_text(markdown(result))
+        return 0
+    command = "python benchmarks/asymmetric.py " + " ".join(map(shlex.quote, argv if argv is not None else sys.argv[1:]))
+    if not (ROOT / TEACHER / "last.pt").is_file():
+        raise SystemExit(f"{TEACHER} is missing: run `make demo` first (it trains the teacher and fills its bank)")
+    with tempfile.TemporaryDirectory(prefix="asymmetric_smoke_") as smoke_dir:
+        if args.smoke:
+            args.seeds, args.runs = args.seeds[:1], Path(smoke_dir) / "runs"
+            args.out = args.out or Path(smoke_dir) / "asymmetric_cub100"
+        out = args.out or ROOT / "benchmarks" / "results" / "asymmetric_cub100"
+        result = repo_relative({**measure(args, command.strip()), "machine": machine()})
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Path(f"{out}.json").write_text(json.dumps(result, indent=2) + "\n")
+        Path(f"{out}.md").write_text(markdown(result))
+        print(f"-> {out}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,211 @@
+"""Label-free distillation on birds, at the demo's scale (issue #30): what the teacher alone teaches.
+
+    .venv/bin/python benchmarks/label_free.py            # after `make demo` (its teacher, student and distilled runs)
+    .venv/bin/python benchmarks/label_free.py --smoke    # 2 steps a run, to a temporary folder
+
+Rows (``ROWS``: configs a user can run with ``embdistill distill``), one seed each, beside the demo's own runs
+(``runs/demo``: the student alone, the relative teacher with labels, the teacher):
+
+- ``train_photos``: the 58 training species' photos as a folder with no labels (symbolic links, in one flat
+  folder, made here); relaxed contrastive loss only, random batches, the epoch chosen by knn_agreement@10 on a
+  quarter of the photos held out. The test species are never seen.
+- ``test_gallery``: the same on the 42 test species' photos, the gallery the student will search, without
+  their labels: **transductive**.
+- ``labelled_by_agreement``: the demo's distilled run (labels, relative teacher) choosing its epoch by
+  knn_agreement@10 on its 14 held-out species, where R@1 is scored too: how well the label-free score tracks
+  R@1 on labelled held-out classes (rank correlation over epochs; the R@1 of the epoch each one picks).
+
+Every label-free student is then scored on the 42 test species with labels (``embdistill evaluate``).
+Writes ``benchmarks/results/label_free_cub100.{md,json}``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+from bench_common import ROOT, machine, repo_relative
+
+CUB100 = ROOT.parent / "shared" / "data" / "cub100"
+DEMO = ROOT / "runs" / "demo"
+# row -> (config, folder of photos it trains on: the split whose images are linked, or None for a labelled run)
+ROWS = {
+    "train_photos": ("configs/cub100/label_free/train_photos.yaml", "train"),
+    "test_gallery": ("configs/cub100/label_free/test_gallery.yaml", "test"),
+    "labelled_by_agreement": ("configs/cub100/label_free/labelled_selected_by_agreement.yaml", None),
+}
+
+
+def link_photos(split: str, folder: Path) -> int:
+    """``folder``: one flat folder of symbolic links to every image of cub100's ``split``, no class folders."""
+    from embdistill.data import load_dataset
+
+    paths = load_dataset("cub200", str(CUB100), split).paths
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, path in enumerate(paths):
+        link = folder / f"{i:05d}{Path(path).suffix.lower()}"
+        if not link.is_symlink():
+            link.symlink_to(Path(path).resolve())
+    return len(paths)
+
+
+def distill(config: str, out: Path, overrides: list[str]) -> Path:
+    cfg = yaml.safe_load((ROOT / config).read_text())
+    name = cfg.get("name") or Path(config).stem
+    run = out / name
+    if not (run / "summary.yaml").is_file():
+        subprocess.run([sys.executable, "-m", "embdistill", "distill", "-c", config, "--no-progress",
+                        f"output_dir={out}", *overrides], check=True, cwd=ROOT)
+    return run
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman's rank correlation (ties take their average rank)."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
+
+
+def measure(args: argparse.Namespace, command: str) -> dict:
+    from embdistill.engine.evaluate_checkpoint import evaluate_checkpoint
+
+    rows = []
+    for row in args.rows:
+        config, split = ROWS[row]
+        overrides = ["train.epochs=1", "train.batches_per_epoch=2"] if args.smoke else []
+        if split is not None:
+            folder = args.runs / f"{split}_photos" if split == "train" else args.runs / "test_gallery"
+            count = link_photos(split, folder)
+            overrides += [f"data.root={folder}", f"distill.bank={folder}.bank"]
+        run = distill(config, args.runs, overrides)
+        summary = yaml.safe_load((run / "summary.yaml").read_text())
+        curve = summary.get("validation_curve") or []
+        result = {"row": row, "config": config, "run_dir": str(run), "epoch": summary.get("epoch"),
+                  "train_seconds": summary.get("train_seconds"), "validation_curve": curve,
+                  "transductive": split == "test"}
+        if split is not None:
+            scored = evaluate_checkpoint(run / "best.pt", dataset="cub200", root=str(CUB100), split="test",
+                                         num_workers=0, progress=False)
+            result.update({"photos": count, "recall@1": scored["recall@1"], "map@r": scored["map@r"],
+                           "selected_agreement": summary.get("selected", {}).get("validation")})
+        else:
+            r1 = [e["recall@1"] for e in curve]
+            agree = [e["knn_agreement@10"] for e in curve]
+            by_agreement = max(range(len(curve)), key=lambda i: agree[i])
+            by_r1 = max(range(len(curve)), key=lambda i: r1[i])
+            result.update({
+                "recall@1": summary["recall@1"], "map@r": summary["map@r"],
+                "spearman_r1_agreement": spearman(r1, agree) if len(curve) > 2 else None,
+                "epoch_by_agreement": curve[by_agreement]["epoch"], "epoch_by_r1": curve[by_r1]["epoch"],
+                "held_out_r1_at_agreement_epoch": r1[by_agreement], "held_out_r1_best": r1[by_r1],
+            })
+        rows.append(result)
+        print(f"[label_free] {row}: test R@1 {100 * result['recall@1']:.1f}", flush=True)
+    demo = {name: yaml.safe_load((DEMO / name / "summary.yaml").read_text()) for name in ("student", "distilled", "teacher")}
+    return {
+        "command": command,
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "demo": {name: {"recall@1": s["recall@1"], "map@r": s["map@r"], "train_seconds": s.get("train_seconds")}
+                 for name, s in demo.items()},
+        "rows": rows,
+    }
+
+
+def markdown(result: dict) -> str:
+    demo = result["demo"]
+    alone, teacher = 100 * demo["student"]["recall@1"], 100 * demo["teacher"]["recall@1"]
+
+    def closed(r1: float) -> str:
+        return f"{100 * (100 * r1 - alone) / (teacher - alone):.0f}%"
+
+    lines = [
+        "# Label-free distillation on birds, at the demo's scale (cub100, one seed)",
+        "",
+        f"- command: `{result['command']}`",
+        f"- date: {result['date']}; machine: this project's 2-core CPU machine (no GPU); one seed (0) a row",
+        "- student: MobileNetV2 from ImageNet at 96 px, 512-d; teacher: EfficientNet-Lite0's ImageNet features at 160 px "
+        "(`runs/demo/teacher`); every student scored on the 42 unseen test species, every image a query against the others",
+        f"- gap closed = (R@1 − the student alone's {alone:.1f}) / (the teacher's {teacher:.1f} − {alone:.1f})",
+        "",
+        "| row | labels read | images distilled on | test R@1 | MAP@R | gap closed | epoch (chosen by) | train s |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| student alone (`runs/demo/student`) | yes | 44 training species | {alone:.1f} | "
+        f"{100 * demo['student']['map@r']:.1f} | — | held-out R@1 | {demo['student']['train_seconds']} |",
+        f"| relative teacher, λ 10 (`runs/demo/distilled`) | yes | 44 training species | "
+        f"{100 * demo['distilled']['recall@1']:.1f} | {100 * demo['distilled']['map@r']:.1f} | "
+        f"{closed(demo['distilled']['recall@1'])} | held-out R@1 | {demo['distilled']['train_seconds']} |",
+    ]
+    what = {"train_photos": ("never", "58 training species' photos, no labels"),
+            "test_gallery": ("never", "**the 42 test species' photos (transductive)**"),
+            "labelled_by_agreement": ("yes", "44 training species")}
+    for r in result["rows"]:
+        labels, images = what[r["row"]]
+        lines.append(f"| {r['row']} (`{r['config']}`) | {labels} | {images} | {100 * r['recall@1']:.1f} | "
+                     f"{100 * r['map@r']:.1f} | {closed(r['recall@1'])} | {r['epoch']} (knn_agreement@10) | {r['train_seconds']} |")
+    lines.append(f"| teacher (`runs/demo/teacher`) | — | ImageNet | {teacher:.1f} | {100 * demo['teacher']['map@r']:.1f} | — | — | — |")
+    tracked = [r for r in result["rows"] if r["row"] == "labelled_by_agreement"]
+    if tracked:
+        r = tracked[0]
+        rho = r["spearman_r1_agreement"]
+        lines += [
+            "",
+            "## Does knn_agreement@10 track R@1 on labelled held-out classes?",
+            "",
+            f"`labelled_by_agreement`, over its {len(r['validation_curve'])} epochs on the 14 held-out species: Spearman "
+            f"rank correlation of held-out R@1 with knn_agreement@10 = {'n/a' if rho is None else f'{rho:.2f}'}; "
+            f"knn_agreement picks epoch {r['epoch_by_agreement']} (held-out R@1 {100 * r['held_out_r1_at_agreement_epoch']:.1f}), "
+            f"R@1 picks epoch {r['epoch_by_r1']} ({100 * r['held_out_r1_best']:.1f}).",
+            "",
+            "| epoch | held-out R@1 | knn_agreement@10 |",
+            "|---:|---:|---:|",
+            *[f"| {e['epoch']} | {100 * e['recall@1']:.1f} | {e['knn_agreement@10']:.3f} |" for e in r["validation_curve"]],
+        ]
+    for r in result["rows"]:
+        if r["row"] in ("train_photos", "test_gallery") and r["validation_curve"]:
+            lines += ["", f"`{r['row']}`: knn_agreement@10 on its held-out photos by epoch: "
+                      + ", ".join(f"{e['knn_agreement@10']:.3f}" for e in r["validation_curve"])]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "label_free_cub100", help="where the runs go")
+    parser.add_argument("--out", type=Path, help="results path without suffix (default: benchmarks/results/label_free_cub100)")
+    parser.add_argument("--render", action="store_true",
+                        help="only write the .md again from the .json (its paths made repository-relative)")
+    parser.add_argument("--smoke", action="store_true", help="2 training steps a run, to a temporary folder")
+    args = parser.parse_args(argv)
+    if args.render:
+        out = args.out or ROOT / "benchmarks" / "results" / "label_free_cub100"
+        result = repo_relative(json.loads(Path(f"{out}.json").read_text()))
+        Path(f"{out}.json").write_text(json.dumps(result, indent=2) + "\n")
+        Path(f"{out}.md").write_text(markdown(result))
+        return 0
+    command = "python benchmarks/label_free.py " + " ".join(map(shlex.quote, argv if argv is not None else sys.argv[1:]))
+    for name in ("teacher", "student", "distilled"):
+        if not (DEMO / name / "summary.yaml").is_file():
+            raise SystemExit(f"runs/demo/{name} is missing: run `make demo` first")
+    with tempfile.TemporaryDirectory(prefix="label_free_smoke_") as smoke_dir:
+        if args.smoke:
+            args.runs = Path(smoke_dir) / "runs"
+            args.out = args.out or Path(smoke_dir) / "label_free_cub100"
+        out = args.out or ROOT / "benchmarks" / "results" / "label_free_cub100"
+        os.makedirs(args.runs, exist_ok=True)
+        result = repo_relative({**measure(args, command.strip()), "machine": machine()})
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Path(f"{out}.json").write_text(json.dumps(result, indent=2) + "\n")
+        Path(f"{out}.md").write_text(markdown(result))
+        print(f"-> {out}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
