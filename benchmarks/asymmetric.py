@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import shlex
 import statistics
 import subprocess
@@ -38,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from bench_common import ROOT, machine, repo_relative
+from bench_common import ROOT, render_results, write_results
 from strong_table import _cell, pooled_std  # the benchmark tables' mean ± std cells and pooled std
 
 TEACHER = "runs/demo/teacher"
@@ -204,10 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="2 training steps a row, seed 0, to a temporary folder")
     args = parser.parse_args(argv)
     if args.render:
-        out = args.out or ROOT / "benchmarks" / "results" / "asymmetric_cub100"
-        result = repo_relative(json.loads(Path(f"{out}.json").read_text()))
-        Path(f"{out}.json").write_text(json.dumps(result, indent=2) + "\n")
-        Path(f"{out}.md").write_text(markdown(result))
+        render_results(args.out or ROOT / "benchmarks" / "results" / "asymmetric_cub100", markdown)
         return 0
     command = "python benchmarks/asymmetric.py " + " ".join(map(shlex.quote, argv if argv is not None else sys.argv[1:]))
     if not (ROOT / TEACHER / "last.pt").is_file():
@@ -217,11 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             args.seeds, args.runs = args.seeds[:1], Path(smoke_dir) / "runs"
             args.out = args.out or Path(smoke_dir) / "asymmetric_cub100"
         out = args.out or ROOT / "benchmarks" / "results" / "asymmetric_cub100"
-        result = repo_relative({**measure(args, command.strip()), "machine": machine()})
-        out.parent.mkdir(parents=True, exist_ok=True)
-        Path(f"{out}.json").write_text(json.dumps(result, indent=2) + "\n")
-        Path(f"{out}.md").write_text(markdown(result))
-        print(f"-> {out}.md")
+        write_results(out, measure(args, command.strip()), markdown)
     return 0
 
 

@@ -2,6 +2,7 @@
 and a few images of each class for smoke runs."""
 from __future__ import annotations
 
+import json
 import os
 import platform
 from collections.abc import Callable
@@ -69,3 +70,17 @@ def repo_relative(value: Any) -> Any:
     if isinstance(value, str) and value.startswith("/"):
         return Path(os.path.relpath(value, ROOT)).as_posix()
     return value
+
+
+def write_results(out: Path, result: dict[str, Any], markdown: Callable[[dict[str, Any]], str]) -> None:
+    """``out``.json (paths made repository-relative, the machine added) and ``out``.md rendered from it."""
+    result = repo_relative({**result, "machine": result.get("machine") or machine()})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{out}.json").write_text(json.dumps(result, indent=2) + "\n")
+    Path(f"{out}.md").write_text(markdown(result))
+    print(f"-> {out}.md", flush=True)
+
+
+def render_results(out: Path, markdown: Callable[[dict[str, Any]], str]) -> None:
+    """``out``.md again from ``out``.json (a table's layout changed, not its figures)."""
+    write_results(out, json.loads(Path(f"{out}.json").read_text()), markdown)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import shlex
 import subprocess
@@ -31,7 +30,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from bench_common import ROOT, machine, repo_relative
+from bench_common import ROOT, render_results, write_results
 
 CUB100 = ROOT.parent / "shared" / "data" / "cub100"
 DEMO = ROOT / "runs" / "demo"
@@ -184,10 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="2 training steps a run, to a temporary folder")
     args = parser.parse_args(argv)
     if args.render:
-        out = args.out or ROOT / "benchmarks" / "results" / "label_free_cub100"
-        result = repo_relative(json.loads(Path(f"{out}.json").read_text()))
-        Path(f"{out}.json").write_text(json.dumps(result, indent=2) + "\n")
-        Path(f"{out}.md").write_text(markdown(result))
+        render_results(args.out or ROOT / "benchmarks" / "results" / "label_free_cub100", markdown)
         return 0
     command = "python benchmarks/label_free.py " + " ".join(map(shlex.quote, argv if argv is not None else sys.argv[1:]))
     for name in ("teacher", "student", "distilled"):
@@ -199,11 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             args.out = args.out or Path(smoke_dir) / "label_free_cub100"
         out = args.out or ROOT / "benchmarks" / "results" / "label_free_cub100"
         os.makedirs(args.runs, exist_ok=True)
-        result = repo_relative({**measure(args, command.strip()), "machine": machine()})
-        out.parent.mkdir(parents=True, exist_ok=True)
-        Path(f"{out}.json").write_text(json.dumps(result, indent=2) + "\n")
-        Path(f"{out}.md").write_text(markdown(result))
-        print(f"-> {out}.md")
+        write_results(out, measure(args, command.strip()), markdown)
     return 0
 
 

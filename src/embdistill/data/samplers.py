@@ -65,6 +65,14 @@ class _EpochPlanSampler(Sampler[list[int]]):
             self.batch_index = step + 1  # set before yielding: this batch is handed out
             yield batch
 
+    def _start(self, num_images: int, images_per_step: int, seed: int, rank: int, world_size: int,
+               batches_per_epoch: int | None) -> None:
+        """The fields the epoch plan and resuming read, at epoch 0, batch 0."""
+        self.num_images, self.images_per_step, self.seed = num_images, images_per_step, seed
+        self.rank, self.world_size, self.batches_per_epoch = rank, world_size, batches_per_epoch
+        self.epoch = 0
+        self.batch_index = 0
+
     def _epoch_batches(self) -> Iterator[list[int]]:
         raise NotImplementedError
 
@@ -141,13 +149,8 @@ class PKSampler(_EpochPlanSampler):
                 f"PKSampler: {len(self.class_values)} classes, but a global step needs "
                 f"world_size*p = {world_size}*{p} = {world_size * p} distinct classes"
             )
-        self.p, self.k, self.rank, self.world_size = p, k, rank, world_size
-        self.num_images = len(labels_np)
-        self.images_per_step = world_size * p * k
-        self.batches_per_epoch = batches_per_epoch
-        self.seed = seed
-        self.epoch = 0
-        self.batch_index = 0
+        self.p, self.k = p, k
+        self._start(len(labels_np), world_size * p * k, seed, rank, world_size, batches_per_epoch)
 
     def _epoch_batches(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
@@ -206,16 +209,12 @@ class RandomBatchSampler(_EpochPlanSampler):
         super().__init__()
         _check_ints(self.name, (("num_images", num_images, 2), ("batch_size", batch_size, 2),
                                 ("world_size", world_size, 1), ("seed", seed, 0)), rank, world_size, batches_per_epoch)
-        self.num_images, self.batch_size, self.rank, self.world_size = num_images, batch_size, rank, world_size
-        self.images_per_step = world_size * batch_size
-        self.batches_per_epoch = batches_per_epoch
-        self.seed = seed
-        self.epoch = 0
-        self.batch_index = 0
+        self.batch_size = batch_size
+        self._start(num_images, world_size * batch_size, seed, rank, world_size, batches_per_epoch)
 
     def _epoch_batches(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        step_size = self.world_size * self.batch_size
+        step_size = self.images_per_step
         order = rng.permutation(self.num_images)
         needed = len(self) * step_size
         while len(order) < needed:  # a full last step, or more steps than one pass (batches_per_epoch)
