@@ -14,6 +14,7 @@ from embdistill.losses import (
     DISTILL_LOSSES,
     METRIC_LOSSES,
     AbsoluteTeacherLoss,
+    AsymmetricContrastiveLoss,
     AttentionTransferLoss,
     BatchHardTripletLoss,
     DarkRankLoss,
@@ -345,6 +346,37 @@ def test_relaxed_contrastive_by_hand() -> None:
     assert RelaxedContrastiveLoss(sigma=2, delta=2)(RC_STUDENT, RC_TEACHER).item() == pytest.approx(expected, rel=1e-9)
 
 
+def test_asymmetric_contrastive_by_hand() -> None:
+    """Two images, the student on the teacher's axes: each query's own teacher embedding scores 1/T, the other 0,
+    so the loss is -log(e^(1/T) / (e^(1/T) + 1)) = log(1 + e^(-1/T)); swapped queries give log(1 + e^(1/T))."""
+    teacher = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)  # the teacher's side is L2-normalised
+    aligned = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    for t in (1.0, 0.1):
+        loss = AsymmetricContrastiveLoss(temperature=t)
+        assert loss(aligned, teacher).item() == pytest.approx(math.log1p(math.exp(-1 / t)), rel=1e-12)
+        assert loss(aligned.flip(0), teacher).item() == pytest.approx(math.log1p(math.exp(1 / t)), rel=1e-12)
+    # a third query halfway between: logits (1/sqrt2, 1/sqrt2)/T against its own target, which is neither axis
+    half = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2 ** -0.5, 2 ** -0.5]], dtype=torch.float64)
+    targets = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]], dtype=torch.float64)
+    rows = [[1, 0, -1], [0, 1, 0], [2 ** -0.5, 2 ** -0.5, -(2 ** -0.5)]]
+    expected = sum(math.log(sum(math.exp(v) for v in row)) - row[i] for i, row in enumerate(rows)) / 3
+    assert AsymmetricContrastiveLoss(temperature=1.0)(half, targets).item() == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError, match="temperature"):
+        AsymmetricContrastiveLoss(temperature=0)
+
+
+def test_asymmetric_contrastive_projects_like_the_absolute_term() -> None:
+    """Sizes that differ go through the same learned projection as the absolute term (then L2), so the
+    checkpoint records the teacher's space the same way."""
+    loss = build_distill_loss("asymmetric_contrastive", student_dim=D_S, teacher_dim=D_T, temperature=0.5).double()
+    assert isinstance(loss, AbsoluteTeacherLoss) and loss.projection.weight.shape == (D_T, D_S)
+    student, teacher = make_pair(seed=5)
+    projected = torch.nn.functional.normalize(loss.projection(student.embedding), dim=1)
+    logits = projected @ teacher.embedding.T / 0.5
+    expected = torch.nn.functional.cross_entropy(logits, torch.arange(B))
+    assert loss(student, teacher).item() == pytest.approx(expected.item(), rel=1e-12)
+
+
 def test_relaxed_contrastive_matches_a_loop_over_pairs() -> None:
     import numpy as np
 
@@ -508,7 +540,7 @@ FEATURE_KWARGS = {
 
 
 def make_loss(name: str, same_dims: bool = False) -> DistillationLoss:
-    if name == "absolute":
+    if name in ("absolute", "asymmetric_contrastive"):
         return build_distill_loss(name, student_dim=D_T if same_dims else D_S, teacher_dim=D_T).double()
     return build_distill_loss(name, **FEATURE_KWARGS.get(name, {})).double()
 
@@ -568,6 +600,7 @@ def test_darkrank_listnet_zero_at_equality() -> None:
 
 EMBEDDING_LOSSES = [
     make_loss("absolute"),
+    make_loss("asymmetric_contrastive"),
     RelativeTeacherLoss("mean"),
     RelativeTeacherLoss("frobenius"),
     RelativeTeacherLoss(scale="mean"),
@@ -579,12 +612,12 @@ EMBEDDING_LOSSES = [
     RelaxedContrastiveLoss(sigma=0.5, delta=1.5),
     PKTLoss(),
 ]
-EMBEDDING_LOSS_IDS = ["absolute", "relative-mean", "relative-frobenius", "relative-scaled", "rkd_distance",
-                      "rkd_angle", "darkrank-listmle", "darkrank-listnet", "relaxed_contrastive",
+EMBEDDING_LOSS_IDS = ["absolute", "asymmetric_contrastive", "relative-mean", "relative-frobenius", "relative-scaled",
+                      "rkd_distance", "rkd_angle", "darkrank-listmle", "darkrank-listnet", "relaxed_contrastive",
                       "relaxed_contrastive-0.5-1.5", "pkt"]
 
 
-@pytest.mark.parametrize("loss_fn", EMBEDDING_LOSSES[1:], ids=EMBEDDING_LOSS_IDS[1:])  # all but absolute
+@pytest.mark.parametrize("loss_fn", EMBEDDING_LOSSES[2:], ids=EMBEDDING_LOSS_IDS[2:])  # all but the two in the teacher's space
 def test_relational_losses_ignore_rotations_of_either_space(loss_fn: DistillationLoss) -> None:
     s, te = unit_batch(B, D_S, seed=5), unit_batch(B, D_T, seed=6)
     base = loss_fn(out(s), out(te)).item()
@@ -664,7 +697,7 @@ def test_tiny_batches_give_graph_connected_zero() -> None:
 
 
 def test_distill_registry_and_validation() -> None:
-    assert set(DISTILL_LOSSES) == {"absolute", "relative", "rkd_distance", "rkd_angle", "darkrank", "relaxed_contrastive",
+    assert set(DISTILL_LOSSES) == {"absolute", "asymmetric_contrastive", "relative", "rkd_distance", "rkd_angle", "darkrank", "relaxed_contrastive",
                                    "pkt", "hint", "attention"}
     assert DistillationLoss.student_layers == () and make_loss("relative").student_layers == ()
     assert isinstance(build_distill_loss("relative", reduction="frobenius"), RelativeTeacherLoss)

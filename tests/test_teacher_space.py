@@ -136,6 +136,22 @@ def test_folding_the_projection_into_the_head_gives_the_same_embeddings(dim: int
         in_teacher_space({k: v for k, v in payload.items() if k != TEACHER_SPACE}, "checkpoint x.pt")
 
 
+def test_the_projection_trains_at_its_own_learning_rate() -> None:
+    """train.objective_lr_mult: the absolute term's projection (random at the start, no ImageNet weights to keep) is
+    its own optimizer group at lr × the multiplier; backbone and head keep theirs."""
+    from embdistill.engine.optim import build_optimizer
+    from embdistill.losses.distill import AbsoluteTeacherLoss
+
+    cfg = load_config(CONFIG, ["train.lr=0.001", "train.backbone_lr_mult=0.1", "train.objective_lr_mult=100"])
+    student = create_embedder(ModelConfig(backbone="mobilenet_v1", pretrained=False, backbone_args={"width": 0.25}, dim=24))
+    objective = torch.nn.ModuleDict({"absolute": AbsoluteTeacherLoss(student_dim=24, teacher_dim=40)})
+    groups = {g["name"]: g for g in build_optimizer(cfg, student, objective).param_groups}
+    assert {name: g["lr"] for name, g in groups.items()} == pytest.approx({"backbone": 1e-4, "head": 1e-3, "objective": 0.1})
+    assert groups["objective"]["params"] == [objective["absolute"].projection.weight]
+    plain = build_optimizer(cfg, student, torch.nn.ModuleDict({"absolute": AbsoluteTeacherLoss(24, 24)}))
+    assert [g["name"] for g in plain.param_groups] == ["backbone", "head"]  # nothing of its own: no third group
+
+
 # --------------------------------------------------------------------------- export
 
 

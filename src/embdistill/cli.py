@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a checkpoint file or a run directory (its best.pt if the run chose an epoch, else last.pt)")
     p.add_argument("--dataset", help="dataset reader (default: the checkpoint's)")
     p.add_argument("--root", help="dataset root (default: the checkpoint's)")
-    p.add_argument("--split", default="test", choices=["train", "test", "all"])
+    p.add_argument("--split", default="test", choices=["train", "test", "all", "validation"],
+                   help="validation: the run's held-out train classes (data.validation_classes), where choices are made")
     p.add_argument("--ks", type=int, nargs="+", help="K values (default: 1 2 4 8; SOP: 1 10 100 1000)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--num-workers", type=int, default=2)

@@ -90,6 +90,9 @@ class TrainConfig:
     batch_size: int | None = field(default=None, metadata=at_least(2))
     lr: float = field(default=1e-4, metadata=above(0))  # head learning rate (Adam)
     backbone_lr_mult: float = field(default=0.1, metadata=at_least(0))  # backbone lr = lr * this (0: its weights stay as they are)
+    # The objective's own parameters (the absolute term's projection, hint regressors, proxies) start from random
+    # and have no ImageNet start to keep: their lr = lr * this.
+    objective_lr_mult: float = field(default=1.0, metadata=above(0))
     weight_decay: float = field(default=5e-4, metadata=at_least(0))
     schedule: Schedule = "cosine"
     step_epochs: list[int] = field(default_factory=list, metadata=at_least(1))  # for schedule=step: decay x0.1 at these

@@ -2,6 +2,7 @@
 from .distill import (
     DISTILL_LOSSES,
     AbsoluteTeacherLoss,
+    AsymmetricContrastiveLoss,
     AttentionTransferLoss,
     DarkRankLoss,
     DistillationLoss,
@@ -26,6 +27,7 @@ __all__ = [
     "DISTILL_LOSSES",
     "METRIC_LOSSES",
     "AbsoluteTeacherLoss",
+    "AsymmetricContrastiveLoss",
     "AttentionTransferLoss",
     "BatchHardTripletLoss",
     "DarkRankLoss",

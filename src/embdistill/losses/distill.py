@@ -149,6 +149,12 @@ class AbsoluteTeacherLoss(DistillationLoss):
         return {"student_dim": student.dim, "teacher_dim": teacher.dim}
 
     def forward(self, student: Tensor | EmbedderOutput, teacher: Tensor | EmbedderOutput) -> Tensor:
+        s, t = self.in_teacher_space(student, teacher)
+        return torch.linalg.vector_norm(s - t, dim=1).mean()
+
+    def in_teacher_space(self, student: Tensor | EmbedderOutput, teacher: Tensor | EmbedderOutput) -> tuple[Tensor, Tensor]:
+        """The student's embeddings in the teacher's space (projected and L2-normalised when the sizes differ),
+        and the teacher's."""
         s, t = _embeddings(student, teacher)
         for role, declared, actual in (
             ("student", self.student_dim, s.shape[1]),
@@ -164,7 +170,7 @@ class AbsoluteTeacherLoss(DistillationLoss):
                 f"build AbsoluteTeacherLoss(student_dim={s.shape[1]}, teacher_dim={t.shape[1]}, project=True) "
                 "so a learned projection exists before the optimizer, or give both networks the same embedding size"
             )
-        return torch.linalg.vector_norm(s - t, dim=1).mean()
+        return s, t
 
     def extra_repr(self) -> str:
         if self.projection is None:
@@ -173,6 +179,38 @@ class AbsoluteTeacherLoss(DistillationLoss):
             f"projection=learned Linear({self.projection.in_features}->{self.projection.out_features}, "
             "bias=False) + L2 norm on the student embedding"
         )
+
+
+class AsymmetricContrastiveLoss(AbsoluteTeacherLoss):
+    """Student queries against the teacher's embeddings of the batch (InfoNCE): each student embedding must find
+    the teacher's embedding of its own image among the batch's,
+
+        loss = -1/B sum_i log softmax_j(<s_i, t_j> / temperature)_i,
+
+    after the asymmetric metric learning of Budnik & Avrithis (CVPR 2021). The absolute term only pulls s_i
+    towards t_i; this one also pushes it away from the teacher's embeddings of the other images, which is what a
+    student querying a gallery its teacher embedded needs (docs/deploy.md, "One gallery, two networks"). It needs
+    no labels. Like the absolute term it places the student in the teacher's space (through the same learned
+    projection when the sizes differ), so its checkpoint records that space. ``temperature``: how sharply the
+    other images are pushed away (small: only the nearest ones count).
+    """
+
+    batch_level = True
+
+    def __init__(self, student_dim: int | None = None, teacher_dim: int | None = None, project: bool = True,
+                 temperature: float = 0.1) -> None:
+        super().__init__(student_dim, teacher_dim, project)
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature: expected a value > 0, got {temperature!r}")
+        self.temperature = temperature
+
+    def forward(self, student: Tensor | EmbedderOutput, teacher: Tensor | EmbedderOutput) -> Tensor:
+        s, t = self.in_teacher_space(student, teacher)
+        logits = s @ F.normalize(t, dim=1).T / self.temperature
+        return F.cross_entropy(logits, torch.arange(s.shape[0], device=s.device))
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, {super().extra_repr()}"
 
 
 class RelativeTeacherLoss(DistillationLoss):
@@ -485,6 +523,7 @@ class AttentionTransferLoss(DistillationLoss):
 
 DISTILL_LOSSES: dict[str, type[DistillationLoss]] = {
     "absolute": AbsoluteTeacherLoss,
+    "asymmetric_contrastive": AsymmetricContrastiveLoss,
     "relative": RelativeTeacherLoss,
     "rkd_distance": RKDDistanceLoss,
     "rkd_angle": RKDAngleLoss,
