@@ -19,14 +19,15 @@ from embdistill.config import (
     read_yaml,
     to_dict,
 )
-from embdistill.engine.checkpoint import (
+from embdistill.checkpoints import (
     CheckpointError,
     checkpoint_normalization,
     embedder_from_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
-from embdistill.models import ModelConfig, create_embedder
+from embdistill.config import ModelConfig
+from embdistill.models import create_embedder
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -388,7 +389,7 @@ def test_save_checkpoint_is_atomic(tmp_path, monkeypatch):
 def test_finished_with_reads_old_configs_through_todays_defaults(tmp_path):
     # A benchmark reuses a finished run of the same config. A config.yaml written before a key with a
     # default existed must still count as the same config, or a teacher is rerun and its bank goes stale.
-    from embdistill.engine.rundir import finished_with
+    from embdistill.engine.runs.rundir import finished_with
 
     cfg = load_config(None, [f"output_dir={tmp_path}", "name=run", "train.epochs=2"])
     assert not finished_with(cfg)  # nothing there

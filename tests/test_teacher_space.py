@@ -22,13 +22,14 @@ from embdistill.cli import main
 from embdistill.config import load_config
 from embdistill.data import load_dataset
 from embdistill.data.transforms import Normalization
-from embdistill.engine.checkpoint import CheckpointError, checkpoint_fingerprint, embedder_from_checkpoint, load_checkpoint
-from embdistill.engine.evaluate_checkpoint import evaluate_checkpoint
-from embdistill.engine.loaders import eval_loader
-from embdistill.engine.teacher_space import TEACHER_SPACE, declared_space, in_teacher_space
+from embdistill.checkpoints import CheckpointError, checkpoint_fingerprint, embedder_from_checkpoint, load_checkpoint
+from embdistill.engine.scoring.command import evaluate_checkpoint
+from embdistill.engine.batches.loaders import eval_loader
+from embdistill.teacher_space import TEACHER_SPACE, declared_space, in_teacher_space
 from embdistill.engine.train import run
 from embdistill.export import DeployError, default_export_path, export_checkpoint, read_onnx_metadata, read_torchscript_metadata
-from embdistill.models import ModelConfig, create_embedder
+from embdistill.config import ModelConfig
+from embdistill.models import create_embedder
 from embdistill.quantize import DEFAULT_SETTINGS
 from embdistill.search import load_embeddings, load_encoder
 from test_deploy import cli, run_exported
