@@ -61,7 +61,7 @@ from embdistill.config import ConfigError, ExperimentConfig, load_config, to_dic
 from embdistill.data.datasets import DatasetError  # noqa: E402
 from embdistill.engine.teacher.bank import BankError, fill_bank_for_config  # noqa: E402
 from embdistill.checkpoints import CheckpointError, load_checkpoint  # noqa: E402
-from embdistill.engine.runs.rundir import finished_with, resume_checkpoint  # noqa: E402
+from embdistill.engine.persist.rundir import finished_with, resume_checkpoint  # noqa: E402
 from embdistill.models.weights import WeightsError  # noqa: E402
 
 from bench_common import machine, repo_relative, run_cached  # noqa: E402  (benchmarks/, beside this script)

@@ -389,7 +389,7 @@ def test_save_checkpoint_is_atomic(tmp_path, monkeypatch):
 def test_finished_with_reads_old_configs_through_todays_defaults(tmp_path):
     # A benchmark reuses a finished run of the same config. A config.yaml written before a key with a
     # default existed must still count as the same config, or a teacher is rerun and its bank goes stale.
-    from embdistill.engine.runs.rundir import finished_with
+    from embdistill.engine.persist.rundir import finished_with
 
     cfg = load_config(None, [f"output_dir={tmp_path}", "name=run", "train.epochs=2"])
     assert not finished_with(cfg)  # nothing there

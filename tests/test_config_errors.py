@@ -260,7 +260,7 @@ def test_the_range_check_names_the_key_in_lists() -> None:
 def test_an_old_run_holding_a_value_now_out_of_range(tmp_path, capsys) -> None:
     # Saved configs are read through the same checks: resuming stops with the key named, and a
     # benchmark does not take the old run for a finished run of a valid config.
-    from embdistill.engine.runs.rundir import finished_with
+    from embdistill.engine.persist.rundir import finished_with
 
     cfg = load_config(CONFIG, [f"output_dir={tmp_path}", "name=old"])
     saved = to_dict(cfg)

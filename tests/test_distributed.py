@@ -30,8 +30,8 @@ from embdistill.checkpoints import CheckpointError, load_checkpoint
 from embdistill.engine.compute.distributed import World
 from embdistill.engine.scoring.command import evaluate_checkpoint
 from embdistill.engine.train.precision import autocast_dtype, memory_format
-from embdistill.engine.runs.rundir import resume_config
-from embdistill.engine.runs.runlog import read_log
+from embdistill.engine.persist.rundir import resume_config
+from embdistill.engine.persist.runlog import read_log
 from embdistill.engine.train import run
 from embdistill.losses.distill import build_distill_loss
 from embdistill.losses.metric import build_metric_loss

@@ -25,7 +25,7 @@ from embdistill.cli import main
 from embdistill.config import load_config, to_dict
 from embdistill.checkpoints import check_teacher, load_checkpoint, remove_partial_writes, save_checkpoint
 from embdistill.engine.train.signals import Interrupted
-from embdistill.engine.runs.runlog import read_log
+from embdistill.engine.persist.runlog import read_log
 from embdistill.engine.train import run
 from embdistill.config import ModelConfig
 from embdistill.models.embedder import create_embedder
@@ -72,7 +72,7 @@ def _train_args(*args: str) -> list[str]:
 def _train_pausing_in_child(pause_dir: str, step: str, *argv: str) -> None:
     """``embdistill train ARGV`` that, having logged step ``step`` (before that step's checkpoint and its
     check for a signal), writes ``pause_dir/paused`` and waits for ``pause_dir/go``; see :func:`_start`."""
-    from embdistill.engine.runs.runlog import RunLog
+    from embdistill.engine.persist.runlog import RunLog
 
     write, folder = RunLog.write, Path(pause_dir)
 

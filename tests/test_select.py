@@ -22,11 +22,11 @@ from embdistill.config import ConfigError, held_out_count, load_config, to_dict,
 from embdistill.data.datasets import DatasetError
 from embdistill.engine.train import loop as train_module
 from embdistill.checkpoints import load_checkpoint, run_checkpoint, save_checkpoint
-from embdistill.engine.runs.test_embeddings import load_test_embeddings
+from embdistill.engine.persist.test_embeddings import load_test_embeddings
 from embdistill.engine.scoring.command import evaluate_checkpoint
 from embdistill.engine.batches.loaders import evaluation_set, load_splits, run_split
-from embdistill.engine.runs.rundir import finished_with, resume_checkpoint
-from embdistill.engine.runs.runlog import read_log
+from embdistill.engine.persist.rundir import finished_with, resume_checkpoint
+from embdistill.engine.persist.runlog import read_log
 from embdistill.engine.train.epoch_selection import Selection
 from embdistill.engine.train.signals import Interrupted
 from embdistill.engine.train import run

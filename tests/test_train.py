@@ -16,7 +16,7 @@ from embdistill.data.transforms import Degrade
 from embdistill.checkpoints import embedder_from_checkpoint, load_checkpoint
 from embdistill.engine.scoring.command import evaluate_checkpoint
 from embdistill.engine.batches.loaders import hidden_label_mask, load_splits, train_loader
-from embdistill.engine.runs.runlog import read_log
+from embdistill.engine.persist.runlog import read_log
 from embdistill.engine.train import NonFiniteLossError, run
 from embdistill.engine.batches.views import to_input
 from embdistill.report import write_run_report

@@ -26,8 +26,8 @@ import yaml
 
 from embdistill.config import ExperimentConfig, load_config, to_dict
 from embdistill.engine.teacher.bank import fill_bank_for_config
-from embdistill.engine.runs.runlog import read_log
-from embdistill.engine.runs.rundir import finished_with
+from embdistill.engine.persist.runlog import read_log
+from embdistill.engine.persist.rundir import finished_with
 from embdistill.engine.train import run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for the terms the benchmark shares

@@ -28,7 +28,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace, distill: bool) -> int:
     from embdistill.config import check_command, load_config, with_held_out_count
     from embdistill.engine.compute.distributed import is_main
-    from embdistill.engine.runs.rundir import resume_config
+    from embdistill.engine.persist.rundir import resume_config
     from embdistill.engine.train import run
     from embdistill.engine.train.signals import Interrupted
     from embdistill.report import write_run_report

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from embdistill.engine.runs.runlog import read_log  # noqa: E402
+from embdistill.engine.persist.runlog import read_log  # noqa: E402
 from embdistill.data.imagefiles import display_name, thumbnail  # noqa: E402
 
 

@@ -6,7 +6,7 @@ test queries with their nearest neighbours. Everything expensive is cached in th
 directory and keyed by its checkpoint, so a report over many runs stays cheap:
 
 * ``test_embeddings.npz``: the evaluation split embedded once (embeddings, labels, paths;
-  engine/runs/test_embeddings.py, usually written by the trainer);
+  engine/persist/test_embeddings.py, usually written by the trainer);
 * ``stats.json``: parameters, mult-adds, CPU images/s and NMI;
 * ``retrieval_grid.png``: redrawn from the cached embeddings (milliseconds).
 """
@@ -25,7 +25,7 @@ import yaml
 
 from embdistill.checkpoints import embedder_from_checkpoint, load_checkpoint
 from embdistill.engine.compute.device import resolve_device
-from embdistill.engine.runs.test_embeddings import Embedded, checkpoint_key, load_test_embeddings, save_test_embeddings
+from embdistill.engine.persist.test_embeddings import Embedded, checkpoint_key, load_test_embeddings, save_test_embeddings
 from embdistill.modelstats import count_mflops, count_parameters, cpu_throughput
 
 __all__ = [

@@ -7,7 +7,8 @@
 ``batches/``   images to batches: splits and loaders, the numbered augmented views, the unlabelled
                stream of semi-supervised runs
 ``teacher/``   the frozen teacher and its in-run cache (``frozen.py``), the on-disk teacher bank
-``runs/``      the run directory: fresh or resumed, its metrics log, its cached test embeddings
+``persist/``   what a run keeps on disk: its directory, fresh or resumed, its metrics log, its cached test
+               embeddings
 ``scoring/``   embed a split and score it (``embed.py``); ``embdistill evaluate`` (``command.py``)
 ``compute/``   the device, and data parallelism under torchrun
 =============  ====================================================================================

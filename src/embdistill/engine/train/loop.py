@@ -47,9 +47,9 @@ from embdistill.engine.batches.unlabelled_stream import BatchStream
 from embdistill.engine.batches.views import ViewDataset, to_input
 from embdistill.engine.compute.device import resolve_device
 from embdistill.engine.compute.distributed import World, process_group
-from embdistill.engine.runs.rundir import resume_checkpoint, start_fresh
-from embdistill.engine.runs.runlog import RunLog
-from embdistill.engine.runs.test_embeddings import save_test_embeddings
+from embdistill.engine.persist.rundir import resume_checkpoint, start_fresh
+from embdistill.engine.persist.runlog import RunLog
+from embdistill.engine.persist.test_embeddings import save_test_embeddings
 from embdistill.engine.scoring.embed import embed_loader, evaluate_embedder
 from embdistill.engine.teacher.bank import bank_for_run
 from embdistill.engine.teacher.frozen import FrozenTeacher, TeacherCache, load_teacher

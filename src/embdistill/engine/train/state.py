@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from embdistill.checkpoints import CheckpointError, save_checkpoint
 from embdistill.engine.train.rng import rng_state, set_rng_state
-from embdistill.engine.runs.rundir import TEACHER_CACHE
+from embdistill.engine.persist.rundir import TEACHER_CACHE
 
 
 class TrainState:
