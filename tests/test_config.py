@@ -409,3 +409,15 @@ def test_finished_with_reads_old_configs_through_todays_defaults(tmp_path):
     saved["train"]["no_such_key"] = 1  # a key this version does not know: not the same run
     write(cfg.run_dir / "config.yaml", yaml.safe_dump(saved))
     assert not finished_with(cfg)
+
+
+def test_the_keys_a_resume_may_change_are_declared_on_their_fields() -> None:
+    """``may_change("resume", "reuse")`` field metadata (config/fields.py) gives the same keys as the list it replaced."""
+    from embdistill.config import REUSE_MAY_CHANGE, RESUME_MAY_CHANGE
+
+    assert RESUME_MAY_CHANGE == {
+        "name", "output_dir", "device", "threads", "data.root", "data.num_workers", "data.cache_images",
+        "train.log_every", "train.checkpoint_every", "train.nan_policy", "train.collapse_spread",
+        "eval.batch_size", "eval.every_epochs",
+    }
+    assert REUSE_MAY_CHANGE == RESUME_MAY_CHANGE - {"data.root"}  # a moved dataset may be resumed, not reused
