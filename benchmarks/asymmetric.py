@@ -79,8 +79,8 @@ def int8_queries(run: Path, workdir: Path) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
     from embdistill.data import load_dataset
-    from embdistill.engine.checkpoint import checkpoint_normalization, load_checkpoint
-    from embdistill.engine.loaders import eval_loader
+    from embdistill.checkpoints import checkpoint_normalization, load_checkpoint
+    from embdistill.engine.batches.loaders import eval_loader
     from embdistill.export import export_checkpoint
     from embdistill.search.encoder import load_encoder
 
@@ -100,9 +100,9 @@ def teacher_gallery(teacher: str) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
     from embdistill.config import from_dict
-    from embdistill.engine.checkpoint import embedder_from_checkpoint, load_checkpoint
-    from embdistill.engine.evaluate import embed_loader
-    from embdistill.engine.loaders import evaluation_set
+    from embdistill.checkpoints import embedder_from_checkpoint, load_checkpoint
+    from embdistill.engine.scoring.embed import embed_loader
+    from embdistill.engine.batches.loaders import evaluation_set
 
     payload = load_checkpoint(Path(teacher) / "last.pt")
     net = embedder_from_checkpoint(payload)
@@ -115,8 +115,8 @@ def teacher_gallery(teacher: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def measure(args: argparse.Namespace, command: str) -> dict:
-    from embdistill.engine.checkpoint import CheckpointError
-    from embdistill.engine.evaluate_checkpoint import evaluate_checkpoint
+    from embdistill.checkpoints import CheckpointError
+    from embdistill.engine.scoring.command import evaluate_checkpoint
     from embdistill.evaluation.metrics import retrieval_metrics
 
     teacher_summary = yaml.safe_load((ROOT / TEACHER / "summary.yaml").read_text())
@@ -174,7 +174,7 @@ def _asym(result: dict) -> str:
 def tune(args: argparse.Namespace, command: str) -> dict:
     """Every trial config (seed 0) trained, then its best and last weights scored on the held-out train species:
     the student's own R@1 and its queries' R@1 on the teacher's gallery of the same images."""
-    from embdistill.engine.evaluate_checkpoint import evaluate_checkpoint
+    from embdistill.engine.scoring.command import evaluate_checkpoint
 
     teacher = ROOT / TEACHER / "last.pt"
     trials = []

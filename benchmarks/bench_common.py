@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from embdistill.config import ExperimentConfig
-from embdistill.engine.rundir import finished_with
+from embdistill.engine.persist.rundir import finished_with
 from embdistill.engine.train import run
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,8 +23,8 @@ import torch
 from embdistill.config import load_config
 from embdistill.data.datasets import ImageList
 from embdistill.data.transforms import RESIZE_MODES
-from embdistill.engine.evaluate import evaluate_embedder
-from embdistill.engine.loaders import Splits, evaluation_set, load_splits
+from embdistill.engine.scoring.embed import evaluate_embedder
+from embdistill.engine.batches.loaders import Splits, evaluation_set, load_splits
 from embdistill.models.embedder import create_embedder
 
 from bench_common import repo_relative  # benchmarks/bench_common.py, beside this script

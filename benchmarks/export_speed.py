@@ -56,9 +56,10 @@ import onnxruntime as ort
 import torch
 
 from embdistill.cpu_features import cpu_int8
-from embdistill.engine.checkpoint import embedder_from_checkpoint, load_checkpoint, save_checkpoint
+from embdistill.checkpoints import embedder_from_checkpoint, load_checkpoint, save_checkpoint
 from embdistill.export import ExportResult, export_checkpoint
-from embdistill.models import ModelConfig, create_embedder
+from embdistill.config import ModelConfig
+from embdistill.models import create_embedder
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CUB100 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cub100"
@@ -95,7 +96,7 @@ def median_seconds(runs: dict[str, Callable[[], object]], warmup: int, repeats: 
 
 
 def write_checkpoint(path: Path, config: ModelConfig, image_size: int, data: dict | None = None) -> Path:
-    """Same payload as the trainer's checkpoint (engine/train.py, Training.save); weights are irrelevant to speed. ``data``: the config's
+    """Same payload as the trainer's checkpoint (engine/train/loop.py, Training.save); weights are irrelevant to speed. ``data``: the config's
     data section (where INT8 export finds its calibration images)."""
     if config.pretrained is True:
         try:

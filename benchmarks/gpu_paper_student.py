@@ -59,9 +59,9 @@ import yaml  # noqa: E402
 
 from embdistill.config import ConfigError, ExperimentConfig, load_config, to_dict  # noqa: E402
 from embdistill.data.datasets import DatasetError  # noqa: E402
-from embdistill.engine.bank import BankError, fill_bank_for_config  # noqa: E402
-from embdistill.engine.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
-from embdistill.engine.rundir import finished_with, resume_checkpoint  # noqa: E402
+from embdistill.engine.teacher.bank import BankError, fill_bank_for_config  # noqa: E402
+from embdistill.checkpoints import CheckpointError, load_checkpoint  # noqa: E402
+from embdistill.engine.persist.rundir import finished_with, resume_checkpoint  # noqa: E402
 from embdistill.models.weights import WeightsError  # noqa: E402
 
 from bench_common import machine, repo_relative, run_cached  # noqa: E402  (benchmarks/, beside this script)
@@ -426,7 +426,7 @@ def table(result: dict) -> str:
 def row_main(config: str, overrides: list[str], resume: bool) -> int:
     """One row, in its own process (also each torchrun rank): ``train.run`` without the CLI's run report,
     which needs faiss, absent on the GPU machine."""
-    from embdistill.engine.distributed import is_main
+    from embdistill.engine.compute.distributed import is_main
     from embdistill.engine.train import run
 
     result = run(load_config(config, overrides), progress=False, resume=resume)

@@ -13,7 +13,7 @@ loss, P×K 16 × 4, Adam) on the 44-species split (``data.validation_classes=14`
 - the ratio of the two; issue #21 (item 7) asks for >= 0.8;
 - the loader's cost per image (``ViewDataset.__getitem__``) now and the old way (torch's global RNG forked
   and reseeded per image, float views normalised per image in the worker), and the per-batch normalisation
-  that replaced the latter (``engine.views.to_input``), per image.
+  that replaced the latter (``engine.batches.views.to_input``), per image.
 
     .venv/bin/python benchmarks/input_pipeline.py          # writes benchmarks/results/input_pipeline.{json,md}
     .venv/bin/python benchmarks/input_pipeline.py --smoke --out /tmp/pipe --results /tmp/pipe/input_pipeline.json
@@ -39,12 +39,12 @@ from torchvision.transforms import functional as TF
 from embdistill.config import ExperimentConfig, load_config
 from embdistill.data.images import DecodedImageCache, ImageDataset
 from embdistill.data.transforms import PadToSquare, render_box
-from embdistill.engine.loaders import RESIZE_RATIO, load_splits, view_crop
-from embdistill.engine.optim import build_optimizer
-from embdistill.engine.rng import seed_everything
+from embdistill.engine.batches.loaders import RESIZE_RATIO, load_splits, view_crop
+from embdistill.engine.train.optim import build_optimizer
+from embdistill.engine.train.rng import seed_everything
 from embdistill.engine.train import run
-from embdistill.engine.views import ViewDataset, to_input, view_seed
-from embdistill.losses.objective import build_objective
+from embdistill.engine.batches.views import ViewDataset, crop_seed, to_input
+from embdistill.engine.train.objective import build_objective
 from embdistill.models.embedder import create_embedder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -67,7 +67,7 @@ def old_getitem(views: ViewDataset, index: int) -> tuple[Tensor, Tensor, int, in
     c = views.crop
     aspect = image.width / image.height if c.resize != "crop" else 1.0  # data/transforms.py draw_box
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(view_seed(views.seed, index, views.view))
+        torch.manual_seed(crop_seed(views.seed, index, views.view))
         box = T.RandomResizedCrop.get_params(image, list(c.scale), [c.ratio[0] * aspect, c.ratio[1] * aspect])
         flip = bool(torch.rand(1) < 0.5)
 

@@ -118,8 +118,8 @@ def measure(args: argparse.Namespace, command: str) -> int:
     import torch
 
     from embdistill.data import load_dataset
-    from embdistill.engine.checkpoint import checkpoint_normalization, load_checkpoint
-    from embdistill.engine.loaders import eval_loader
+    from embdistill.checkpoints import checkpoint_normalization, load_checkpoint
+    from embdistill.engine.batches.loaders import eval_loader
     from embdistill.export import export_checkpoint
     from embdistill.quantize import parity_report, spread_indices
 

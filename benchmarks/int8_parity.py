@@ -31,8 +31,8 @@ import onnxruntime as ort
 import torch
 
 from embdistill.data import load_dataset
-from embdistill.engine.checkpoint import checkpoint_normalization, embedder_from_checkpoint, load_checkpoint
-from embdistill.engine.loaders import eval_loader
+from embdistill.checkpoints import checkpoint_normalization, embedder_from_checkpoint, load_checkpoint
+from embdistill.engine.batches.loaders import eval_loader
 from embdistill.export import export_checkpoint
 from embdistill.quantize import DEFAULT_SETTINGS, parity_report
 

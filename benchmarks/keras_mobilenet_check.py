@@ -19,9 +19,10 @@ import torch
 from PIL import Image
 
 from embdistill.config import DataConfig
-from embdistill.engine.loaders import load_splits
+from embdistill.engine.batches.loaders import load_splits
 from embdistill.evaluation.metrics import retrieval_metrics
-from embdistill.models.embedder import ModelConfig, create_embedder
+from embdistill.config import ModelConfig
+from embdistill.models.embedder import create_embedder
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT.parent / "shared" / "weights" / "mobilenet_2_5_224_tf_no_top.h5"

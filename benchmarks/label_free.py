@@ -73,7 +73,7 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 
 def measure(args: argparse.Namespace, command: str) -> dict:
-    from embdistill.engine.evaluate_checkpoint import evaluate_checkpoint
+    from embdistill.engine.scoring.command import evaluate_checkpoint
 
     rows = []
     for row in args.rows:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from embdistill.config import ExperimentConfig, load_config, to_dict
-from embdistill.engine.bank import fill_bank_for_config
+from embdistill.engine.teacher.bank import fill_bank_for_config
 from embdistill.models.embedder import create_embedder
 from embdistill.modelstats import count_mflops, count_parameters, cpu_throughput
 

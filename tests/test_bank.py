@@ -21,13 +21,14 @@ from conftest import CUB100, REPO, TIMEOUT_SCALE, tiny_overrides
 from embdistill.cli import main
 from embdistill.config import load_config
 from embdistill.data.transforms import IMAGENET
-from embdistill.engine import bank as bank_module
-from embdistill.engine.bank import BankError, BankKey, TeacherBank, _holder_record, fill_bank, load_bank, save_bank
-from embdistill.engine.teacher import FrozenTeacher
+from embdistill.engine.teacher import bank as bank_module
+from embdistill.engine.teacher.bank import BankError, BankKey, TeacherBank, _holder_record, fill_bank, load_bank, save_bank
+from embdistill.engine.teacher.frozen import FrozenTeacher
 from embdistill.engine.train import run
-from embdistill.engine.views import ViewCrop, ViewDataset, to_input
+from embdistill.engine.batches.views import ViewCrop, ViewDataset, to_input
 from embdistill.data import ImageDataset, load_dataset
-from embdistill.models.embedder import ModelConfig, create_embedder
+from embdistill.config import ModelConfig
+from embdistill.models.embedder import create_embedder
 
 STUDENT = REPO / "configs" / "cub100" / "mobilenet025.yaml"
 
@@ -371,7 +372,7 @@ def test_a_run_with_a_stale_bank_stops_before_training_and_says_what_differs(tmp
 def test_a_view_is_one_crop_rendered_at_each_networks_size(cub100):
     """The teacher's crop is exactly torchvision's RandomResizedCrop + flip; the student's is the same box."""
     from embdistill.data.transforms import build_transform
-    from embdistill.engine.views import view_seed
+    from embdistill.engine.batches.views import crop_seed
 
     items = load_dataset("cub200", cub100, "train").subset(list(range(6)))
     views = ViewDataset(ImageDataset(items), ViewCrop(40, 120, IMAGENET), seed=3)
@@ -381,7 +382,7 @@ def test_a_view_is_one_crop_rendered_at_each_networks_size(cub100):
         for i in range(len(views)):
             student, teacher, label, index, v = views[i]
             student, teacher = (to_input(x[None], IMAGENET, torch.device("cpu"))[0] for x in (student, teacher))
-            torch.manual_seed(view_seed(3, i, view))
+            torch.manual_seed(crop_seed(3, i, view))
             assert torch.equal(teacher, reference(views.images.load_image(i)))
             assert student.shape == (3, 40, 40) and (index, v, label) == (i, view, int(items.labels[i]))
             # The same box: shrinking the teacher's crop gives (almost) the student's pixels.

@@ -9,7 +9,7 @@ import yaml
 
 from conftest import REPO, tiny_overrides
 from embdistill.config import load_config
-from embdistill.engine.runlog import read_log
+from embdistill.engine.persist.runlog import read_log
 from embdistill.engine.train import run
 from embdistill.evaluation.collapse import collapse_warning, embedding_spread
 

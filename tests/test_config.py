@@ -19,14 +19,15 @@ from embdistill.config import (
     read_yaml,
     to_dict,
 )
-from embdistill.engine.checkpoint import (
+from embdistill.checkpoints import (
     CheckpointError,
     checkpoint_normalization,
     embedder_from_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
-from embdistill.models import ModelConfig, create_embedder
+from embdistill.config import ModelConfig
+from embdistill.models import create_embedder
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -388,7 +389,7 @@ def test_save_checkpoint_is_atomic(tmp_path, monkeypatch):
 def test_finished_with_reads_old_configs_through_todays_defaults(tmp_path):
     # A benchmark reuses a finished run of the same config. A config.yaml written before a key with a
     # default existed must still count as the same config, or a teacher is rerun and its bank goes stale.
-    from embdistill.engine.rundir import finished_with
+    from embdistill.engine.persist.rundir import finished_with
 
     cfg = load_config(None, [f"output_dir={tmp_path}", "name=run", "train.epochs=2"])
     assert not finished_with(cfg)  # nothing there
@@ -408,3 +409,15 @@ def test_finished_with_reads_old_configs_through_todays_defaults(tmp_path):
     saved["train"]["no_such_key"] = 1  # a key this version does not know: not the same run
     write(cfg.run_dir / "config.yaml", yaml.safe_dump(saved))
     assert not finished_with(cfg)
+
+
+def test_the_keys_a_resume_may_change_are_declared_on_their_fields() -> None:
+    """``may_change("resume", "reuse")`` field metadata (config/fields.py) gives the same keys as the list it replaced."""
+    from embdistill.config import REUSE_MAY_CHANGE, RESUME_MAY_CHANGE
+
+    assert RESUME_MAY_CHANGE == {
+        "name", "output_dir", "device", "threads", "data.root", "data.num_workers", "data.cache_images",
+        "train.log_every", "train.checkpoint_every", "train.nan_policy", "train.collapse_spread",
+        "eval.batch_size", "eval.every_epochs",
+    }
+    assert REUSE_MAY_CHANGE == RESUME_MAY_CHANGE - {"data.root"}  # a moved dataset may be resumed, not reused

@@ -24,7 +24,7 @@ import yaml
 from conftest import REPO, TIMEOUT_SCALE
 from embdistill.cli import main
 from embdistill.config import ConfigError, ExperimentConfig, load_config, to_dict
-from embdistill.ranges import RANGE, CountOrFraction, Range
+from embdistill.config.fields import RANGE, CountOrFraction, Range
 
 CONFIG = REPO / "configs" / "cub100" / "student.yaml"
 DISTILL = ["distill.teacher=runs/nowhere/last.pt", "distill.terms=[{name: relative}]"]
@@ -218,7 +218,7 @@ RANGED = [n for n in NUMERIC if n.bounds is not None]
 
 def test_every_numeric_key_declares_a_range() -> None:
     missing = [n.key for n in NUMERIC if n.bounds is None]
-    assert not missing, f"declare a range beside these fields (metadata=at_least(...), see ranges.py): {missing}"
+    assert not missing, f"declare a range beside these fields (metadata=at_least(...), see config/fields.py): {missing}"
     # The walk reaches optional sections, lists of numbers and lists of sections.
     assert {"train.epochs", "model.dim", "eval.ks", "distill.terms[0].weight",
             "distill.semi_supervised.hide_label_fraction", "distill.cross_quality.jpeg_quality"} <= {n.key for n in NUMERIC}
@@ -260,7 +260,7 @@ def test_the_range_check_names_the_key_in_lists() -> None:
 def test_an_old_run_holding_a_value_now_out_of_range(tmp_path, capsys) -> None:
     # Saved configs are read through the same checks: resuming stops with the key named, and a
     # benchmark does not take the old run for a finished run of a valid config.
-    from embdistill.engine.rundir import finished_with
+    from embdistill.engine.persist.rundir import finished_with
 
     cfg = load_config(CONFIG, [f"output_dir={tmp_path}", "name=old"])
     saved = to_dict(cfg)

@@ -257,7 +257,7 @@ def test_cars196_shared_folder_is_the_papers_split() -> None:
 def test_cars196_real_images_through_the_eval_transform(resize: str) -> None:
     """A run's evaluation loader, built from a config, on real wide car photographs."""
     from embdistill.config import from_dict
-    from embdistill.engine.loaders import evaluation_set
+    from embdistill.engine.batches.loaders import evaluation_set
 
     cfg = from_dict({"data": {"dataset": "cars196", "root": str(CARS196), "image_size": 64, "num_workers": 0,
                               "resize": resize}, "eval": {"batch_size": 3}})
@@ -577,7 +577,7 @@ def test_resize_modes_by_hand_on_a_wide_png(wide_png: Path) -> None:
 
 
 def test_training_box_follows_the_resize_mode(wide_png: Path) -> None:
-    from embdistill.engine.views import ViewCrop
+    from embdistill.engine.batches.views import ViewCrop
 
     image = Image.open(wide_png).convert("RGB")
     # scale 1: the whole area. crop's box must stay within 4:3, so RandomResizedCrop falls back to
@@ -615,7 +615,7 @@ def test_resize_choice_in_config_and_export_metadata(wide_png: Path) -> None:
 
     from embdistill.config import ConfigError, ResizeMode, from_dict
     from embdistill.export import ExportMetadata
-    from embdistill.formats import DeployError
+    from embdistill.deploy_choices import DeployError
 
     assert typing.get_args(ResizeMode) == RESIZE_MODES
     assert from_dict({}).data.resize == "crop"
@@ -636,7 +636,8 @@ def test_export_records_the_runs_resize() -> None:
     """export, embed, search and serve rebuild the transform from this record (data/transforms.py eval_transform)."""
     from embdistill.config import to_dict
     from embdistill.export import ExportMetadata, metadata_from_checkpoint
-    from embdistill.models.embedder import ModelConfig, create_embedder
+    from embdistill.config import ModelConfig
+    from embdistill.models.embedder import create_embedder
 
     config = ModelConfig(backbone="mobilenet_v1", pretrained=False, dim=8, backbone_args={"width": 0.25})
     model = create_embedder(config)

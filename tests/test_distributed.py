@@ -25,13 +25,13 @@ from torch import nn
 from conftest import REPO, TIMEOUT_SCALE, cub_subset, tiny_overrides
 from embdistill.config import ConfigError, load_config
 from embdistill.data.samplers import PKSampler
-from embdistill.engine.batch_stream import BatchStream
-from embdistill.engine.checkpoint import CheckpointError, load_checkpoint
-from embdistill.engine.distributed import World
-from embdistill.engine.evaluate_checkpoint import evaluate_checkpoint
-from embdistill.engine.precision import autocast_dtype, memory_format
-from embdistill.engine.rundir import resume_config
-from embdistill.engine.runlog import read_log
+from embdistill.engine.batches.unlabelled_stream import BatchStream
+from embdistill.checkpoints import CheckpointError, load_checkpoint
+from embdistill.engine.compute.distributed import World
+from embdistill.engine.scoring.command import evaluate_checkpoint
+from embdistill.engine.train.precision import autocast_dtype, memory_format
+from embdistill.engine.persist.rundir import resume_config
+from embdistill.engine.persist.runlog import read_log
 from embdistill.engine.train import run
 from embdistill.losses.distill import build_distill_loss
 from embdistill.losses.metric import build_metric_loss

@@ -121,3 +121,115 @@ def test_the_evaluation_transform_lives_in_data_transforms() -> None:
     got = eval_transform(meta)(image)
     assert got.shape == (3, 32, 32)
     assert torch.equal(got, build_transform(False, 32, IMAGENET, resize_ratio=40 / 32)(image))
+
+
+# --------------------------------------------------------------------------- layers
+
+# Lowest first. A module may import its own layer and the layers below, never one above: the parts
+# (data, models, losses, evaluation) know nothing of the config, the config nothing of checkpoints or
+# the engine, and none of those anything of the commands built on them. docs/architecture.md draws it.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("embdistill", "embdistill.atomic", "embdistill.deploy_choices", "embdistill.cpu_features"),
+    ("embdistill.data", "embdistill.models", "embdistill.losses", "embdistill.evaluation"),
+    ("embdistill.config",),
+    ("embdistill.checkpoints", "embdistill.teacher_space"),
+    ("embdistill.engine",),
+    ("embdistill.report", "embdistill.plots", "embdistill.modelstats", "embdistill.export", "embdistill.quantize",
+     "embdistill.search", "embdistill.serve", "embdistill.demo", "embdistill.deploy_commands", "embdistill.cli",
+     "embdistill.__main__"),
+)
+
+
+def layer_of(module: str) -> int:
+    """The layer of the longest entry of LAYERS that is ``module`` or a package holding it."""
+    best, rank = "", -1
+    for i, names in enumerate(LAYERS):
+        for name in names:
+            if (module == name or module.startswith(name + ".")) and len(name) > len(best):
+                best, rank = name, i
+    if rank < 0:
+        raise AssertionError(f"{module} is in no layer of tests/test_imports.py LAYERS: add it")
+    return rank
+
+
+def with_parent_packages(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Importing ``a.b.c`` runs ``a/b/__init__.py`` first: each import also reaches the packages above it."""
+    full: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        reached = set(targets)
+        for target in targets:
+            parts = target.split(".")
+            reached.update(".".join(parts[:i]) for i in range(2, len(parts)))
+        full[module] = {t for t in reached if t in graph and t != module and not module.startswith(t + ".")}
+    return full
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(cycles)
+
+
+def test_the_layer_and_cycle_checks_see_what_they_should(tmp_path: Path) -> None:
+    assert layer_of("embdistill.config.sections") == 2 and layer_of("embdistill.engine.train.loop") == 4
+    assert layer_of("embdistill.data.imagefiles") == 1 and layer_of("embdistill") == 0
+    root = tmp_path / "pkg"
+    (root / "sub").mkdir(parents=True)
+    (root / "__init__.py").write_text("")
+    (root / "sub" / "__init__.py").write_text("from pkg.sub import b\n")
+    (root / "sub" / "b.py").write_text("def f():\n    from pkg import c\n")
+    (root / "c.py").write_text("from pkg.sub import b\n")  # the mutual pair the other test also sees
+    (root / "d.py").write_text("def f():\n    from pkg.sub.e import x\n")
+    (root / "sub" / "e.py").write_text("x = 1\n")
+    graph = with_parent_packages(import_graph(root))
+    assert "pkg.sub" in graph["pkg.d"]  # importing pkg.sub.e runs pkg/sub/__init__.py
+    assert import_cycles(graph) == [["pkg.c", "pkg.sub", "pkg.sub.b"]]
+
+
+def test_no_module_imports_a_layer_above_its_own() -> None:
+    graph = import_graph()
+    upward = sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets if layer_of(b) > layer_of(a))
+    assert upward == [], "imports into a higher layer: " + "; ".join(upward)
+
+
+def test_nothing_below_the_config_imports_it() -> None:
+    graph = import_graph()
+    below = [m for m in graph if layer_of(m) < layer_of("embdistill.config")]
+    assert {"embdistill.losses.objective", "embdistill.models.embedder", "embdistill.data.datasets"} <= set(below)
+    reaching = sorted(f"{m} -> {t}" for m in below for t in graph[m] if t.startswith("embdistill.config"))
+    assert reaching == [], "modules below the config that import it: " + "; ".join(reaching)
+
+
+def test_the_package_has_no_import_cycle() -> None:
+    """Not even through a lazy import or the package ``__init__`` an import runs first."""
+    cycles = import_cycles(with_parent_packages(import_graph()))
+    assert cycles == [], "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)

@@ -1,4 +1,4 @@
-"""The loader hands out uint8 views drawn from a private generator (engine/views.py); nothing a run sees changed.
+"""The loader hands out uint8 views drawn from a private generator (engine/batches/views.py); nothing a run sees changed.
 
 Teacher banks are keyed by the crop's description, not its pixels, so the boxes and flips must be exactly the
 old ones (torchvision's draw from torch's global RNG, forked and reseeded per image), and the normalised inputs
@@ -20,7 +20,7 @@ from conftest import REPO, TIMEOUT_SCALE
 from embdistill.data.datasets import load_dataset
 from embdistill.data.images import DecodedImageCache, ImageDataset
 from embdistill.data.transforms import IMAGENET, KERAS, Degrade, draw_box
-from embdistill.engine.views import ViewCrop, ViewDataset, to_input, view_seed
+from embdistill.engine.batches.views import ViewCrop, ViewDataset, crop_seed, to_input
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import input_pipeline as bench  # noqa: E402
@@ -42,7 +42,7 @@ def test_boxes_and_flips_are_the_old_draws(items, resize):
     for index, image in enumerate(images):
         ratio = [crop.ratio[0] * aspect_of(image), crop.ratio[1] * aspect_of(image)]
         for view in range(12):
-            seed = view_seed(7, index, view)
+            seed = crop_seed(7, index, view)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 old = T.RandomResizedCrop.get_params(image, list(crop.scale), ratio), bool(torch.rand(1) < 0.5)

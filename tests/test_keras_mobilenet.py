@@ -13,9 +13,10 @@ import torch
 
 from embdistill.config import DataConfig
 from embdistill.data.transforms import KERAS
-from embdistill.engine.evaluate import evaluate_embedder
-from embdistill.engine.loaders import eval_loader, load_splits
-from embdistill.models import ModelConfig, WeightsError, create_backbone, create_embedder, resolve_weights
+from embdistill.engine.scoring.embed import evaluate_embedder
+from embdistill.engine.batches.loaders import eval_loader, load_splits
+from embdistill.config import ModelConfig
+from embdistill.models import WeightsError, create_backbone, create_embedder, resolve_weights
 from embdistill.models.mobilenet import _conv_bn, keras_mobilenet_v1_weights
 from embdistill.models.weights import hub_checkpoint_dir
 

@@ -22,7 +22,7 @@ from conftest import REPO
 from embdistill.cli import main
 from embdistill.config import ConfigError, load_config
 from embdistill.data import DatasetError, RandomBatchSampler, is_label_free, load_dataset
-from embdistill.engine.checkpoint import load_checkpoint
+from embdistill.checkpoints import load_checkpoint
 from embdistill.search import load_embeddings
 from test_recipes import OTHER, TINY, TRAINING, tiny
 
@@ -142,7 +142,7 @@ def test_an_interrupted_label_free_run_resumes_to_the_same_weights(walk: Walk, t
     import torch
 
     from embdistill.config import with_held_out_count
-    from embdistill.engine.signals import Interrupted
+    from embdistill.engine.train.signals import Interrupted
     from embdistill.engine.train import run
     from test_select import _interrupt_at
 

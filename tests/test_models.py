@@ -12,11 +12,11 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms as T
 
+from embdistill.config import ModelConfig
 from embdistill.data.transforms import IMAGENET, KERAS, TF_LITE
 from embdistill.models import (
     Backbone,
     Embedder,
-    ModelConfig,
     WeightSource,
     WeightsError,
     create_backbone,

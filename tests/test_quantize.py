@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from embdistill.data import load_dataset
-from embdistill.engine.checkpoint import load_checkpoint
+from embdistill.checkpoints import load_checkpoint
 from embdistill.export import export_checkpoint, read_onnx_metadata
-from embdistill.formats import DeployError
-from embdistill.models import ModelConfig
+from embdistill.deploy_choices import DeployError
+from embdistill.config import ModelConfig
 from embdistill.quantize import DEFAULT_SETTINGS, calibration_images, head_nodes, parity_report
 from embdistill.search import load_encoder
 from test_deploy import CUB100, cli, image_batch, write_checkpoint

@@ -24,7 +24,7 @@ import yaml
 from conftest import REPO
 from embdistill.cli import main
 from embdistill.config import load_config
-from embdistill.engine.checkpoint import load_checkpoint
+from embdistill.checkpoints import load_checkpoint
 from embdistill.search import load_embeddings
 
 RECIPES = REPO / "configs" / "recipes"

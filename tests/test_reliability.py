@@ -23,11 +23,12 @@ import yaml
 from conftest import REPO, TIMEOUT_SCALE, tiny_overrides
 from embdistill.cli import main
 from embdistill.config import load_config, to_dict
-from embdistill.engine.checkpoint import check_teacher, load_checkpoint, remove_partial_writes, save_checkpoint
-from embdistill.engine.signals import Interrupted
-from embdistill.engine.runlog import read_log
+from embdistill.checkpoints import check_teacher, load_checkpoint, remove_partial_writes, save_checkpoint
+from embdistill.engine.train.signals import Interrupted
+from embdistill.engine.persist.runlog import read_log
 from embdistill.engine.train import run
-from embdistill.models.embedder import ModelConfig, create_embedder
+from embdistill.config import ModelConfig
+from embdistill.models.embedder import create_embedder
 
 STUDENT = REPO / "configs" / "cub100" / "mobilenet025.yaml"
 METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision")
@@ -71,7 +72,7 @@ def _train_args(*args: str) -> list[str]:
 def _train_pausing_in_child(pause_dir: str, step: str, *argv: str) -> None:
     """``embdistill train ARGV`` that, having logged step ``step`` (before that step's checkpoint and its
     check for a signal), writes ``pause_dir/paused`` and waits for ``pause_dir/go``; see :func:`_start`."""
-    from embdistill.engine.runlog import RunLog
+    from embdistill.engine.persist.runlog import RunLog
 
     write, folder = RunLog.write, Path(pause_dir)
 
@@ -275,7 +276,7 @@ def test_a_checkpoint_write_killed_midway_leaves_the_previous_one(tmp_path, monk
     path = tmp_path / "last.pt"
     script = f"""
 import io, os, signal, torch
-from embdistill.engine import checkpoint
+from embdistill import checkpoints as checkpoint
 payload = {{"model_config": {{}}, "model_state": {{}}, "image_size": 64, "version": 1, "w": torch.arange(100_000.0)}}
 checkpoint.save_checkpoint({str(path)!r}, payload)
 real_save = torch.save

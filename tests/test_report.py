@@ -14,7 +14,7 @@ from PIL import Image
 from torch import nn
 
 from embdistill import plots, report
-from embdistill.engine.eval_cache import EMBEDDINGS_FILE
+from embdistill.engine.persist.test_embeddings import EMBEDDINGS_FILE
 from embdistill.modelstats import count_mflops, count_parameters, cpu_throughput
 
 CUB100 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cub100"

@@ -20,15 +20,15 @@ from PIL import Image
 from conftest import REPO, tiny_overrides
 from embdistill.config import ConfigError, held_out_count, load_config, to_dict, with_held_out_count
 from embdistill.data.datasets import DatasetError
-from embdistill.engine import train as train_module
-from embdistill.engine.checkpoint import load_checkpoint, run_checkpoint, save_checkpoint
-from embdistill.engine.eval_cache import load_test_embeddings
-from embdistill.engine.evaluate_checkpoint import evaluate_checkpoint
-from embdistill.engine.loaders import evaluation_set, load_splits, run_split
-from embdistill.engine.rundir import finished_with, resume_checkpoint
-from embdistill.engine.runlog import read_log
-from embdistill.engine.select import Selection
-from embdistill.engine.signals import Interrupted
+from embdistill.engine.train import loop as train_module
+from embdistill.checkpoints import load_checkpoint, run_checkpoint, save_checkpoint
+from embdistill.engine.persist.test_embeddings import load_test_embeddings
+from embdistill.engine.scoring.command import evaluate_checkpoint
+from embdistill.engine.batches.loaders import evaluation_set, load_splits, run_split
+from embdistill.engine.persist.rundir import finished_with, resume_checkpoint
+from embdistill.engine.persist.runlog import read_log
+from embdistill.engine.train.epoch_selection import Selection
+from embdistill.engine.train.signals import Interrupted
 from embdistill.engine.train import run
 from embdistill.report import write_report
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from embdistill.imagefiles import display_name
-from embdistill.models import ModelConfig
+from embdistill.data.imagefiles import display_name
+from embdistill.config import ModelConfig
 from embdistill.search import index_embeddings, load_gallery, search_image, write_embeddings
 from embdistill.search.embed import EmbedResult, embed_files
 from embdistill.search.encoder import load_encoder

@@ -22,13 +22,14 @@ from embdistill.cli import main
 from embdistill.config import load_config
 from embdistill.data import load_dataset
 from embdistill.data.transforms import Normalization
-from embdistill.engine.checkpoint import CheckpointError, checkpoint_fingerprint, embedder_from_checkpoint, load_checkpoint
-from embdistill.engine.evaluate_checkpoint import evaluate_checkpoint
-from embdistill.engine.loaders import eval_loader
-from embdistill.engine.teacher_space import TEACHER_SPACE, declared_space, in_teacher_space
+from embdistill.checkpoints import CheckpointError, checkpoint_fingerprint, embedder_from_checkpoint, load_checkpoint
+from embdistill.engine.scoring.command import evaluate_checkpoint
+from embdistill.engine.batches.loaders import eval_loader
+from embdistill.teacher_space import TEACHER_SPACE, declared_space, in_teacher_space
 from embdistill.engine.train import run
 from embdistill.export import DeployError, default_export_path, export_checkpoint, read_onnx_metadata, read_torchscript_metadata
-from embdistill.models import ModelConfig, create_embedder
+from embdistill.config import ModelConfig
+from embdistill.models import create_embedder
 from embdistill.quantize import DEFAULT_SETTINGS
 from embdistill.search import load_embeddings, load_encoder
 from test_deploy import cli, run_exported
@@ -139,7 +140,7 @@ def test_folding_the_projection_into_the_head_gives_the_same_embeddings(dim: int
 def test_the_projection_trains_at_its_own_learning_rate() -> None:
     """train.objective_lr_mult: the absolute term's projection (random at the start, no ImageNet weights to keep) is
     its own optimizer group at lr × the multiplier; backbone and head keep theirs."""
-    from embdistill.engine.optim import build_optimizer
+    from embdistill.engine.train.optim import build_optimizer
     from embdistill.losses.distill import AbsoluteTeacherLoss
 
     cfg = load_config(CONFIG, ["train.lr=0.001", "train.backbone_lr_mult=0.1", "train.objective_lr_mult=100"])

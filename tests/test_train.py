@@ -13,12 +13,12 @@ from conftest import REPO, cub_subset, tiny_overrides
 from embdistill.cli import main
 from embdistill.config import ConfigError, load_config
 from embdistill.data.transforms import Degrade
-from embdistill.engine.checkpoint import embedder_from_checkpoint, load_checkpoint
-from embdistill.engine.evaluate_checkpoint import evaluate_checkpoint
-from embdistill.engine.loaders import hidden_label_mask, load_splits, train_loader
-from embdistill.engine.runlog import read_log
+from embdistill.checkpoints import embedder_from_checkpoint, load_checkpoint
+from embdistill.engine.scoring.command import evaluate_checkpoint
+from embdistill.engine.batches.loaders import hidden_label_mask, load_splits, train_loader
+from embdistill.engine.persist.runlog import read_log
 from embdistill.engine.train import NonFiniteLossError, run
-from embdistill.engine.views import to_input
+from embdistill.engine.batches.views import to_input
 from embdistill.report import write_run_report
 
 STUDENT = REPO / "configs" / "cub100" / "mobilenet025.yaml"
@@ -212,7 +212,7 @@ def test_teacher_sees_the_same_crop_at_its_own_size(tmp_path, cub100, teacher_ck
     loader, _, _ = train_loader(cfg, splits.train, embedder_normalization())
     student, teacher = (to_input(x, embedder_normalization(), torch.device("cpu")) for x in next(iter(loader))[:2])
     assert teacher.shape[-2:] == (96, 96) and student.shape[-2:] == (64, 64)
-    # The same box rendered straight at each size (engine/views.py ViewCrop): shrinking the teacher's
+    # The same box rendered straight at each size (engine/batches/views.py ViewCrop): shrinking the teacher's
     # crop gives the student's pixels up to resampling differences.
     shrunk = torch.nn.functional.interpolate(teacher, size=(64, 64), mode="bilinear", antialias=True, align_corners=False)
     assert (student - shrunk).abs().mean() < 0.05

@@ -25,9 +25,9 @@ from pathlib import Path
 import yaml
 
 from embdistill.config import ExperimentConfig, load_config, to_dict
-from embdistill.engine.bank import fill_bank_for_config
-from embdistill.engine.runlog import read_log
-from embdistill.engine.rundir import finished_with
+from embdistill.engine.teacher.bank import fill_bank_for_config
+from embdistill.engine.persist.runlog import read_log
+from embdistill.engine.persist.rundir import finished_with
 from embdistill.engine.train import run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for the terms the benchmark shares

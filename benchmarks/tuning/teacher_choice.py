@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 
 from embdistill.config import DataConfig
-from embdistill.engine.evaluate import evaluate_embedder
-from embdistill.engine.loaders import eval_loader, load_splits
-from embdistill.models.embedder import ModelConfig, create_embedder
+from embdistill.engine.scoring.embed import evaluate_embedder
+from embdistill.engine.batches.loaders import eval_loader, load_splits
+from embdistill.config import ModelConfig
+from embdistill.models.embedder import create_embedder
 
 ROOT = Path(__file__).resolve().parents[2]
 CANDIDATES = [("efficientnet_lite0", 224), ("efficientnet_lite1", 240), ("efficientnet_lite2", 224)]

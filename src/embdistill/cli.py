@@ -14,7 +14,7 @@ from pathlib import Path
 from embdistill.config import ConfigError
 
 
-_SUBCOMMAND_MODULES = ("embdistill.report", "embdistill.deploy")
+_SUBCOMMAND_MODULES = ("embdistill.report", "embdistill.deploy_commands")
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -26,22 +26,17 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace, distill: bool) -> int:
-    from embdistill.config import load_config, with_held_out_count
-    from embdistill.engine.distributed import is_main
-    from embdistill.engine.rundir import resume_config
-    from embdistill.engine.signals import Interrupted
+    from embdistill.config import check_command, load_config, with_held_out_count
+    from embdistill.engine.compute.distributed import is_main
+    from embdistill.engine.persist.rundir import resume_config
     from embdistill.engine.train import run
+    from embdistill.engine.train.signals import Interrupted
     from embdistill.report import write_run_report
 
     if args.resume and args.config:
         raise ConfigError("--resume RUN_DIR reads RUN_DIR/config.yaml: leave out --config")
     cfg = resume_config(args.resume, args.overrides) if args.resume else load_config(args.config, args.overrides)
-    if distill and (cfg.distill is None or not cfg.distill.teacher):
-        raise ConfigError("distill needs a teacher checkpoint: set distill.teacher=PATH (a run of `embdistill train`)")
-    if distill and not cfg.distill.terms:
-        raise ConfigError("distill.terms is empty: name at least one term, e.g. distill.terms=[{name: relative}]")
-    if not distill and cfg.distill is not None:
-        raise ConfigError("this config has a `distill` section: run it with `embdistill distill`")
+    check_command(cfg, distill)
     cfg = with_held_out_count(cfg)  # data.validation_classes: 0.25 -> the count for this dataset, saved with the run
     try:
         result = run(cfg, progress=not args.no_progress, resume=bool(args.resume))
@@ -58,7 +53,7 @@ def cmd_bank(args: argparse.Namespace) -> int:
     import time
 
     from embdistill.config import load_config, with_held_out_count
-    from embdistill.engine.bank import fill_bank_for_config
+    from embdistill.engine.teacher.bank import fill_bank_for_config
 
     cfg = with_held_out_count(load_config(args.config, args.overrides))  # the same train classes as the run's
     started = time.perf_counter()
@@ -70,7 +65,7 @@ def cmd_bank(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from embdistill.engine.evaluate_checkpoint import evaluate_checkpoint
+    from embdistill.engine.scoring.command import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(
         args.checkpoint,
@@ -157,9 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from embdistill.checkpoints import CheckpointError
     from embdistill.data.datasets import DatasetError
-    from embdistill.engine.bank import BankError
-    from embdistill.engine.checkpoint import CheckpointError
+    from embdistill.engine.teacher.bank import BankError
     from embdistill.models.weights import WeightsError
 
     try:

@@ -5,10 +5,10 @@ A deployed model is useless without the exact preprocessing it was trained with
 ``metadata_props`` plus a sidecar ``OUT.json``, TorchScript as the extra file
 ``embdistill.json``. The exported graph takes a normalised N×3×S×S float tensor
 (any N) and returns the L2-normalised N×D embedding. The metadata also holds
-``model_fingerprint``, the checkpoint's :func:`~embdistill.engine.checkpoint.checkpoint_fingerprint`:
+``model_fingerprint``, the checkpoint's :func:`~embdistill.checkpoints.checkpoint_fingerprint`:
 the embedding space, which `search` and `serve` check a gallery's model against, and
 ``declared_space``, the teacher's space that a student's output was trained into (absolute
-teacher term, :mod:`embdistill.engine.teacher_space`): such a student may query its teacher's
+teacher term, :mod:`embdistill.teacher_space`): such a student may query its teacher's
 galleries. ``space="teacher"`` (``embdistill export --space teacher``) exports a student whose
 absolute term learned a projection with that projection applied, so its output lies there.
 
@@ -31,15 +31,15 @@ from torch import Tensor, nn
 
 import embdistill
 from embdistill.data.transforms import Normalization, check_resize, eval_transform  # eval_transform re-exported: defined here before
-from embdistill.engine.checkpoint import (
+from embdistill.checkpoints import (
     CheckpointError,
     checkpoint_fingerprint,
     embedder_from_checkpoint,
     load_checkpoint,
     run_checkpoint,
 )
-from embdistill.engine.teacher_space import TEACHER_SPACE, declared_space, in_teacher_space
-from embdistill.formats import EXPORT_FORMATS, EXPORT_SPACES, QUANTIZE_MODES, DeployError  # re-exported: defined here before
+from embdistill.teacher_space import TEACHER_SPACE, declared_space, in_teacher_space
+from embdistill.deploy_choices import EXPORT_FORMATS, EXPORT_SPACES, QUANTIZE_MODES, DeployError  # re-exported: defined here before
 from embdistill.models.embedder import Embedder
 
 __all__ = [
@@ -66,7 +66,7 @@ __all__ = [
 INPUT_NAME, OUTPUT_NAME = "image", "embedding"
 TORCHSCRIPT_EXTRA = "embdistill.json"
 DEFAULT_OPSET = 17
-RESIZE_RATIO = 256 / 224  # the eval transform's, see engine/loaders.py
+RESIZE_RATIO = 256 / 224  # the eval transform's, see engine/batches/loaders.py
 INPUT_LAYOUTS = {  # ExportMetadata.input_layout for each data.resize mode
     "crop": "NCHW float32, RGB, resize shorter side to resize_size, centre crop image_size, (x/255 - mean) / std",
     "squash": "NCHW float32, RGB, resize the whole image to image_size x image_size (aspect not kept), (x/255 - mean) / std",
@@ -172,7 +172,7 @@ def metadata_from_checkpoint(payload: dict[str, Any], model: Embedder, source: s
 
 def space_payload(payload: dict[str, Any], space: str, where: str) -> dict[str, Any]:
     """The checkpoint payload to export for ``space``: ``"own"`` as it is, ``"teacher"`` the student as it embeds
-    into its teacher's space (:func:`~embdistill.engine.teacher_space.in_teacher_space`)."""
+    into its teacher's space (:func:`~embdistill.teacher_space.in_teacher_space`)."""
     if space not in EXPORT_SPACES:
         raise DeployError(f"unknown space {space!r}; expected one of {EXPORT_SPACES}")
     if space == "own":

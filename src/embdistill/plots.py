@@ -12,8 +12,8 @@ from PIL import Image, ImageDraw, ImageFont
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from embdistill.engine.runlog import read_log  # noqa: E402
-from embdistill.imagefiles import display_name, thumbnail  # noqa: E402
+from embdistill.engine.persist.runlog import read_log  # noqa: E402
+from embdistill.data.imagefiles import display_name, thumbnail  # noqa: E402
 
 
 def plot_training_curves(run_dir: Path, out: Path | None = None) -> Path:

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from embdistill.formats import QUANTIZE_MODES, DeployError
+from embdistill.deploy_choices import QUANTIZE_MODES, DeployError
 
 __all__ = [
     "CALIBRATION_METHODS",
@@ -134,7 +134,7 @@ def calibration_images(
     split is an error.
     """
     from embdistill.data import DatasetError, load_dataset
-    from embdistill.imagefiles import list_images
+    from embdistill.data.imagefiles import list_images
 
     data = (payload.get("config") or {}).get("data") or {}
     dataset, root = data.get("dataset"), data.get("root")

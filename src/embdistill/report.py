@@ -6,7 +6,7 @@ test queries with their nearest neighbours. Everything expensive is cached in th
 directory and keyed by its checkpoint, so a report over many runs stays cheap:
 
 * ``test_embeddings.npz``: the evaluation split embedded once (embeddings, labels, paths;
-  engine/eval_cache.py, usually written by the trainer);
+  engine/persist/test_embeddings.py, usually written by the trainer);
 * ``stats.json``: parameters, mult-adds, CPU images/s and NMI;
 * ``retrieval_grid.png``: redrawn from the cached embeddings (milliseconds).
 """
@@ -23,9 +23,9 @@ import numpy as np
 import torch
 import yaml
 
-from embdistill.engine.checkpoint import embedder_from_checkpoint, load_checkpoint
-from embdistill.engine.device import resolve_device
-from embdistill.engine.eval_cache import Embedded, checkpoint_key, load_test_embeddings, save_test_embeddings
+from embdistill.checkpoints import embedder_from_checkpoint, load_checkpoint
+from embdistill.engine.compute.device import resolve_device
+from embdistill.engine.persist.test_embeddings import Embedded, checkpoint_key, load_test_embeddings, save_test_embeddings
 from embdistill.modelstats import count_mflops, count_parameters, cpu_throughput
 
 __all__ = [
@@ -55,8 +55,8 @@ def _embedded(run_dir: Path, device: str = "auto", root: str | None = None, prog
     if cached is not None:
         return cached
     from embdistill.config import from_dict
-    from embdistill.engine.evaluate import embed_loader
-    from embdistill.engine.loaders import evaluation_set
+    from embdistill.engine.scoring.embed import embed_loader
+    from embdistill.engine.batches.loaders import evaluation_set
 
     payload = load_checkpoint(run_dir)
     values = dict(payload.get("config") or {})

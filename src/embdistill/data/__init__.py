@@ -1,4 +1,5 @@
-"""Dataset readers (which files), image decoding (pixels), P×K batch sampling and image transforms."""
+"""Dataset readers (which files), image files on disk (``imagefiles``: list a folder, thumbnails), image decoding
+(pixels), P×K batch sampling and image transforms."""
 from .datasets import (
     DATASET_URLS,
     DATASETS,

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from embdistill.data.errors import DatasetError
+from embdistill.data.imagefiles import IMAGE_EXTENSIONS, list_images
 
 __all__ = [
     "DATASETS",
@@ -38,7 +39,6 @@ __all__ = [
 ]
 
 SPLITS = ("train", "test", "all")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DATASET_URLS = {
     "cub200": "https://www.vision.caltech.edu/datasets/cub_200_2011/",
     "cars196": "https://ai.stanford.edu/~jkrause/cars/car_dataset.html",
@@ -509,8 +509,6 @@ def read_photos(root: str | Path, split: str) -> ImageList:
     are every photo.
     """
     import hashlib
-
-    from embdistill.imagefiles import list_images  # imports embdistill.data: not at module level
 
     root = _root(root, "photos")
     if split == "test":

@@ -45,7 +45,7 @@ TF_LITE = Normalization(mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
 # Keras applications' MobileNet (``preprocess_input``): pixels scaled to [-1, 1], x / 127.5 - 1.
 KERAS = Normalization(mean=(0.5,) * 3, std=(0.5,) * 3)
 NORMALIZATIONS: dict[str, Normalization] = {"imagenet": IMAGENET, "tf_lite": TF_LITE, "keras": KERAS}
-# How a non-square picture becomes the square input (config.py's data.resize): cut a centred
+# How a non-square picture becomes the square input (the config's data.resize): cut a centred
 # square (``crop``, the default), stretch the whole picture (``squash``), or fit it whole and pad.
 ResizeMode = Literal["crop", "squash", "pad"]
 RESIZE_MODES: tuple[str, ...] = get_args(ResizeMode)

@@ -1,20 +1,17 @@
-"""The training objective: metric loss + Σ_k λ_k · distillation loss_k, every term reported."""
+"""The training objective: metric loss + Σ_k λ_k · distillation loss_k, every term reported.
+
+Built from a config by ``engine/train/objective.py`` (``build_objective``): the losses take
+plain arguments and know nothing of the config, which sits above them.
+"""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from embdistill.config import ConfigError
-from embdistill.losses.distill import DistillationLoss, build_distill_loss, embedding_of
-from embdistill.losses.metric import build_metric_loss
+from embdistill.losses.distill import DistillationLoss, embedding_of
 from embdistill.models.output import EmbedderOutput
-
-if TYPE_CHECKING:
-    from embdistill.config import ExperimentConfig
-    from embdistill.models.embedder import Embedder
 
 
 class Objective(nn.Module):
@@ -25,7 +22,7 @@ class Objective(nn.Module):
     semi-supervised distillation work.
 
     ``gather`` (data parallelism: concatenate a tensor across processes, see
-    engine/distributed.py) gives the metric loss and the batch-level terms the
+    engine/compute/distributed.py) gives the metric loss and the batch-level terms the
     global batch's embeddings and labels; per-image terms, which need no other
     images, stay on the local batch and its feature maps.
     """
@@ -76,29 +73,6 @@ class Objective(nn.Module):
             parts[name] = value
             total = total + self.weights[name] * value
         return {"loss": total, **parts}
-
-
-def build_objective(cfg: ExperimentConfig, student: Embedder, teacher: Embedder | None,
-                    gather: Callable[[Tensor], Tensor] | None = None) -> Objective:
-    """``train.metric_loss`` plus each of ``distill.terms``, every term sized to the two networks.
-
-    A name used twice gets a numbered key (``relative``, ``relative_1``) so both are logged.
-    ``gather`` (data parallelism) lets the batch-level losses see every process's batch.
-    """
-    try:
-        metric = build_metric_loss(cfg.train.metric_loss, **cfg.train.metric_loss_args)
-    except ValueError as err:  # a value the loss refuses, e.g. a margin out of range
-        raise ConfigError(f"train.metric_loss ({cfg.train.metric_loss}): {err}") from err
-    terms: dict[str, tuple[float, DistillationLoss]] = {}
-    for i, term in enumerate(cfg.distill.terms if cfg.distill else []):
-        if teacher is None:
-            raise ValueError("distill.terms need a teacher network")
-        key = term.name if term.name not in terms else f"{term.name}_{len(terms)}"
-        try:  # names and argument types were checked with the config; what depends on the networks is checked here
-            terms[key] = (term.weight, build_distill_loss(term.name, student, teacher, **term.args))
-        except ValueError as err:
-            raise ConfigError(f"distill.terms[{i}] ({term.name}): {err}") from err
-    return Objective(metric, terms, gather, cfg.train.metric_weight)
 
 
 def all_finite(parts: dict[str, Tensor] | dict[str, float]) -> bool:

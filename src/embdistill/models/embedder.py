@@ -1,8 +1,7 @@
 """The embedding network: backbone -> global pooling -> linear to ``dim`` -> L2 normalise."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Protocol, get_args
 
 import torch
 import torch.nn.functional as F
@@ -12,22 +11,21 @@ from embdistill.data.transforms import Normalization
 from embdistill.models.backbone import Backbone
 from embdistill.models.output import EmbedderOutput
 from embdistill.models.registry import create_backbone
-from embdistill.ranges import at_least
 
 Pooling = Literal["avg", "max", "avgmax"]
 POOLINGS: tuple[str, ...] = get_args(Pooling)
 
 
-@dataclass
-class ModelConfig:
-    """What it takes to rebuild an embedder; stored in every checkpoint."""
+class EmbedderSpec(Protocol):
+    """What :func:`create_embedder` reads: ``embdistill.config.ModelConfig`` (the config sits above the models,
+    so this module names the fields it needs rather than importing it)."""
 
-    backbone: str = "resnet18"
-    pretrained: bool | str = True
-    dim: int | None = field(default=512, metadata=at_least(1))  # None: no projection head, the pooled backbone features themselves
-    pooling: Pooling = "avg"
-    freeze_batchnorm: bool = False  # keep pretrained BN statistics (P×K batches hold only P classes)
-    backbone_args: dict[str, Any] = field(default_factory=dict)
+    backbone: str
+    pretrained: bool | str
+    dim: int | None
+    pooling: str
+    freeze_batchnorm: bool
+    backbone_args: dict[str, Any]
 
 
 class Embedder(nn.Module):
@@ -80,6 +78,7 @@ class Embedder(nn.Module):
         return list(self.backbone.parameters()), list(self.head.parameters())
 
 
-def create_embedder(config: ModelConfig) -> Embedder:
+def create_embedder(config: EmbedderSpec) -> Embedder:
+    """The embedder a model config describes (``embdistill.config.ModelConfig``)."""
     backbone = create_backbone(config.backbone, pretrained=config.pretrained, **config.backbone_args)
     return Embedder(backbone, dim=config.dim, pooling=config.pooling, freeze_batchnorm=config.freeze_batchnorm)

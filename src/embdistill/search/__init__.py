@@ -10,7 +10,7 @@ the cosine similarity. Files written next to each other::
     index.faiss.json        kind, dim, count, files list, model, recall of an approximate index
 
 Both sidecars record ``model_fingerprint``, the embedding space of the model that made the
-gallery (:func:`~embdistill.engine.checkpoint.checkpoint_fingerprint`); searching it with a
+gallery (:func:`~embdistill.checkpoints.checkpoint_fingerprint`); searching it with a
 model of another space is refused (see :meth:`Gallery.encoder`).
 
 Modules: :mod:`.encoder` (any model file -> embeddings), :mod:`.embed` (folder -> .npy),
@@ -19,7 +19,7 @@ Everything public is importable from ``embdistill.search``.
 """
 from __future__ import annotations
 
-from embdistill.formats import INDEX_KINDS
+from embdistill.deploy_choices import INDEX_KINDS
 from embdistill.search.embed import (
     EmbedResult,
     embed_files,

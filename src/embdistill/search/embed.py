@@ -12,8 +12,8 @@ from tqdm.auto import tqdm
 
 from embdistill.data import ImageDataset, ImageList
 from embdistill.export import sidecar_path
-from embdistill.formats import DeployError
-from embdistill.imagefiles import list_images
+from embdistill.deploy_choices import DeployError
+from embdistill.data.imagefiles import list_images
 from embdistill.search.encoder import Encoder, load_encoder
 
 __all__ = [

@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 from embdistill.data.transforms import eval_transform
-from embdistill.engine.checkpoint import embedder_from_checkpoint, load_checkpoint
-from embdistill.engine.teacher_space import TEACHER_SPACE, in_teacher_space
+from embdistill.checkpoints import embedder_from_checkpoint, load_checkpoint
+from embdistill.teacher_space import TEACHER_SPACE, in_teacher_space
 from embdistill.export import (
     ExportMetadata,
     is_torchscript_file,
@@ -25,7 +25,7 @@ from embdistill.export import (
     read_quantization_record,
     read_torchscript_metadata,
 )
-from embdistill.formats import DeployError
+from embdistill.deploy_choices import DeployError
 from embdistill.quantize import precise_session_config
 
 __all__ = ["Encoder", "load_encoder"]
@@ -72,7 +72,7 @@ def load_encoder(path: str | Path, threads: int | None = None, *, target_space: 
     """A ``.pt`` checkpoint or run directory (its last.pt), an exported ``.onnx``, or an exported TorchScript file.
 
     ``target_space``: a gallery's fingerprint. A checkpoint of a student trained into that space
-    through a learned projection (absolute teacher term, engine/teacher_space.py) is loaded with the
+    through a learned projection (absolute teacher term, teacher_space.py) is loaded with the
     projection applied, so its output lies there; an exported file is what it was exported as.
     """
     path = Path(path)

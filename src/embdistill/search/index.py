@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from embdistill.export import sidecar_path
-from embdistill.formats import INDEX_KINDS, DeployError
+from embdistill.deploy_choices import INDEX_KINDS, DeployError
 from embdistill.search.embed import files_list_path, load_embeddings, read_files_list
 
 __all__ = [

@@ -12,8 +12,8 @@ import numpy as np
 
 from embdistill.data import DatasetError
 from embdistill.export import sidecar_path
-from embdistill.formats import DeployError, EmbeddingSpaceError, EmbeddingSpaceWarning
-from embdistill.imagefiles import class_name, display_name
+from embdistill.deploy_choices import DeployError, EmbeddingSpaceError, EmbeddingSpaceWarning
+from embdistill.data.imagefiles import class_name, display_name
 from embdistill.search.embed import embed_files, files_list_path, load_embeddings, read_files_list
 from embdistill.search.encoder import Encoder, load_encoder
 from embdistill.search.index import build_index, load_index

@@ -26,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from embdistill.imagefiles import class_name, display_name, thumbnail
+from embdistill.data.imagefiles import class_name, display_name, thumbnail
 from embdistill.search import Encoder, Gallery, Hit, load_gallery
 from embdistill.serve.uploads import UploadError, decode_upload, describe_size
 

@@ -6,7 +6,7 @@ teacher's, so the student can query a gallery that the teacher embedded: the tea
 once on a server, phones query it with the student (docs/deploy.md, "One gallery, two networks"). The
 student's checkpoint records that space under ``teacher_space``:
 
-- ``fingerprint``: the teacher checkpoint's :func:`~embdistill.engine.checkpoint.checkpoint_fingerprint`,
+- ``fingerprint``: the teacher checkpoint's :func:`~embdistill.checkpoints.checkpoint_fingerprint`,
   the space itself, which the teacher's galleries record;
 - ``teacher``: the teacher checkpoint's path, for people;
 - ``term``: the objective term that trained it (``absolute``);
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from embdistill.engine.checkpoint import CheckpointError
+from embdistill.checkpoints import CheckpointError
 
 if TYPE_CHECKING:
     from torch import nn

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from embdistill.config import ExperimentConfig
-from embdistill.engine.checkpoint import BEST, CheckpointError, load_checkpoint, save_checkpoint
+from embdistill.checkpoints import BEST, CheckpointError, load_checkpoint, save_checkpoint
 
 __all__ = ["BEST", "Selection"]
 

@@ -22,25 +22,19 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from embdistill.checkpoints import checkpoint_fingerprint, run_checkpoint, save_checkpoint
 from embdistill.config import ExperimentConfig, to_dict
 from embdistill.data.datasets import is_label_free
-from embdistill.data.samplers import PKSampler, RandomBatchSampler
 from embdistill.data.images import DecodedImageCache
-from embdistill.engine.bank import bank_for_run
-from embdistill.engine.batch_stream import BatchStream
-from embdistill.engine.checkpoint import checkpoint_fingerprint, run_checkpoint, save_checkpoint
-from embdistill.engine.device import resolve_device
-from embdistill.engine.distributed import World, process_group
-from embdistill.engine.eval_cache import save_test_embeddings
-from embdistill.engine.evaluate import embed_loader, evaluate_embedder
-from embdistill.engine.loaders import (
+from embdistill.data.samplers import PKSampler, RandomBatchSampler
+from embdistill.engine.batches.loaders import (
     Splits,
     check_pk_classes,
+    eval_loader,
     evaluation_set,
     hidden_label_mask,
     image_cache,
     load_splits,
-    eval_loader,
     run_split,
     train_labels,
     train_loader,
@@ -49,23 +43,30 @@ from embdistill.engine.loaders import (
     unlabelled_views,
     view_size,
 )
-from embdistill.engine.optim import build_optimizer, build_scheduler
-from embdistill.engine.precision import autocast_dtype, memory_format
-from embdistill.engine.rng import seed_everything
-from embdistill.engine.rundir import resume_checkpoint, start_fresh
-from embdistill.engine.runlog import RunLog
-from embdistill.engine.select import Selection
-from embdistill.engine.signals import StopSignals
-from embdistill.engine.state import TrainState
-from embdistill.engine.teacher import FrozenTeacher, TeacherCache, load_teacher
-from embdistill.engine.teacher_space import TEACHER_SPACE, TeacherSpace, teacher_space_of
-from embdistill.engine.views import ViewDataset, to_input
+from embdistill.engine.batches.unlabelled_stream import BatchStream
+from embdistill.engine.batches.views import ViewDataset, to_input
+from embdistill.engine.compute.device import resolve_device
+from embdistill.engine.compute.distributed import World, process_group
+from embdistill.engine.persist.rundir import resume_checkpoint, start_fresh
+from embdistill.engine.persist.runlog import RunLog
+from embdistill.engine.persist.test_embeddings import save_test_embeddings
+from embdistill.engine.scoring.embed import embed_loader, evaluate_embedder
+from embdistill.engine.teacher.bank import bank_for_run
+from embdistill.engine.teacher.frozen import FrozenTeacher, TeacherCache, load_teacher
+from embdistill.engine.train.epoch_selection import Selection
+from embdistill.engine.train.objective import build_objective
+from embdistill.engine.train.optim import build_optimizer, build_scheduler
+from embdistill.engine.train.precision import autocast_dtype, memory_format
+from embdistill.engine.train.rng import seed_everything
+from embdistill.engine.train.signals import StopSignals
+from embdistill.engine.train.state import TrainState
 from embdistill.evaluation.agreement import knn_agreement, knn_agreement_k
 from embdistill.evaluation.collapse import collapse_warning, embedding_spread
 from embdistill.evaluation.metrics import retrieval_metrics
-from embdistill.losses.objective import Objective, all_finite, build_objective
+from embdistill.losses.objective import Objective, all_finite
 from embdistill.models.embedder import Embedder, create_embedder
 from embdistill.models.output import EmbedderOutput
+from embdistill.teacher_space import TEACHER_SPACE, TeacherSpace, teacher_space_of
 
 __all__ = ["NonFiniteLossError", "RunResult", "Teachers", "Training", "run"]
 
@@ -191,7 +192,7 @@ class Training:
             "normalization": (student.normalization.mean, student.normalization.std),
             "image_size": cfg.data.image_size,
             "config": to_dict(cfg),
-            **({TEACHER_SPACE: self.teacher_space.record()} if self.teacher_space else {}),  # engine/teacher_space.py
+            **({TEACHER_SPACE: self.teacher_space.record()} if self.teacher_space else {}),  # teacher_space.py
             **self.state.state_dict(),  # epoch, step, optimizer, scheduler, objective, and what resuming needs
             "selection": self.selection.state_dict(),
         }
@@ -204,8 +205,8 @@ def run(cfg: ExperimentConfig, progress: bool = True, resume: bool = False) -> R
     """Train (and distil, if configured), evaluate, and leave everything in ``cfg.run_dir``.
 
     ``resume=True`` continues from ``cfg.run_dir/last.pt`` when there is one (see
-    engine/state.py) and starts afresh otherwise. Under ``torchrun`` every process
-    runs this data-parallel (engine/distributed.py); rank 0 alone logs, evaluates
+    engine/train/state.py) and starts afresh otherwise. Under ``torchrun`` every process
+    runs this data-parallel (engine/compute/distributed.py); rank 0 alone logs, evaluates
     and writes the run directory.
     """
     with process_group(resolve_device(cfg.device)) as (world, device):

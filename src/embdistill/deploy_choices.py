@@ -1,7 +1,7 @@
 """The names the deploy commands accept, and their error type, in one light module.
 
 ``embdistill`` builds every sub-command's parser on each call, so the parser module
-(:mod:`embdistill.deploy`) must not import torch, onnx or faiss just to list the
+(:mod:`embdistill.deploy_commands`) must not import torch, onnx or faiss just to list the
 choices. The libraries (:mod:`embdistill.export`, :mod:`embdistill.quantize`,
 :mod:`embdistill.search`) import the same tuples from here: one source of truth.
 """

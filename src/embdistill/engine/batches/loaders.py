@@ -18,8 +18,8 @@ from embdistill.data.datasets import DatasetError, ImageList, is_label_free, loa
 from embdistill.data.images import DecodedImageCache, ImageDataset
 from embdistill.data.samplers import PKSampler, RandomBatchSampler
 from embdistill.data.transforms import Degrade, Normalization, build_transform
-from embdistill.engine.views import ViewCrop, ViewDataset
-from embdistill.imagefiles import list_images
+from embdistill.engine.batches.views import ViewCrop, ViewDataset
+from embdistill.data.imagefiles import list_images
 
 RESIZE_RATIO = 256 / 224  # eval: resize the shorter side to size*ratio, then center-crop size
 
@@ -156,7 +156,7 @@ def view_crop(cfg: ExperimentConfig, normalization: Normalization) -> ViewCrop:
     return ViewCrop(cfg.data.image_size, view_size(cfg), normalization, resize=cfg.data.resize)
 
 
-def view_seed_of(cfg: ExperimentConfig) -> int:
+def augmentation_seed(cfg: ExperimentConfig) -> int:
     """Seed of the augmented views: ``distill.view_seed`` when distilling, so every run seed sees the
     same fixed views (and can read one teacher bank); the run's own seed otherwise."""
     return cfg.distill.view_seed if cfg.distill and cfg.distill.terms else cfg.seed
@@ -190,7 +190,7 @@ def train_loader(
     views = ViewDataset(
         images,
         view_crop(cfg, normalization),
-        seed=view_seed_of(cfg),
+        seed=augmentation_seed(cfg),
         degrade=student_degrade(cfg),
         labels=torch.from_numpy(np.array(labels)),
         teacher_images=bool(cfg.distill and cfg.distill.terms),
@@ -280,11 +280,11 @@ def eval_loader(
 def unlabelled_views(
     cfg: ExperimentConfig, items: ImageList, normalization: Normalization, cache: DecodedImageCache | None
 ) -> ViewDataset:
-    """Augmented views of the unlabelled images (label -1); ``engine.batch_stream.BatchStream`` batches them."""
+    """Augmented views of the unlabelled images (label -1); ``unlabelled_stream.BatchStream`` batches them."""
     return ViewDataset(
         ImageDataset(items, cache=cache),
         view_crop(cfg, normalization),
-        seed=view_seed_of(cfg) + 1,
+        seed=augmentation_seed(cfg) + 1,
         degrade=student_degrade(cfg),
         labels=torch.full((len(items),), -1, dtype=torch.long),
     )

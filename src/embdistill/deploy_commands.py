@@ -3,7 +3,7 @@
 The commands are thin: the work lives in :mod:`embdistill.export`, :mod:`embdistill.quantize`,
 :mod:`embdistill.search` and :mod:`embdistill.serve`, imported when a command runs, because
 `embdistill` builds every parser on each call and those modules pull in torch, timm, onnx,
-faiss and the web framework (seconds). The choices come from :mod:`embdistill.formats`.
+faiss and the web framework (seconds). The choices come from :mod:`embdistill.deploy_choices`.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from embdistill.formats import EXPORT_FORMATS, EXPORT_SPACES, INDEX_KINDS, QUANTIZE_MODES, DeployError, EmbeddingSpaceWarning
+from embdistill.deploy_choices import EXPORT_FORMATS, EXPORT_SPACES, INDEX_KINDS, QUANTIZE_MODES, DeployError, EmbeddingSpaceWarning
 
 Command = Callable[[argparse.Namespace], int]
 

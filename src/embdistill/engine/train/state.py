@@ -6,7 +6,7 @@ handed out: the DataLoader prefetches), the step counter, the RNG states (torch,
 numpy, python), the teacher-cache mask and the length of ``metrics.jsonl`` when it
 was written. The teacher cache itself is written next to it, to
 ``RUN_DIR/teacher_cache.pt``, whenever it has grown. Augmentation is a pure
-function of (seed, image, view) (engine/views.py), so nothing else is needed for a
+function of (seed, image, view) (engine/batches/views.py), so nothing else is needed for a
 resumed run to continue exactly as the uninterrupted one would have.
 """
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import DataLoader
 
-from embdistill.engine.checkpoint import CheckpointError, save_checkpoint
-from embdistill.engine.rng import rng_state, set_rng_state
-from embdistill.engine.rundir import TEACHER_CACHE
+from embdistill.checkpoints import CheckpointError, save_checkpoint
+from embdistill.engine.train.rng import rng_state, set_rng_state
+from embdistill.engine.persist.rundir import TEACHER_CACHE
 
 
 class TrainState:

@@ -1,7 +1,7 @@
 """The teacher bank: a frozen teacher's embeddings of every training view, computed once, kept on disk.
 
 A distillation run spends most of its time running the teacher unless the teacher's
-outputs are stored. The in-run :class:`~embdistill.engine.teacher.TeacherCache` lives
+outputs are stored. The in-run :class:`~embdistill.engine.teacher.frozen.TeacherCache` lives
 and dies with one run; the bank outlives it. ``embdistill bank`` (or the first run
 that names ``distill.bank``) runs the teacher over ``V`` seeded augmented views of
 every training image and writes one file; every later run of any student, method or
@@ -24,7 +24,6 @@ import os
 import shutil
 import socket
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,13 +35,14 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from embdistill.atomic import write_atomic
+from embdistill.checkpoints import checkpoint_fingerprint
 from embdistill.config import ConfigError, ExperimentConfig
 from embdistill.data.datasets import ImageList
 from embdistill.data.transforms import Normalization
-from embdistill.engine.checkpoint import checkpoint_fingerprint
-from embdistill.engine.loaders import view_size
-from embdistill.engine.teacher import FrozenTeacher, TeacherCache
-from embdistill.engine.views import ViewDataset, to_input
+from embdistill.engine.batches.loaders import view_size
+from embdistill.engine.batches.views import ViewDataset, to_input
+from embdistill.engine.teacher.frozen import FrozenTeacher, TeacherCache
 from embdistill.models.embedder import Embedder
 
 try:
@@ -130,20 +130,10 @@ class TeacherBank:
 
 
 def save_bank(path: str | Path, bank: TeacherBank) -> None:
-    """Write to a temporary file in the same folder, fsync, rename: a killed write leaves no bank."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, "key": dataclasses.asdict(bank.key), "embeddings": bank.embeddings}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write to a temporary file in the same folder, fsync, rename (``atomic.write_atomic``): a killed write
+    leaves no bank."""
+    payload = {"format": FORMAT, "key": dataclasses.asdict(bank.key), "embeddings": bank.embeddings}
+    write_atomic(path, lambda f: torch.save(payload, f))
 
 
 def load_bank(path: str | Path, expected: BankKey | None = None) -> TeacherBank:
@@ -290,7 +280,7 @@ def fill_bank(
         if _read_json(partial / "key.json") != dataclasses.asdict(key):
             shutil.rmtree(partial, ignore_errors=True)  # none, half made, or a fill for other inputs: useless here
             partial.mkdir(parents=True)
-            _write_atomic(partial / "key.json", json.dumps(dataclasses.asdict(key), indent=1).encode())
+            write_atomic(partial / "key.json", json.dumps(dataclasses.asdict(key), indent=1).encode())
         if say is not None:
             done = sum((partial / f"view_{v}.pt").is_file() for v in range(key.views))
             say(f"filling the teacher bank {path}: {key.views} view(s) x {key.images} images"
@@ -322,7 +312,7 @@ def _fill_views(partial: Path, key: BankKey, views: ViewDataset, teacher: Frozen
                                                                  leave=False, disable=not progress):
             chunks.append(teacher.embed(to_input(teacher_images, views.crop.normalization, device)).embedding.cpu())
         embeddings = torch.cat(chunks)
-        _save_atomic(done, embeddings)
+        write_atomic(done, lambda f: torch.save(embeddings, f))
         per_view.append(embeddings)
     return per_view
 
@@ -332,18 +322,6 @@ def _read_json(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def _save_atomic(path: Path, tensor: Tensor) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(tensor, tmp)
-    os.replace(tmp, path)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def bank_for_run(
@@ -378,9 +356,9 @@ def bank_for_run(
 
 def fill_bank_for_config(cfg: ExperimentConfig, progress: bool = True) -> tuple[Path, TeacherBank]:
     """``embdistill bank``: make sure the bank ``distill.bank`` names exists for this config, without training."""
-    from embdistill.engine.device import resolve_device
-    from embdistill.engine.loaders import image_cache, load_splits, train_loader
-    from embdistill.engine.teacher import load_teacher
+    from embdistill.engine.batches.loaders import image_cache, load_splits, train_loader
+    from embdistill.engine.compute.device import resolve_device
+    from embdistill.engine.teacher.frozen import load_teacher
     from embdistill.models.embedder import create_embedder
 
     d = cfg.distill

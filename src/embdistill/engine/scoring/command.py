@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from embdistill.config import ConfigError, ExperimentConfig, from_dict, to_dict
-from embdistill.engine.checkpoint import CheckpointError, checkpoint_fingerprint, embedder_from_checkpoint, load_checkpoint
-from embdistill.engine.device import resolve_device
-from embdistill.engine.evaluate import embed_loader, evaluate_embedder
-from embdistill.engine.loaders import evaluation_set
-from embdistill.engine.teacher_space import TEACHER_SPACE, declared_space, in_teacher_space
+from embdistill.checkpoints import CheckpointError, checkpoint_fingerprint, embedder_from_checkpoint, load_checkpoint
+from embdistill.engine.compute.device import resolve_device
+from embdistill.engine.scoring.embed import embed_loader, evaluate_embedder
+from embdistill.engine.batches.loaders import evaluation_set
+from embdistill.teacher_space import TEACHER_SPACE, declared_space, in_teacher_space
 from embdistill.evaluation.metrics import retrieval_metrics
 
 SOP_KS = (1, 10, 100, 1000)

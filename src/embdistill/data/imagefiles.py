@@ -10,11 +10,12 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from embdistill.data import IMAGE_EXTENSIONS, DatasetError
-from embdistill.formats import DeployError
+from embdistill.data.errors import DatasetError
+from embdistill.deploy_choices import DeployError
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolderError", "class_name", "display_name", "list_images", "thumbnail"]
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 UNREADABLE_GREY = (200, 200, 200)
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from embdistill.config import ExperimentConfig
 
 if TYPE_CHECKING:
-    from embdistill.engine.state import TrainState
+    from embdistill.engine.train.state import TrainState
 
 
 class Interrupted(Exception):

@@ -1,21 +1,27 @@
-"""Valid ranges of numeric config fields, declared beside the field and checked by one generic walk.
+"""What a config field declares beside itself: its valid range, and whether a resumed run may change it.
 
-A field reads ``epochs: int = field(default=30, metadata=at_least(0))``; the config
-reader (``embdistill.config.validate``) checks every field carrying a range, so a
-rule is written once, where the field is defined, and a bad value is refused when
+Ranges. A field reads ``epochs: int = field(default=30, metadata=at_least(0))``; the
+config reader (``embdistill.config.validate``) checks every field carrying a range, so
+a rule is written once, where the field is defined, and a bad value is refused when
 the config is read, before a run directory exists. On a list field the range holds
 for every item; ``None`` (an optional field left unset) is always accepted.
 
-This module imports nothing from embdistill: ``models/embedder.py`` declares ranges
-too, and ``config.py`` imports it.
+What may change. ``field(default=2, metadata=at_least(0) | may_change("resume", "reuse"))``:
+the key may differ between a run and its resumption (``resume``), or between a finished
+run and the config a benchmark would reuse it for (``reuse``), because it changes where
+things are, how fast they run or what is reported, not what is computed
+(``config/resume.py`` collects these keys).
+
+The helpers return plain dicts, so a field combines them with ``|``.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 RANGE = "range"  # the key of a Range (or a CountOrFraction) in a dataclass field's metadata
+MAY_CHANGE = "may_change"  # the key of the comparisons (resume, reuse) a field's value may differ in
+CHANGES = ("resume", "reuse")
 
 SEED_MAX = 2**32 - 1  # numpy's legacy np.random.seed takes no more
 
@@ -44,17 +50,17 @@ class Range:
         return f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
 
 
-def at_least(low: float) -> Mapping[str, Range]:
+def at_least(low: float) -> dict[str, Range]:
     """Field metadata: ``low`` or more."""
     return {RANGE: Range(low)}
 
 
-def above(low: float) -> Mapping[str, Range]:
+def above(low: float) -> dict[str, Range]:
     """Field metadata: more than ``low`` (a learning rate of 0 trains nothing)."""
     return {RANGE: Range(low, low_open=True)}
 
 
-def between(low: float, high: float, *, high_open: bool = False) -> Mapping[str, Range]:
+def between(low: float, high: float, *, high_open: bool = False) -> dict[str, Range]:
     """Field metadata: from ``low`` to ``high``, both included unless ``high_open``."""
     return {RANGE: Range(low, high, high_open=high_open)}
 
@@ -82,6 +88,15 @@ class CountOrFraction:
         return f"{self.count} (a count) or {self.fraction} (a fraction)"
 
 
-def count_or_fraction() -> Mapping[str, CountOrFraction]:
+def count_or_fraction() -> dict[str, CountOrFraction]:
     """Field metadata: an int count ``>= 0``, or a float fraction in (0, 1)."""
     return {RANGE: CountOrFraction()}
+
+
+def may_change(*on: str) -> dict[str, frozenset[str]]:
+    """Field metadata: the value may differ between a run and its resumption (``"resume"``) and/or between a
+    finished run and a config that would reuse it (``"reuse"``, benchmarks)."""
+    unknown = [o for o in on if o not in CHANGES]
+    if unknown or not on:
+        raise ValueError(f"may_change takes some of {CHANGES}, got {on}")
+    return {MAY_CHANGE: frozenset(on)}

@@ -3,8 +3,9 @@
 ``RUN_DIR`` holds ``config.yaml`` (what the run was started with), ``metrics.jsonl``,
 ``last.pt``, ``best.pt`` when the run chooses an epoch (``train.select: best``) and, for
 distillation, ``teacher_cache.pt``. A fresh run clears what an
-earlier run left; a resumed run must have the same config up to the keys in
-``RESUME_MAY_CHANGE``, and a finished run a benchmark reuses up to ``REUSE_MAY_CHANGE``.
+earlier run left; a resumed run must have the same config up to the keys whose field
+declares ``may_change("resume")``, and a finished run a benchmark reuses up to those
+declaring ``may_change("reuse")`` (config/resume.py).
 """
 from __future__ import annotations
 
@@ -13,20 +14,11 @@ from typing import Any
 
 import yaml
 
+from embdistill.checkpoints import BEST, CheckpointError, load_checkpoint, remove_partial_writes
 from embdistill.config import ConfigError, ExperimentConfig, apply_overrides, from_dict, read_yaml, to_dict
-from embdistill.engine.checkpoint import BEST, CheckpointError, load_checkpoint, remove_partial_writes
+from embdistill.config.resume import REUSE_MAY_CHANGE, RESUME_MAY_CHANGE, config_differences, may_change_for
 
 TEACHER_CACHE = "teacher_cache.pt"
-
-# Config keys that may differ between a run and its resumption (or its reuse): they change where
-# things are, how fast they run and what is reported, not what is computed.
-RESUME_MAY_CHANGE = frozenset({
-    "name", "output_dir", "device", "threads", "data.root", "data.num_workers", "data.cache_images",
-    "train.log_every", "train.checkpoint_every", "train.nan_policy", "train.collapse_spread",
-    "eval.batch_size", "eval.every_epochs",
-})
-# A finished run is reused only on the same images: a moved dataset may be resumed, another one is not it.
-REUSE_MAY_CHANGE = RESUME_MAY_CHANGE - {"data.root"}
 
 
 def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -52,7 +44,7 @@ def finished_with(cfg: ExperimentConfig) -> bool:
     if not ((cfg.run_dir / "summary.yaml").is_file() and saved.is_file()):
         return False
     try:
-        return not config_differences(to_dict(from_dict(read_yaml(saved))), to_dict(cfg), _may_change(cfg, REUSE_MAY_CHANGE))
+        return not config_differences(to_dict(from_dict(read_yaml(saved))), to_dict(cfg), may_change_for(cfg, REUSE_MAY_CHANGE))
     except ConfigError:  # a key that no longer exists, or a value no longer valid: not the same run
         return False
 
@@ -83,29 +75,7 @@ def resume_checkpoint(cfg: ExperimentConfig) -> dict[str, Any] | None:
         saved = to_dict(from_dict(payload["config"]))
     except ConfigError as err:
         raise ConfigError(f"cannot resume {cfg.run_dir}: its checkpoint's config is not valid today: {err}") from err
-    differences = config_differences(saved, to_dict(cfg), _may_change(cfg, RESUME_MAY_CHANGE))
+    differences = config_differences(saved, to_dict(cfg), may_change_for(cfg, RESUME_MAY_CHANGE))
     if differences:
         raise ConfigError(f"cannot resume {cfg.run_dir}: the config differs from its checkpoint's in " + "; ".join(differences))
     return payload
-
-
-def config_differences(saved: dict[str, Any], current: dict[str, Any],
-                       may_change: frozenset[str] = RESUME_MAY_CHANGE) -> list[str]:
-    """``key: saved -> current`` for every key that matters to the result (not in ``may_change``)."""
-    a, b = _flatten(saved), _flatten(current)
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
-            if k not in may_change and a.get(k) != b.get(k)]
-
-
-def _may_change(cfg: ExperimentConfig, keys: frozenset[str]) -> frozenset[str]:
-    """With ``train.select: best`` the evaluations are the candidates: how often they come changes the result."""
-    return keys - {"eval.every_epochs"} if cfg.train.select == "best" else keys
-
-
-def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(values, dict) or not values:
-        return {prefix: values}
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat

@@ -3,12 +3,11 @@
 The trainer writes it from its final evaluation, so the report (Recall@K, NMI,
 retrieval grids) never embeds the test images a second time. The file records a
 key of the checkpoint it came from (the run's ``best.pt`` when it chose an epoch,
-else ``last.pt``: checkpoint.run_checkpoint); once that is rewritten it is ignored.
+else ``last.pt``: checkpoints.run_checkpoint); once that is rewritten it is ignored.
 """
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -16,7 +15,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from embdistill.engine.checkpoint import run_checkpoint
+from embdistill.atomic import write_atomic
+from embdistill.checkpoints import run_checkpoint
 
 EMBEDDINGS_FILE = "test_embeddings.npz"
 
@@ -55,10 +55,7 @@ def save_test_embeddings(
         class_names=np.array(list(class_names), dtype=str),
         checkpoint=np.array(checkpoint_key(run_dir)),
     )
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, out)
-    return out
+    return write_atomic(out, buffer.getvalue())
 
 
 def load_test_embeddings(run_dir: str | Path) -> Embedded | None:

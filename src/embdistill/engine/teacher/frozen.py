@@ -6,7 +6,7 @@ from torch import Tensor
 
 from embdistill.config import ExperimentConfig
 from embdistill.data.transforms import Normalization
-from embdistill.engine.checkpoint import check_teacher, embedder_from_checkpoint, load_checkpoint
+from embdistill.checkpoints import check_teacher, embedder_from_checkpoint, load_checkpoint
 from embdistill.models.embedder import Embedder
 from embdistill.models.output import EmbedderOutput
 

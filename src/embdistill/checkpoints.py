@@ -1,20 +1,24 @@
-"""Checkpoints: written atomically, and enough inside to rebuild the embedder anywhere."""
+"""Checkpoints: written atomically, and enough inside to rebuild the embedder anywhere.
+
+Read by training (resume, the teacher, the chosen epoch), by ``embdistill evaluate``, the
+report, export and search alike, so it sits above the config and below all of them.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from embdistill.atomic import write_atomic
+from embdistill.config import ModelConfig
 from embdistill.data.transforms import Normalization
-from embdistill.models.embedder import Embedder, ModelConfig, create_embedder
+from embdistill.models.embedder import Embedder, create_embedder
 
 
-BEST = "best.pt"  # the epoch chosen on held-out classes (train.select: best; engine/select.py)
+BEST = "best.pt"  # the epoch chosen on held-out classes (train.select: best; engine/train/epoch_selection.py)
 
 
 class CheckpointError(ValueError):
@@ -32,27 +36,9 @@ def run_checkpoint(run_dir: str | Path) -> Path:
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write to a temporary file, fsync, then rename: a crash never leaves a torn checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it owner-only; a checkpoint is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Write to a temporary file, fsync, then rename (:func:`~embdistill.atomic.write_atomic`): a crash never
+    leaves a torn checkpoint."""
+    write_atomic(path, lambda f: torch.save(payload, f))
 
 
 def remove_partial_writes(directory: str | Path) -> list[Path]:

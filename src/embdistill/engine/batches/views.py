@@ -26,8 +26,10 @@ from embdistill.data.images import ImageDataset
 from embdistill.data.transforms import Normalization, PadToSquare, check_resize, draw_box, render_box
 
 
-def view_seed(seed: int, index: int, view: int) -> int:
-    """A 63-bit seed that differs for every (seed, image, view)."""
+def crop_seed(seed: int, index: int, view: int) -> int:
+    """The seed of one image's crop and flip in one view: 63 bits that differ for every (seed, image, view).
+
+    ``seed`` is the run's augmentation seed (``loaders.augmentation_seed``)."""
     return (seed * 1_000_003 + index * 7_919 + view * 104_729 + 0x9E3779B97F4A7C15) % (2**63 - 1)
 
 
@@ -124,7 +126,7 @@ class ViewDataset(Dataset):
         image = self.images.load_image(index)
         label = int(self.images.items.labels[index] if self.labels is None else self.labels[index])
         # A private generator: the same draws as torch's global RNG seeded alike, without the cost of forking it.
-        box, flip = self.crop.draw(image, torch.Generator().manual_seed(view_seed(self.seed, index, self.view)))
+        box, flip = self.crop.draw(image, torch.Generator().manual_seed(crop_seed(self.seed, index, self.view)))
         c = self.crop
         student = c.render(image if self.degrade is None else self.degrade(image), box, flip, c.student_size)
         if not self.teacher_images:
