@@ -193,6 +193,7 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         "# INT8 on every x86 kernel path: retrieval against fp32",
         "",
         f"- command: `{meta['command']}`",
+        *([f"- {meta['note']}"] if meta.get("note") else []),  # a hand-written word on a committed run
         f"- model: {meta['backbone']} at {meta['image_size']} px, {meta['embedding_dim']}-d, from `{meta['checkpoint']}`",
         f"- queries: {meta['test_images']} test images ({meta['test_classes']} unseen classes), each against all others; "
         f"reference: the fp32 ONNX model on the native CPU",
