@@ -63,7 +63,7 @@ from embdistill.engine.checkpoint import CheckpointError, load_checkpoint
 from embdistill.engine.rundir import finished_with, resume_checkpoint
 from embdistill.models.weights import WeightsError
 
-from benchmarks.common import KEYS, RESULTS, ROOT, SHARED, child_env, machine, repo_relative
+from benchmarks.common import KEYS, RESULTS, ROOT, SHARED, child_env, cub_subset, machine, repo_relative
 from benchmarks.common.runs import run_cached
 
 MODULE = "benchmarks.gpu_paper_student"
@@ -314,26 +314,6 @@ def run_torchrun(args: argparse.Namespace, b: Budget, data: Path, teacher: Path)
 # ----------------------------------------------------------------------------- the benchmark
 
 
-def subset(data: Path, out: Path, per_split: int) -> Path:
-    """The first ``per_split`` train and test species of a CUB root, its image folders linked, not copied."""
-    root = out / f"subset_{per_split}"
-    lines = (data / "classes.txt").read_text().splitlines()
-    train = [line for line in lines if int(line.split()[0]) <= 100]  # CUB's rule: class ids <= 100 train
-    chosen = train[:per_split] + [line for line in lines if line not in train][:per_split]
-    keep = {line.split()[0] for line in chosen}
-    labels = [line for line in (data / "image_class_labels.txt").read_text().splitlines() if line.split()[1] in keep]
-    ids = {line.split()[0] for line in labels}
-    images = [line for line in (data / "images.txt").read_text().splitlines() if line.split()[0] in ids]
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    for line in chosen:
-        link = root / "images" / line.split(maxsplit=1)[1]
-        if not link.exists():
-            link.symlink_to(data / "images" / link.name)
-    for name, rows in (("classes.txt", chosen), ("image_class_labels.txt", labels), ("images.txt", images)):
-        (root / name).write_text("\n".join(rows) + "\n")
-    return root
-
-
 def _machine() -> dict:
     cuda = torch.cuda.is_available()
     return {**machine(), "gpu": torch.cuda.get_device_name() if cuda else None,
@@ -365,7 +345,7 @@ def _check_student_weights(cfg: ExperimentConfig) -> None:
 def run_benchmark(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     b, out = budget(args), Path(args.out).resolve()
-    data = subset(Path(args.data).resolve(), out, 4) if args.smoke else Path(args.data).resolve()
+    data = cub_subset(Path(args.data).resolve(), out, 4) if args.smoke else Path(args.data).resolve()
     _check_student_weights(plan(args)[0][1])
     machine = _machine()
     result: dict = {"command": _command(), "date": time.strftime("%Y-%m-%d"), "smoke": args.smoke, "machine": machine,
@@ -393,7 +373,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     print(f"[gpu] teacher R@1 {100 * s['recall@1']:.1f}; bank {bank} ready", flush=True)
     _save(result, args)
 
-    torchrun_data = data if args.smoke else subset(data, out, 4)
+    torchrun_data = data if args.smoke else cub_subset(data, out, 4)
     result["torchrun"] = run_torchrun(args, b, torchrun_data, teacher)
     _save(result, args)
 

@@ -4,7 +4,7 @@
   records the command that made it;
 - :func:`machine`, :func:`repo_relative`, :func:`write_results` / :func:`render_results` (a table's JSON and the
   Markdown rendered from it);
-- :func:`few_per_class` (a smoke run's data) and the tables' cells (:data:`KEYS`, :func:`cell`, :func:`pooled_std`).
+- :func:`few_per_class`, :func:`cub_subset` (a smoke run's data) and the tables' cells (:data:`KEYS`, :func:`cell`, :func:`pooled_std`).
 
 The heavier pieces are modules beside this one: ``runs`` (run a config unless it already finished),
 ``strong_table`` (the strong benchmark's tables), ``int8`` (export and quantize a checkpoint, embed with ONNX
@@ -58,6 +58,27 @@ def few_per_class(data: Path, out: Path, per_class: int) -> Path:
             link = root / folder.name / image.name
             if not link.exists():
                 link.symlink_to(image.resolve())
+    return root
+
+
+def cub_subset(data: Path, out: Path, per_split: int) -> Path:
+    """The first ``per_split`` train and test species of a CUB root, its image folders linked, not copied: a smoke
+    run's data (``few_per_class`` is the same for one folder per class)."""
+    root = out / f"subset_{per_split}"
+    lines = (data / "classes.txt").read_text().splitlines()
+    train = [line for line in lines if int(line.split()[0]) <= 100]  # CUB's rule: class ids <= 100 train
+    chosen = train[:per_split] + [line for line in lines if line not in train][:per_split]
+    keep = {line.split()[0] for line in chosen}
+    labels = [line for line in (data / "image_class_labels.txt").read_text().splitlines() if line.split()[1] in keep]
+    ids = {line.split()[0] for line in labels}
+    images = [line for line in (data / "images.txt").read_text().splitlines() if line.split()[0] in ids]
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    for line in chosen:
+        link = root / "images" / line.split(maxsplit=1)[1]
+        if not link.exists():
+            link.symlink_to(data / "images" / link.name)
+    for name, rows in (("classes.txt", chosen), ("image_class_labels.txt", labels), ("images.txt", images)):
+        (root / name).write_text("\n".join(rows) + "\n")
     return root
 
 
