@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 benchmark-eval: $(STAMP)
-	$(BIN)/python benchmarks/eval_scale.py
+	$(BIN)/python -m benchmarks.eval_scale
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

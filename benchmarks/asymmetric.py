@@ -1,8 +1,8 @@
 """One gallery, two networks: a student's queries against the gallery its teacher embedded (issue #31).
 
-    .venv/bin/python benchmarks/asymmetric.py                 # after `make demo` (its teacher and bank)
-    .venv/bin/python benchmarks/asymmetric.py --smoke         # 2 steps a row, seed 0, to a temporary folder
-    .venv/bin/python benchmarks/asymmetric.py --tune          # the held-out trials that chose the rows' settings
+    python -m benchmarks.asymmetric                 # after `make demo` (its teacher and bank)
+    python -m benchmarks.asymmetric --smoke         # 2 steps a row, seed 0, to a temporary folder
+    python -m benchmarks.asymmetric --tune          # the held-out trials that chose the rows' settings
 
 The server embeds the gallery once with the big teacher; phones query it with the student. Only a student
 trained into the teacher's space can do that: the paper's absolute teacher term puts it there (through a
@@ -41,8 +41,8 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from bench_common import ROOT, render_results, write_results
-from strong_table import _cell, pooled_std  # the benchmark tables' mean ± std cells and pooled std
+from benchmarks.common import ROOT, render_results, write_results
+from benchmarks.common import cell as _cell, pooled_std  # the benchmark tables' mean ± std cells and pooled std
 
 TEACHER = "runs/demo/teacher"
 # row -> (config, what it is, relation-only: its queries are in another space, every seed or the first only)
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         render_results(args.out or ROOT / "benchmarks" / "results" / stem, tuning_markdown if args.tune else markdown)
         return 0
-    command = "python benchmarks/asymmetric.py " + " ".join(map(shlex.quote, argv if argv is not None else sys.argv[1:]))
+    command = "python -m benchmarks.asymmetric " + " ".join(map(shlex.quote, argv if argv is not None else sys.argv[1:]))
     if not (ROOT / TEACHER / "last.pt").is_file():
         raise SystemExit(f"{TEACHER} is missing: run `make demo` first (it trains the teacher and fills its bank)")
     with tempfile.TemporaryDirectory(prefix="asymmetric_smoke_") as smoke_dir:

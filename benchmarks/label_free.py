@@ -1,7 +1,7 @@
 """Label-free distillation on birds, at the demo's scale (issue #30): what the teacher alone teaches.
 
-    .venv/bin/python benchmarks/label_free.py            # after `make demo` (its teacher, student and distilled runs)
-    .venv/bin/python benchmarks/label_free.py --smoke    # 2 steps a run, to a temporary folder
+    python -m benchmarks.label_free            # after `make demo` (its teacher, student and distilled runs)
+    python -m benchmarks.label_free --smoke    # 2 steps a run, to a temporary folder
 
 Rows (``ROWS``: configs a user can run with ``embdistill distill``), one seed each, beside the demo's own runs
 (``runs/demo``: the student alone, the relative teacher with labels, the teacher):
@@ -30,7 +30,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from bench_common import ROOT, render_results, write_results
+from benchmarks.common import ROOT, render_results, write_results
 
 CUB100 = ROOT.parent / "shared" / "data" / "cub100"
 DEMO = ROOT / "runs" / "demo"
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         render_results(args.out or ROOT / "benchmarks" / "results" / "label_free_cub100", markdown)
         return 0
-    command = "python benchmarks/label_free.py " + " ".join(map(shlex.quote, argv if argv is not None else sys.argv[1:]))
+    command = "python -m benchmarks.label_free " + " ".join(map(shlex.quote, argv if argv is not None else sys.argv[1:]))
     for name in ("teacher", "student", "distilled"):
         if not (DEMO / name / "summary.yaml").is_file():
             raise SystemExit(f"runs/demo/{name} is missing: run `make demo` first")

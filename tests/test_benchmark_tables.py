@@ -2,14 +2,11 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
-from conftest import REPO
-
-sys.path.insert(0, str(REPO / "benchmarks"))
-import cub100_strong as bench  # noqa: E402
+from benchmarks import cub100_strong as bench
+from benchmarks.common import KEYS
 
 V2, SCRATCH = "MobileNetV2 (ImageNet)", "MobileNet-0.25 (scratch)"
 TRAIN = {"epochs": 3, "lr": 1e-4, "backbone_lr_mult": 0.1, "metric_loss": "batch_hard_triplet",
@@ -17,7 +14,7 @@ TRAIN = {"epochs": 3, "lr": 1e-4, "backbone_lr_mult": 0.1, "metric_loss": "batch
 
 
 def row(student: str, method: str, r1: list[float], command: str, date: str, **train) -> dict:
-    runs = [{"seed": i, **{k: r for k in bench.KEYS}, "train_seconds": 100.0} for i, r in enumerate(r1)]
+    runs = [{"seed": i, **{k: r for k in KEYS}, "train_seconds": 100.0} for i, r in enumerate(r1)]
     return {"student": student, "method": method, "label": method, "seeds": "all" if len(r1) > 1 else "one",
             "ran": {"command": command, "date": date, "minutes": 1.5}, "runs": runs,
             "config": {"train": {**TRAIN, **train}, "data": {"image_size": 96}}}
@@ -39,7 +36,7 @@ def test_rerun_rows_replace_theirs_and_keep_the_rest_in_table_order(tmp_path, ca
     rerun = result([row(V2, "rkd", [0.74], new, "2026-11-29", epochs=6, classes_per_batch=16, images_per_class=4),
                     row(V2, "relative", [0.75, 0.76], new, "2026-11-29")])
 
-    merged = bench._keep_other_rows(rerun, tmp_path / "cub100_strong.json")
+    merged = bench.TABLE.keep_other_rows(rerun, tmp_path / "cub100_strong.json")
 
     assert [(r["student"], r["method"]) for r in merged["rows"]] == [
         (V2, "alone"), (V2, "relative"), (V2, "rkd"), (SCRATCH, "alone")]

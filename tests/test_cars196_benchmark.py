@@ -1,4 +1,4 @@
-"""benchmarks/cars196.py --smoke: every row of the Cars-196 strong benchmark, tiny, on the real cars, in the birds' schema."""
+"""python -m benchmarks.cars196 --smoke: every row of the Cars-196 strong benchmark, tiny, on the real cars, in the birds' schema."""
 from __future__ import annotations
 
 import json
@@ -7,13 +7,14 @@ import sys
 
 import pytest
 
+from benchmarks import cars196 as bench
 from conftest import REPO, TIMEOUT_SCALE
+from embdistill.config import load_config
 
 CARS196 = REPO.parent / "shared" / "data" / "cars196"
 KERAS_WEIGHTS = REPO.parent / "shared" / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
-SCRIPT = REPO / "benchmarks" / "cars196.py"
-sys.path.insert(0, str(REPO / "benchmarks"))
-import cars196 as bench  # noqa: E402
+SCRIPT = ["-m", "benchmarks.cars196"]
+BIRDS_ROWS = REPO / "configs" / "cub100" / "strong" / "rows"
 
 
 def test_smoke_runs_every_row_choosing_its_epoch_on_24_held_out_models(tmp_path):
@@ -23,7 +24,7 @@ def test_smoke_runs_every_row_choosing_its_epoch_on_24_held_out_models(tmp_path)
         pytest.skip(f"the paper's student's Keras weights are not at {KERAS_WEIGHTS}")
     committed = REPO / "benchmarks" / "results" / "cars196.json"
     before = committed.stat().st_mtime_ns if committed.is_file() else None
-    done = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--seeds", "0", "--output", str(tmp_path / "cars")],
+    done = subprocess.run([sys.executable, *SCRIPT, "--smoke", "--seeds", "0", "--output", str(tmp_path / "cars")],
                           cwd=REPO, capture_output=True, text=True, timeout=900 * TIMEOUT_SCALE)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = tmp_path / "cars_smoke"  # --smoke writes under --output + "_smoke", never to benchmarks/results
@@ -34,7 +35,7 @@ def test_smoke_runs_every_row_choosing_its_epoch_on_24_held_out_models(tmp_path)
     assert set(result) == {"command", "machine", "minutes", "seeds", "teacher_image_size", "student_image_size", "bank",
                            "banks", "students", "teacher", "rows"}  # the birds' strong benchmark's keys
     assert result["seeds"] == [0] and result["teacher_image_size"] == 48 and result["student_image_size"] == 32
-    assert result["command"].startswith("python benchmarks/cars196.py --smoke")
+    assert result["command"].startswith("python -m benchmarks.cars196 --smoke")
     assert sorted(result["banks"]) == ["lite0_48_v1_keras_val24.bank", "lite0_48_v1_val24.bank"]  # one per normalisation
     assert result["bank"] == result["banks"]["lite0_48_v1_val24.bank"]
     assert set(result["students"]) == {"MobileNetV2 (ImageNet)", "MobileNet-0.25 (ImageNet)"}
@@ -71,7 +72,7 @@ def test_smoke_runs_every_row_choosing_its_epoch_on_24_held_out_models(tmp_path)
     assert keras_alone["config"]["train"]["classes_per_batch"] == 16 and keras_alone["config"]["train"]["metric_loss"] == "multi_similarity"
 
     # --rows reruns a part (here reusing its finished run) and keeps the other rows from the JSON.
-    again = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--seeds", "0", "--output", str(tmp_path / "cars"),
+    again = subprocess.run([sys.executable, *SCRIPT, "--smoke", "--seeds", "0", "--output", str(tmp_path / "cars"),
                             "--rows", "mobilenet025_imagenet/rkd"], cwd=REPO, capture_output=True, text=True, timeout=600 * TIMEOUT_SCALE)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     merged = json.loads((out / "cars196.json").read_text())
@@ -81,38 +82,42 @@ def test_smoke_runs_every_row_choosing_its_epoch_on_24_held_out_models(tmp_path)
     assert merged["rows"][-1]["runs"] == result["rows"][-1]["runs"] and merged["banks"] == result["banks"]
 
 
-def test_rows_chosen_again_on_cars_or_at_the_papers_lambda_join_only_when_filled(monkeypatch):
-    assert bench.PAPER_CARS_LAMBDA == 0.10  # the authors' run script's Cars λ
-    assert [m.key for m in bench._rows("mobilenet_v2.yaml")] == ["alone", "absolute", "relative", "relative_paper_lambda",
-                                                                 "relative_scaled", "relative_scaled_cars", "rkd"]
-    m025 = {m.key: m for m in bench._rows("mobilenet025_imagenet.yaml")}
-    assert list(m025) == ["alone", "alone_cars", "absolute", "absolute_cars", "relative", "relative_paper_lambda",
-                          "relative_scaled", "relative_scaled_cars", "rkd"]
-    assert {k: m.seeds for k, m in m025.items() if k.endswith("_cars")} == dict.fromkeys(
-        ["alone_cars", "absolute_cars", "relative_scaled_cars"], "all")  # a row chosen again runs every seed
-    # Its student alone was chosen again too (a longer cap), so its chosen distilled row is measured against that.
-    assert m025["alone_cars"].overrides == m025["absolute_cars"].overrides == m025["relative_scaled_cars"].overrides == (
-        "train.epochs=20",)
-    assert (m025["alone_cars"].baseline, m025["absolute_cars"].baseline, m025["relative_scaled"].baseline) == (
-        "alone_cars", "alone_cars", "alone")
-    assert next(m for m in bench._rows("mobilenet_v2.yaml") if m.key == "relative_scaled_cars").baseline == "alone"
-    monkeypatch.setattr(bench, "PAPER_CARS_LAMBDA", None)
-    monkeypatch.setattr(bench, "CHOSEN_ON_CARS", {})
-    assert [m.key for m in bench._rows("mobilenet_v2.yaml")] == ["alone", "absolute", "relative", "relative_scaled", "rkd"]
-    monkeypatch.setattr(bench, "PAPER_CARS_LAMBDA", 2.5)
-    birds_rkd = next(m for m in bench._rows("mobilenet_v2.yaml") if m.key == "rkd")
-    monkeypatch.setattr(bench, "CHOSEN_ON_CARS", {"mobilenet_v2/rkd": ("train.epochs=9",),
-                                                  "mobilenet_v2/absolute": ("train.epochs=6", "train.backbone_lr_mult=1.0")})
-    rows = {m.key: m for m in bench._rows("mobilenet_v2.yaml")}
-    assert list(rows) == ["alone", "absolute", "relative", "relative_paper_lambda", "relative_scaled", "rkd", "rkd_cars"]
-    assert rows["relative_paper_lambda"].terms[0]["weight"] == 2.5
-    assert rows["relative_paper_lambda"].overrides == rows["relative"].overrides  # the relative row's recipe
-    assert rows["rkd_cars"].overrides == ("train.epochs=9",) and rows["rkd_cars"].terms == birds_rkd.terms
-    assert rows["rkd"] == birds_rkd  # the birds' recipe stays beside it; absolute's chosen recipe is the birds': no second row
-    assert rows["rkd_cars"].baseline == "alone"  # no student alone chosen on cars: measured against the birds' recipe alone
-    birds_alone = next(m for m in bench._rows("mobilenet_v2.yaml") if m.key == "alone")
-    monkeypatch.setitem(bench.CHOSEN_ON_CARS, "mobilenet_v2/alone", birds_alone.overrides)
-    assert rows == {m.key: m for m in bench._rows("mobilenet_v2.yaml")}  # an alone "chosen" as the birds' is no baseline
+def test_each_row_is_a_config_file_holding_the_birds_recipe_unless_chosen_again_on_cars():
+    train_keys = ("epochs", "lr", "backbone_lr_mult", "classes_per_batch", "images_per_class", "metric_loss", "metric_loss_args")
+    chosen_on_cars = {"mobilenet_v2/relative_scaled_cars": 10, "mobilenet025_imagenet/alone_cars": 20,
+                      "mobilenet025_imagenet/absolute_cars": 20, "mobilenet025_imagenet/relative_scaled_cars": 20}
+    seen = set()
+    for student in bench.STUDENTS:
+        stem = student.config.removesuffix(".yaml")
+        for method in student.methods:
+            row = f"{stem}/{method.key}"
+            seen.add(row)
+            cfg = load_config(bench.TABLE.row_config(student, method))  # runs as it stands: `embdistill distill -c`
+            assert cfg.name == f"{row}/seed0" and cfg.data.dataset == "cars196" and cfg.data.resize == "squash", row
+            assert cfg.data.validation_classes == 24 and cfg.train.select == "best" and cfg.train.patience == 4, row
+            birds_key = {"relative_paper_lambda": "relative"}.get(method.key, method.key.removesuffix("_cars"))
+            birds = load_config(BIRDS_ROWS / stem / f"{birds_key}.yaml")
+            train, birds_train = ({k: getattr(c.train, k) for k in train_keys} for c in (cfg, birds))
+            if row in chosen_on_cars:  # a cap chosen again on the 24 held-out car models; the rest is the birds'
+                assert train == {**birds_train, "epochs": chosen_on_cars[row]}, row
+                assert method.seeds == "all", row
+            else:
+                assert train == birds_train, row  # the birds' recipe as it is
+            assert (cfg.distill is None) == (birds.distill is None) == method.key.startswith("alone"), row
+            if cfg.distill is None:
+                continue
+            assert cfg.distill.teacher == "runs/cars196_strong/teacher_lite0_224_ft/best.pt", row
+            assert cfg.distill.bank.endswith(("_keras_val24.bank" if student.bank_tag else "_v4_val24.bank")), row
+            terms = [dict(name=t.name, weight=t.weight, args=t.args) for t in cfg.distill.terms]
+            if method.key == "relative_paper_lambda":  # the authors' Cars λ on their Frobenius form
+                assert terms == [{"name": "relative", "weight": 0.1, "args": {"reduction": "frobenius"}}]
+            else:
+                assert terms == [dict(name=t.name, weight=t.weight, args=t.args) for t in birds.distill.terms], row
+    assert seen >= set(chosen_on_cars)
+    m025 = {m.key: m for s in bench.STUDENTS if s.config == "mobilenet025_imagenet.yaml" for m in s.methods}
+    # Its student alone was chosen again too (a longer cap), so its rows chosen on cars are measured against that.
+    assert {k: m.baseline for k, m in m025.items() if m.baseline != "alone"} == dict.fromkeys(
+        ["alone_cars", "absolute_cars", "relative_scaled_cars"], "alone_cars")
 
 
 def test_rows_run_before_any_table_exists_make_the_table_and_later_rows_merge_into_it(tmp_path):

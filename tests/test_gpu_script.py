@@ -1,4 +1,4 @@
-"""benchmarks/gpu_paper_student.py: the GPU run's plan is the paper's budget, and ``--smoke`` runs all of it on the CPU.
+"""python -m benchmarks.gpu_paper_student: the GPU run's plan is the paper's budget, and ``--smoke`` runs all of it on the CPU.
 
 The smoke run is a real one: a teacher scored, a bank filled, three student processes
 side by side and two torchrun (gloo) processes, on 4 + 4 species of the CUB subset.
@@ -16,10 +16,7 @@ import torch
 
 from conftest import REPO, TIMEOUT_SCALE
 
-sys.path.insert(0, str(REPO / "benchmarks"))
-import gpu_paper_student as bench  # noqa: E402
-
-SCRIPT = REPO / "benchmarks" / "gpu_paper_student.py"
+from benchmarks import gpu_paper_student as bench
 KERAS_WEIGHTS = REPO.parent / "shared" / "weights" / "mobilenet_2_5_224_tf_no_top.h5"  # ../shared/weights/README.md
 
 
@@ -72,7 +69,7 @@ def test_merged_overrides_keep_the_last_value_of_each_key():
 def test_smoke_runs_the_teacher_the_bank_three_parallel_rows_and_torchrun(tmp_path, cub100):
     out, results = tmp_path / "out", tmp_path / "results" / "gpu.json"
     weights = ["--weights", str(KERAS_WEIGHTS)] if KERAS_WEIGHTS.is_file() else []  # the GPU run's network, if here
-    done = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--data", str(cub100), "--out", str(out),
+    done = subprocess.run([sys.executable, "-m", "benchmarks.gpu_paper_student", "--smoke", "--data", str(cub100), "--out", str(out),
                            "--results", str(results), *weights], cwd=REPO, capture_output=True, text=True, timeout=900 * TIMEOUT_SCALE)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(results.read_text())
@@ -85,7 +82,7 @@ def test_smoke_runs_the_teacher_the_bank_three_parallel_rows_and_torchrun(tmp_pa
     bank = out / "banks" / "lite0_48_v1.bank"
     assert bank.is_file() and result["bank"]["views"] == 1 and result["bank"]["fill_seconds"] > 0
     for row in result["rows"]:
-        assert "error" not in row and row["command"].startswith("python benchmarks/gpu_paper_student.py --row ")
+        assert "error" not in row and row["command"].startswith("python -m benchmarks.gpu_paper_student --row ")
         (run,) = row["runs"]
         assert all(math.isfinite(run[k]) and 0 <= run[k] <= 1 for k in bench.KEYS), run
         assert run["steps"] == 3 and run["images_per_s"] > 0 and run["wall_seconds"] > 0
@@ -94,7 +91,7 @@ def test_smoke_runs_the_teacher_the_bank_three_parallel_rows_and_torchrun(tmp_pa
         if row["method"] != "alone":  # filled once before the rows started: they read it, the teacher never ran
             assert Path(row["config"]["distill"]["bank"]).name == bank.name
             assert run["teacher_forward_images"] == 0
-    assert result["rows"][0]["ran"]["command"].startswith("python benchmarks/gpu_paper_student.py --smoke")
+    assert result["rows"][0]["ran"]["command"].startswith("python -m benchmarks.gpu_paper_student --smoke")
 
     tr = result["torchrun"]
     assert tr["ok"] and tr["returncode"] == 0, tr.get("error")

@@ -22,10 +22,7 @@ from embdistill.data.images import DecodedImageCache, ImageDataset
 from embdistill.data.transforms import IMAGENET, KERAS, Degrade, draw_box
 from embdistill.engine.batches.views import ViewCrop, ViewDataset, crop_seed, to_input
 
-sys.path.insert(0, str(REPO / "benchmarks"))
-import input_pipeline as bench  # noqa: E402
-
-SCRIPT = REPO / "benchmarks" / "input_pipeline.py"
+from benchmarks import input_pipeline as bench
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +80,7 @@ def test_to_input_gives_the_networks_layout(items):
 @pytest.mark.slow
 def test_smoke_measures_both_sizes_with_a_real_run(tmp_path, cub100):
     results = tmp_path / "results" / "pipe.json"
-    done = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--data", str(cub100), "--out", str(tmp_path / "out"),
+    done = subprocess.run([sys.executable, "-m", "benchmarks.input_pipeline", "--smoke", "--data", str(cub100), "--out", str(tmp_path / "out"),
                            "--results", str(results)], cwd=REPO, capture_output=True, text=True, timeout=600 * TIMEOUT_SCALE)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(results.read_text())

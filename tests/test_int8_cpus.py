@@ -15,11 +15,11 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import REPO
 from embdistill import cpu_features
 from embdistill.cpu_features import CpuInt8, cpu_int8, cpuid
 from embdistill.quantize import DEFAULT_SETTINGS, precise_session_config, quantization_record, quantize_onnx, saturates_without_vnni
 
-ROOT = Path(__file__).resolve().parents[1]
 HASWELL = CpuInt8("x86_64", "Haswell", ("avx2",), "cpuid")
 ICE_LAKE = CpuInt8("x86_64", "Ice Lake", ("avx2", "avx512f", "avx512bw", "avx512_vnni"), "cpuid")
 
@@ -135,9 +135,9 @@ def test_the_default_int8_gives_the_same_embeddings_without_vnni(tmp_path: Path)
     for name, emulate in (("native", []), ("haswell", ["qemu-x86_64", "-cpu", "Haswell"])):
         out = tmp_path / name
         out.mkdir()
-        subprocess.run([*emulate, sys.executable, str(ROOT / "benchmarks" / "int8_cpu_paths.py"), "--child",
+        subprocess.run([*emulate, sys.executable, "-m", "benchmarks.int8_cpu_paths", "--child",
                         str(tmp_path / "x.npy"), str(out), "{}", "1", *map(str, models)],
-                       check=True, capture_output=True, timeout=1800)
+                       check=True, capture_output=True, timeout=1800, cwd=REPO)
         outputs[name] = {m.stem: np.load(out / f"{m.stem}.npy") for m in models}
         outputs[name]["cpu"] = json.loads((out / "cpu.json").read_text())
     assert outputs["haswell"]["cpu"]["u8s8_saturates"] is True  # the emulated CPU reached the saturating kernels

@@ -7,12 +7,14 @@ teacher is the ImageNet EfficientNet-Lite0 at 224 px (``configs/cub100/strong/te
 read from a teacher bank of the 44 species' views, so distilled trials cost about what the
 student alone costs:
 
-    .venv/bin/python benchmarks/tuning/strong_tuning.py v2_alone v2_relative ...   # named trials
-    .venv/bin/python benchmarks/tuning/strong_tuning.py --list                     # what exists
-    .venv/bin/python benchmarks/tuning/strong_tuning.py --render                   # plot from the JSON
+    python -m benchmarks.tuning.strong_tuning v2_alone v2_relative ...   # named trials
+    python -m benchmarks.tuning.strong_tuning --list                     # what exists
+    python -m benchmarks.tuning.strong_tuning --render                   # plot from the JSON
 
 Results accumulate in ``benchmarks/results/cub100_strong_tuning.json`` (one entry per trial, with
-its config and its held-out R@1 per epoch); ``docs/strong_tuning_curves.png`` plots them.
+its config and its held-out R@1 per epoch); ``docs/strong_tuning_curves.png`` plots them. The trials are a
+record of what was tried, kept as overrides here; the recipes they chose are the benchmark's rows
+(``configs/cub100/strong/rows/``).
 """
 from __future__ import annotations
 
@@ -30,16 +32,33 @@ from embdistill.engine.persist.runlog import read_log
 from embdistill.engine.persist.rundir import finished_with
 from embdistill.engine.train import run
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for the terms the benchmark shares
-from teacher_terms import ABS, BB1, DARKRANK, P16, REL, REL_SCALED, RKD, weighted as _w  # noqa: E402
+from benchmarks.common import RESULTS as RESULTS_DIR
+from benchmarks.common import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs" / "cub100" / "strong"
-RESULTS = ROOT / "benchmarks" / "results" / "cub100_strong_tuning.json"
+RESULTS = RESULTS_DIR / "cub100_strong_tuning.json"
 PLOT = ROOT / "docs" / "strong_tuning_curves.png"
 OUTPUT = "runs/strong_tuning"
 TEACHER = "runs/strong_val/teacher_lite0_224/last.pt"
 VALIDATION_CLASSES = 14
+
+# The teacher terms the trials combine (``distill.terms`` entries); ``_w`` sets a term's λ and adds arguments.
+REL = {"name": "relative", "weight": 1.0, "args": {"reduction": "mean"}}  # the paper's: RMS over the batch's pairs
+REL_SCALED = {"name": "relative", "weight": 1.0, "args": {"reduction": "mean", "scale": "mean"}}  # scale-free distances
+ABS = {"name": "absolute", "weight": 1.0}
+RKD = ({"name": "rkd_distance", "weight": 25.0}, {"name": "rkd_angle", "weight": 50.0})  # Park et al.'s weights
+DARKRANK = {"name": "darkrank", "weight": 1.0, "args": {"method": "listnet"}}
+BB1 = "train.backbone_lr_mult=1.0"  # "_bb1" trials: the backbone at the head's rate, not the paper's 0.1x
+P16 = ("train.classes_per_batch=16", "train.images_per_class=4")  # "_p16" trials: 16 species x 4 images a batch
+
+
+def _w(term: dict, weight: float, **args) -> dict:
+    """``term`` with λ = ``weight`` and ``args`` added to its own."""
+    out = {**term, "weight": weight}
+    if args or "args" in term:
+        out["args"] = {**term.get("args", {}), **args}
+    return out
+
 
 
 def _distill(views: int, *terms: dict, bank: str = "") -> list[str]:
@@ -318,7 +337,7 @@ def main() -> None:
         t = results["trials"][name] = run_trial(name)
         t["wall_minutes"] = round((time.perf_counter() - started) / 60, 1)
         t["best_epochs"] = best_epochs(t["curve"])
-        results["command"] = "python benchmarks/tuning/strong_tuning.py TRIAL ..."
+        results["command"] = "python -m benchmarks.tuning.strong_tuning TRIAL ..."
         RESULTS.write_text(json.dumps(results, indent=1) + "\n")
         print(f"[tuning] {name}: {_curve_line(t)}", flush=True)
     plot(results)

@@ -4,54 +4,16 @@ Each candidate is the pretrained backbone with no head (``model.dim: null``: poo
 L2-normalised), so the choice costs one forward pass over the 14 held-out train species of
 cub100 per candidate and never looks at the test species:
 
-    .venv/bin/python benchmarks/tuning/teacher_choice.py   # writes benchmarks/results/teacher_choice.json
+    python -m benchmarks.tuning.teacher_choice   # writes benchmarks/results/teacher_choice.json
 """
 from __future__ import annotations
 
-import json
-import time
-from pathlib import Path
-
-import torch
-
-from embdistill.config import DataConfig
-from embdistill.engine.scoring.embed import evaluate_embedder
-from embdistill.engine.batches.loaders import eval_loader, load_splits
-from embdistill.config import ModelConfig
-from embdistill.models.embedder import create_embedder
-
-ROOT = Path(__file__).resolve().parents[2]
-CANDIDATES = [("efficientnet_lite0", 224), ("efficientnet_lite1", 240), ("efficientnet_lite2", 224)]
-VALIDATION_CLASSES = 14
-
-
-def score_candidates(candidates: list[tuple[str, int]], out: Path, command: str,
-                     validation_classes: int = VALIDATION_CLASSES, data: DataConfig | None = None) -> list[dict]:
-    """Each (backbone, px) candidate's pooled ImageNet features scored on the held-out species, written to ``out``
-    after each one (a stopped run keeps what it scored). ``validation_classes=0`` scores the test species
-    instead: for reporting what a network does there, never for a choice. ``data``: another dataset (its reader,
-    root, held-out classes and ``resize``) instead of cub100's; ``validation_classes`` is then its own."""
-    torch.set_num_threads(2)
-    data = data or DataConfig(root=str(ROOT.parent / "shared" / "data" / "cub100"), validation_classes=validation_classes,
-                              num_workers=1)
-    splits = load_splits(data)
-    results = []
-    for backbone, size in candidates:
-        model = create_embedder(ModelConfig(backbone=backbone, pretrained=True, dim=None)).eval()
-        loader = eval_loader(splits.eval, size, model.normalization, 64, 1, resize=data.resize)
-        start = time.perf_counter()
-        metrics = evaluate_embedder(model, loader, torch.device("cpu"), progress=False)
-        results.append({"backbone": backbone, "image_size": size, "dim": model.dim, "split": splits.eval_name,
-                        "images": len(splits.eval), "seconds": round(time.perf_counter() - start, 1),
-                        **{k: round(v, 4) for k, v in metrics.items()}})
-        print(json.dumps(results[-1]), flush=True)
-        out.write_text(json.dumps({"command": command, "date": time.strftime("%Y-%m-%d"), "candidates": results}, indent=1) + "\n")
-    return results
+from benchmarks.common import RESULTS
+from benchmarks.common.teacher_choice import CANDIDATES, score_candidates
 
 
 def main() -> None:
-    score_candidates(CANDIDATES, ROOT / "benchmarks" / "results" / "teacher_choice.json",
-                     "python benchmarks/tuning/teacher_choice.py")
+    score_candidates(CANDIDATES, RESULTS / "teacher_choice.json", "python -m benchmarks.tuning.teacher_choice")
 
 
 if __name__ == "__main__":

