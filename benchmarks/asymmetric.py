@@ -199,8 +199,10 @@ def tune(args: argparse.Namespace, command: str) -> dict:
               f"asymmetric {100 * scores['best']['asym_recall@1']:.1f} (last epoch: "
               f"{100 * scores['last']['own_recall@1']:.1f} / {100 * scores['last']['asym_recall@1']:.1f}; "
               f"{time.perf_counter() - start:.0f} s)", flush=True)
+    held_out_teacher = evaluate_checkpoint(teacher, split="validation", num_workers=0, progress=False)
     return {"command": command, "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "teacher": TEACHER, "split": "validation", "trials": trials}
+            "teacher": TEACHER, "split": "validation", "teacher_recall@1": held_out_teacher["recall@1"],
+            "trials": trials}
 
 
 def _last_losses(run: Path) -> dict[str, float]:
@@ -222,7 +224,8 @@ def tuning_markdown(result: dict) -> str:
         "",
         f"- command: `{result['command']}`",
         f"- date: {result['date']}; machine: this project's 2-core CPU machine (no GPU); seed 0, one run a trial",
-        f"- teacher: `{result['teacher']}`; every trial is the demo student's schedule (8 epochs, MobileNetV2 at 96 px)",
+        f"- teacher: `{result['teacher']}`, R@1 {100 * result['teacher_recall@1']:.1f} on the same held-out images; every "
+        "trial is the demo student's schedule (8 epochs, MobileNetV2 at 96 px)",
         "- own = the student's queries on its own gallery, asymmetric = on the teacher's gallery of the same held-out "
         "images (R@1 %); best = the epoch chosen by own held-out R@1, last = epoch 8; losses at the last logged step",
         "",

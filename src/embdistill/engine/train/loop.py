@@ -411,7 +411,7 @@ def _train_loop(t: Training, progress: bool) -> None:
                 if state.step % cfg.train.log_every == 0 or state.step == 1:
                     values = {k: round(v, 5) for k, v in values.items()}
                     bar.set_postfix(loss=values["loss"])
-                    t.log.write("step", epoch=epoch, step=state.step, lr=scheduler.get_last_lr()[-1],
+                    t.log.write("step", epoch=epoch, step=state.step, lr=scheduler.get_last_lr()[1],
                                 images_per_s=state.seen / state.seconds, spread=round(spreads[-1], 4), **values)
                 stop.adopt(world.any_signal(stop.signum, device))  # every process stops after the same step
                 if stop.signum or state.checkpoint_due(cfg.train.checkpoint_every, len(loader)):
