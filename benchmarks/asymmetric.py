@@ -86,7 +86,7 @@ def int8_queries(run: Path, workdir: Path) -> tuple[np.ndarray, np.ndarray]:
     from embdistill.data import load_dataset
     from embdistill.checkpoints import checkpoint_normalization, load_checkpoint
     from embdistill.engine.batches.loaders import eval_loader
-    from embdistill.export import export_checkpoint
+    from embdistill.deploy.export import export_checkpoint
     from embdistill.search.encoder import load_encoder
 
     payload = load_checkpoint(run / "best.pt")

@@ -6,7 +6,7 @@ Two tables, measured in one run:
 
 **Runtimes.** 
 For the paper's phone student (MobileNetV1 width 0.25) and EfficientNet-Lite0, at
-image sizes 128 and 224: export with ``embdistill.export.export_checkpoint`` (as the
+image sizes 128 and 224: export with ``embdistill.deploy.export.export_checkpoint`` (as the
 ``embdistill export`` command does), then time a batch of 64 random normalised images
 (throughput does not depend on the pixels) on ``--threads`` CPU threads. Each runtime
 gets ``--warmup`` untimed runs, then the median of ``--repeats`` timed runs is reported.
@@ -54,9 +54,9 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from embdistill.cpu_features import cpu_int8
+from embdistill.deploy.cpu_features import cpu_int8
 from embdistill.checkpoints import embedder_from_checkpoint, load_checkpoint
-from embdistill.export import ExportResult, export_checkpoint
+from embdistill.deploy.export import ExportResult, export_checkpoint
 from embdistill.config import ModelConfig
 
 from benchmarks.common import RESULTS
@@ -204,7 +204,7 @@ def int8_markdown(rows: list[dict], args: argparse.Namespace) -> list[str]:
         "",
         f"- teacher: EfficientNet-Lite0 at {TEACHER_SIZE} px; student: MobileNetV2 at {STUDENT_SIZE} px; both 512-d "
         f"({'trained checkpoints ' + str(args.student) + ', ' + str(args.teacher) if args.student else 'ImageNet weights with a fresh 512-d head: speed and size do not depend on fine-tuning'})",
-        "- INT8 = `embdistill export --quantize int8` (defaults in `embdistill.quantize.DEFAULT_SETTINGS`, "
+        "- INT8 = `embdistill export --quantize int8` (defaults in `embdistill.deploy.quantize.DEFAULT_SETTINGS`, "
         f"accuracy in [int8_parity.md](int8_parity.md)), calibrated on 256 training images of {args.data.name}",
         f"- batch-1 latency: median of {args.latency_runs} single-image runs per model after {args.warmup * 10} "
         "warm-up runs, models in rotation, intra-op threads 1 and 2; "

@@ -3,7 +3,7 @@
     python -m benchmarks.int8_cpu_paths --checkpoint runs/demo/distilled
     python -m benchmarks.int8_cpu_paths --render   # results/int8_cpu_paths.md again from its JSON (--out STEM: another)
 
-ONNX Runtime picks its INT8 kernels from the CPU it runs on (``embdistill.cpu_features``):
+ONNX Runtime picks its INT8 kernels from the CPU it runs on (``embdistill.deploy.cpu_features``):
 with VNNI or AMX, uint8 x int8 (U8S8) products are summed in 32 bits; on x86 without them,
 each pair of products is first added in a saturating 16-bit lane. So one INT8 file can be
 right on the machine that made it and wrong on another. This script quantizes the checkpoint
@@ -26,7 +26,7 @@ Writes ``benchmarks/results/int8_cpu_paths.{md,json}``. ``--smoke`` runs 2 setti
 ImageNet student and writes to a temporary folder unless ``--out`` is given. ``tests/test_int8_cpus.py``
 runs the ``--child`` mode under the emulator on a worst-case convolution.
 The child runs as ``python -m benchmarks.int8_cpu_paths --child`` and imports only numpy, ONNX Runtime and
-``embdistill.cpu_features``: this module imports everything else inside its functions.
+``embdistill.deploy.cpu_features``: this module imports everything else inside its functions.
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ PATHS = {
 
 
 def variants() -> dict:
-    from embdistill.quantize import DEFAULT_SETTINGS, QuantSettings
+    from embdistill.deploy.quantize import DEFAULT_SETTINGS, QuantSettings
 
     u8s8 = QuantSettings(activation_type="uint8", weight_type="int8", reduce_range=False)
     return {
@@ -126,7 +126,7 @@ def measure(args: argparse.Namespace, command: str) -> int:
     import onnxruntime as ort
     import torch
 
-    from embdistill.quantize import parity_report
+    from embdistill.deploy.quantize import parity_report
 
     from benchmarks.common.int8 import export_int8, imagenet_student, test_inputs
 
@@ -220,7 +220,7 @@ def markdown(meta: dict, rows: list[dict]) -> str:
 
 def child(argv: list[str]) -> int:
     inputs, out, config, threads, *models = argv
-    from embdistill.cpu_features import cpu_int8  # this checkout's: run_path puts its src first on PYTHONPATH
+    from embdistill.deploy.cpu_features import cpu_int8  # this checkout's: run_path puts its src first on PYTHONPATH
 
     Path(out, "cpu.json").write_text(json.dumps(cpu_int8().to_dict()))
     embed_child([Path(m) for m in models], Path(inputs), Path(out), json.loads(config), int(threads))

@@ -31,7 +31,7 @@ import onnxruntime as ort
 import torch
 
 from embdistill.checkpoints import embedder_from_checkpoint
-from embdistill.quantize import parity_report
+from embdistill.deploy.quantize import parity_report
 
 from benchmarks.common import RESULTS
 from benchmarks.common.int8 import VARIANTS, embed, export_int8, imagenet_student, test_inputs

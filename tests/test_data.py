@@ -614,8 +614,8 @@ def test_resize_choice_in_config_and_export_metadata(wide_png: Path) -> None:
     import typing
 
     from embdistill.config import ConfigError, ResizeMode, from_dict
-    from embdistill.export import ExportMetadata
-    from embdistill.deploy_choices import DeployError
+    from embdistill.deploy.export import ExportMetadata
+    from embdistill.deploy.choices import DeployError
 
     assert typing.get_args(ResizeMode) == RESIZE_MODES
     assert from_dict({}).data.resize == "crop"
@@ -635,7 +635,7 @@ def test_resize_choice_in_config_and_export_metadata(wide_png: Path) -> None:
 def test_export_records_the_runs_resize() -> None:
     """export, embed, search and serve rebuild the transform from this record (data/transforms.py eval_transform)."""
     from embdistill.config import to_dict
-    from embdistill.export import ExportMetadata, metadata_from_checkpoint
+    from embdistill.deploy.export import ExportMetadata, metadata_from_checkpoint
     from embdistill.config import ModelConfig
     from embdistill.models.embedder import create_embedder
 

@@ -13,11 +13,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from embdistill import deploy_commands as deploy
+from embdistill.deploy import commands as deploy
 from embdistill.data import ImageList, load_dataset
 from embdistill.checkpoints import CheckpointError, checkpoint_normalization, embedder_from_checkpoint, load_checkpoint, save_checkpoint
 from embdistill.engine.batches.loaders import RESIZE_RATIO, eval_loader
-from embdistill.export import (
+from embdistill.deploy.export import (
     DeployError,
     ExportMetadata,
     export_checkpoint,
@@ -258,11 +258,11 @@ def test_export_records_preprocessing(student: Path, student_onnx: Path, tmp_pat
 
 
 def test_command_parsers_load_without_torch() -> None:
-    """The choices live in embdistill.deploy_choices, so building the parsers imports no heavy library."""
+    """The choices live in embdistill.deploy.choices, so building the parsers imports no heavy library."""
     import subprocess
     import sys
 
-    code = ("import sys, argparse, embdistill.deploy_commands as d; d.add_subcommands(argparse.ArgumentParser().add_subparsers()); "
+    code = ("import sys, argparse, embdistill.deploy.commands as d; d.add_subcommands(argparse.ArgumentParser().add_subparsers()); "
             "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'faiss', 'fastapi') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -9,9 +9,9 @@ import pytest
 
 from embdistill.data import ImageList
 from embdistill.checkpoints import checkpoint_fingerprint
-from embdistill.export import export_checkpoint, read_onnx_metadata
+from embdistill.deploy.export import export_checkpoint, read_onnx_metadata
 from embdistill.config import ModelConfig
-from embdistill.quantize import DEFAULT_SETTINGS
+from embdistill.deploy.quantize import DEFAULT_SETTINGS
 from test_deploy import CUB100, STUDENT, STUDENT_SIZE, cli, write_checkpoint
 from test_deploy import gallery, parity_images, student, student_onnx  # noqa: F401  (its fixtures, used here)
 

@@ -97,8 +97,8 @@ def test_the_graph_reader_sees_lazy_relative_and_aliased_imports(tmp_path: Path)
 
 def test_no_two_modules_of_embdistill_import_each_other() -> None:
     graph = import_graph()
-    assert {"embdistill.export", "embdistill.quantize", "embdistill.data.transforms"} <= graph.keys()
-    assert "embdistill.quantize" in graph["embdistill.export"]  # the graph is real: export calls quantize lazily
+    assert {"embdistill.deploy.export", "embdistill.deploy.quantize", "embdistill.data.transforms"} <= graph.keys()
+    assert "embdistill.deploy.quantize" in graph["embdistill.deploy.export"]  # the graph is real: export calls quantize lazily
     pairs = mutual_imports(graph)
     assert pairs == [], "modules that import each other: " + "; ".join(f"{a} <-> {b}" for a, b in pairs)
 
@@ -108,12 +108,12 @@ def test_the_evaluation_transform_lives_in_data_transforms() -> None:
     import torch
     from PIL import Image
 
-    from embdistill import export
+    from embdistill.deploy import export
     from embdistill.data.transforms import IMAGENET, build_transform, eval_transform
 
     graph = import_graph()
-    assert "embdistill.data.transforms" in graph["embdistill.quantize"]
-    assert "embdistill.export" not in graph["embdistill.quantize"]
+    assert "embdistill.data.transforms" in graph["embdistill.deploy.quantize"]
+    assert "embdistill.deploy.export" not in graph["embdistill.deploy.quantize"]
     assert export.eval_transform is eval_transform
     meta = export.ExportMetadata(image_size=32, resize_size=40, mean=IMAGENET.mean, std=IMAGENET.std,
                                  embedding_dim=8, backbone="mobilenet_v1", pooling="avg")
@@ -129,14 +129,15 @@ def test_the_evaluation_transform_lives_in_data_transforms() -> None:
 # (data, models, losses, evaluation) know nothing of the config, the config nothing of checkpoints or
 # the engine, and none of those anything of the commands built on them. docs/architecture.md draws it.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("embdistill", "embdistill.atomic", "embdistill.deploy_choices", "embdistill.cpu_features"),
+    # deploy/__init__.py imports nothing, so its two leaves stay leaves; its other modules are commands
+    ("embdistill", "embdistill.atomic", "embdistill.deploy", "embdistill.deploy.choices",
+     "embdistill.deploy.cpu_features"),
     ("embdistill.data", "embdistill.models", "embdistill.losses", "embdistill.evaluation"),
     ("embdistill.config",),
     ("embdistill.checkpoints", "embdistill.teacher_space"),
     ("embdistill.engine",),
-    ("embdistill.report", "embdistill.plots", "embdistill.modelstats", "embdistill.export", "embdistill.quantize",
-     "embdistill.search", "embdistill.serve", "embdistill.demo", "embdistill.deploy_commands", "embdistill.cli",
-     "embdistill.__main__"),
+    ("embdistill.report", "embdistill.deploy.export", "embdistill.deploy.quantize", "embdistill.deploy.commands",
+     "embdistill.search", "embdistill.serve", "embdistill.demo", "embdistill.cli", "embdistill.__main__"),
 )
 
 
@@ -202,6 +203,8 @@ def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_layer_and_cycle_checks_see_what_they_should(tmp_path: Path) -> None:
     assert layer_of("embdistill.config.sections") == 2 and layer_of("embdistill.engine.train.loop") == 4
     assert layer_of("embdistill.data.imagefiles") == 1 and layer_of("embdistill") == 0
+    assert layer_of("embdistill.deploy.choices") == 0 and layer_of("embdistill.deploy.export") == 5
+    assert layer_of("embdistill.report.plots") == 5
     root = tmp_path / "pkg"
     (root / "sub").mkdir(parents=True)
     (root / "__init__.py").write_text("")

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from conftest import REPO
-from embdistill import cpu_features
-from embdistill.cpu_features import CpuInt8, cpu_int8, cpuid
-from embdistill.quantize import DEFAULT_SETTINGS, precise_session_config, quantization_record, quantize_onnx, saturates_without_vnni
+from embdistill.deploy import cpu_features
+from embdistill.deploy.cpu_features import CpuInt8, cpu_int8, cpuid
+from embdistill.deploy.quantize import DEFAULT_SETTINGS, precise_session_config, quantization_record, quantize_onnx, saturates_without_vnni
 
 HASWELL = CpuInt8("x86_64", "Haswell", ("avx2",), "cpuid")
 ICE_LAKE = CpuInt8("x86_64", "Ice Lake", ("avx2", "avx512f", "avx512bw", "avx512_vnni"), "cpuid")

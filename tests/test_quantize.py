@@ -11,10 +11,10 @@ import torch
 
 from embdistill.data import load_dataset
 from embdistill.checkpoints import load_checkpoint
-from embdistill.export import export_checkpoint, read_onnx_metadata
-from embdistill.deploy_choices import DeployError
+from embdistill.deploy.export import export_checkpoint, read_onnx_metadata
+from embdistill.deploy.choices import DeployError
 from embdistill.config import ModelConfig
-from embdistill.quantize import DEFAULT_SETTINGS, calibration_images, head_nodes, parity_report
+from embdistill.deploy.quantize import DEFAULT_SETTINGS, calibration_images, head_nodes, parity_report
 from embdistill.search import load_encoder
 from test_deploy import CUB100, cli, image_batch, write_checkpoint
 
@@ -85,7 +85,7 @@ def test_int8_file_keeps_the_metadata_and_is_under_30_percent(exported: tuple[Pa
 
 
 def test_int8_sidecar_names_the_cpu_its_parity_was_checked_on(exported: tuple[Path, Path]) -> None:
-    from embdistill.cpu_features import cpu_int8
+    from embdistill.deploy.cpu_features import cpu_int8
 
     parity = json.loads(Path(f"{exported[1]}.json").read_text())["parity"]
     assert parity["images"] == 8 and parity["min_cosine"] > 0.95 and parity["max_abs_diff"] >= 0
@@ -146,8 +146,8 @@ def test_head_nodes_are_the_pooling_and_everything_after_it(exported: tuple[Path
 def test_an_older_u8s8_file_loads_with_exact_kernels_and_one_warning_on_a_cpu_without_vnni(
     student: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from embdistill import cpu_features
-    from embdistill.cpu_features import CpuInt8
+    from embdistill.deploy import cpu_features
+    from embdistill.deploy.cpu_features import CpuInt8
 
     old = export_checkpoint(student, "onnx", tmp_path / "old.int8.onnx", quantize="int8", verify=False,
                             quant_settings=DEFAULT_SETTINGS.with_(weight_type="int8", images=8, batch_size=8)).path

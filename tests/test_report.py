@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from embdistill import plots, report
+from embdistill import report
+from embdistill.report import plots
 from embdistill.engine.persist.test_embeddings import EMBEDDINGS_FILE
-from embdistill.modelstats import count_mflops, count_parameters, cpu_throughput
+from embdistill.report.modelstats import count_mflops, count_parameters, cpu_throughput
 
 CUB100 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cub100"
 REPO = Path(__file__).resolve().parents[1]

@@ -342,7 +342,7 @@ def embedder_normalization():
 
 
 def test_a_run_directory_exports_under_the_name_of_the_checkpoint_it_stands_for(tmp_path: Path) -> None:
-    from embdistill.export import default_export_path, default_quantized_path
+    from embdistill.deploy.export import default_export_path, default_quantized_path
 
     (tmp_path / "last.pt").write_bytes(b"")
     assert default_export_path(tmp_path, "onnx") == tmp_path / "last.onnx"

@@ -27,10 +27,10 @@ from embdistill.engine.scoring.command import evaluate_checkpoint
 from embdistill.engine.batches.loaders import eval_loader
 from embdistill.teacher_space import TEACHER_SPACE, declared_space, in_teacher_space
 from embdistill.engine.train import run
-from embdistill.export import DeployError, default_export_path, export_checkpoint, read_onnx_metadata, read_torchscript_metadata
+from embdistill.deploy.export import DeployError, default_export_path, export_checkpoint, read_onnx_metadata, read_torchscript_metadata
 from embdistill.config import ModelConfig
 from embdistill.models import create_embedder
-from embdistill.quantize import DEFAULT_SETTINGS
+from embdistill.deploy.quantize import DEFAULT_SETTINGS
 from embdistill.search import load_embeddings, load_encoder
 from test_deploy import cli, run_exported
 from test_metrics import assert_same, reference

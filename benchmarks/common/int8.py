@@ -14,10 +14,10 @@ import torch
 from embdistill.data import load_dataset
 from embdistill.checkpoints import checkpoint_normalization, load_checkpoint, save_checkpoint
 from embdistill.engine.batches.loaders import eval_loader
-from embdistill.export import ExportResult, export_checkpoint
+from embdistill.deploy.export import ExportResult, export_checkpoint
 from embdistill.config import ModelConfig
 from embdistill.models import create_embedder
-from embdistill.quantize import DEFAULT_SETTINGS, QuantSettings, spread_indices
+from embdistill.deploy.quantize import DEFAULT_SETTINGS, QuantSettings, spread_indices
 
 from benchmarks.common import SHARED
 

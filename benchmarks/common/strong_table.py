@@ -23,7 +23,7 @@ from pathlib import Path
 from embdistill.config import ExperimentConfig, load_config, read_yaml, to_dict
 from embdistill.engine.teacher.bank import fill_bank_for_config
 from embdistill.models.embedder import create_embedder
-from embdistill.modelstats import count_mflops, count_parameters, cpu_throughput
+from embdistill.report.modelstats import count_mflops, count_parameters, cpu_throughput
 
 from benchmarks.common import KEYS, RESULTS, cell, machine, pooled_std, repo_relative
 from benchmarks.common import command as command_line

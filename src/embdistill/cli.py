@@ -14,7 +14,7 @@ from pathlib import Path
 from embdistill.config import ConfigError
 
 
-_SUBCOMMAND_MODULES = ("embdistill.report", "embdistill.deploy_commands")
+_SUBCOMMAND_MODULES = ("embdistill.report", "embdistill.deploy.commands")
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from embdistill.data.errors import DatasetError
-from embdistill.deploy_choices import DeployError
+from embdistill.deploy.choices import DeployError
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolderError", "class_name", "display_name", "list_images", "thumbnail"]
 

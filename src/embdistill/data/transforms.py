@@ -206,7 +206,7 @@ class PadToSquare:
 
 
 class Preprocessing(Protocol):
-    """A model's recorded input preprocessing (:class:`embdistill.export.ExportMetadata` is one)."""
+    """A model's recorded input preprocessing (:class:`embdistill.deploy.export.ExportMetadata` is one)."""
 
     @property
     def image_size(self) -> int: ...

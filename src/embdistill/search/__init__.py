@@ -19,7 +19,7 @@ Everything public is importable from ``embdistill.search``.
 """
 from __future__ import annotations
 
-from embdistill.deploy_choices import INDEX_KINDS
+from embdistill.deploy.choices import INDEX_KINDS
 from embdistill.search.embed import (
     EmbedResult,
     embed_files,

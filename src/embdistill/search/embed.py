@@ -11,8 +11,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from embdistill.data import ImageDataset, ImageList
-from embdistill.export import sidecar_path
-from embdistill.deploy_choices import DeployError
+from embdistill.deploy.export import sidecar_path
+from embdistill.deploy.choices import DeployError
 from embdistill.data.imagefiles import list_images
 from embdistill.search.encoder import Encoder, load_encoder
 

@@ -17,7 +17,7 @@ from PIL import Image
 from embdistill.data.transforms import eval_transform
 from embdistill.checkpoints import embedder_from_checkpoint, load_checkpoint
 from embdistill.teacher_space import TEACHER_SPACE, in_teacher_space
-from embdistill.export import (
+from embdistill.deploy.export import (
     ExportMetadata,
     is_torchscript_file,
     metadata_from_checkpoint,
@@ -25,8 +25,8 @@ from embdistill.export import (
     read_quantization_record,
     read_torchscript_metadata,
 )
-from embdistill.deploy_choices import DeployError
-from embdistill.quantize import precise_session_config
+from embdistill.deploy.choices import DeployError
+from embdistill.deploy.quantize import precise_session_config
 
 __all__ = ["Encoder", "load_encoder"]
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from embdistill.export import sidecar_path
-from embdistill.deploy_choices import INDEX_KINDS, DeployError
+from embdistill.deploy.export import sidecar_path
+from embdistill.deploy.choices import INDEX_KINDS, DeployError
 from embdistill.search.embed import files_list_path, load_embeddings, read_files_list
 
 __all__ = [

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from embdistill.data import DatasetError
-from embdistill.export import sidecar_path
-from embdistill.deploy_choices import DeployError, EmbeddingSpaceError, EmbeddingSpaceWarning
+from embdistill.deploy.export import sidecar_path
+from embdistill.deploy.choices import DeployError, EmbeddingSpaceError, EmbeddingSpaceWarning
 from embdistill.data.imagefiles import class_name, display_name
 from embdistill.search.embed import embed_files, files_list_path, load_embeddings, read_files_list
 from embdistill.search.encoder import Encoder, load_encoder
@@ -180,7 +180,7 @@ def save_grid(result: SearchResult, out: str | Path, columns: int = 5, thumb: in
     When the query sits in a folder named like a class of the hits (a gallery image as
     query), hits are framed green / red for the same / another class; otherwise blue.
     """
-    from embdistill.plots import CORRECT_COLOUR, NEUTRAL_COLOUR, QUERY_COLOUR, WRONG_COLOUR, GridCell, draw_grid
+    from embdistill.report.plots import CORRECT_COLOUR, NEUTRAL_COLOUR, QUERY_COLOUR, WRONG_COLOUR, GridCell, draw_grid
 
     if columns < 1:
         raise DeployError(f"grid columns must be >= 1, got {columns}")

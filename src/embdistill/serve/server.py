@@ -7,7 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from embdistill.deploy_choices import DeployError
+from embdistill.deploy.choices import DeployError
 
 __all__ = ["LOCALHOST", "run_server"]
 

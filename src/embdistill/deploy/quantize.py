@@ -12,7 +12,7 @@ The defaults (:data:`DEFAULT_SETTINGS`) were chosen on the cub100 student (Mobil
 The file is made once and runs on CPUs its maker never sees, so the default must give the same
 embeddings on all of them: its weights are uint8 (U8U8), whose products every x86 kernel sums
 exactly, and ARM runs them on its unsigned dot product. x86 CPUs without VNNI add uint8 x int8
-(U8S8) product pairs in saturating 16 bits (:mod:`embdistill.cpu_features`): full-range int8
+(U8S8) product pairs in saturating 16 bits (:mod:`embdistill.deploy.cpu_features`): full-range int8
 weights bent the demo student to a cosine of 0.87 there. 7-bit int8 weights (``reduce_range``)
 are exact there too and keep x86's fast U8S8 kernels, at some cost in accuracy.
 :data:`WEIGHT_CHOICES` names the three for ``embdistill export --int8-weights``.
@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from embdistill.deploy_choices import QUANTIZE_MODES, DeployError
+from embdistill.deploy.choices import QUANTIZE_MODES, DeployError
 
 __all__ = [
     "CALIBRATION_METHODS",
@@ -314,7 +314,7 @@ def precise_session_config(record: dict[str, Any] | None, where: str) -> dict[st
     ``session.x64quantprecision=1``: ONNX Runtime turns its int8 weights into uint8 at load time
     and uses the exact U8U8 kernels, slower but right. Elsewhere nothing changes.
     """
-    from embdistill.cpu_features import cpu_int8
+    from embdistill.deploy.cpu_features import cpu_int8
 
     cpu = cpu_int8()
     if not saturates_without_vnni(record) or not cpu.u8s8_saturates:

@@ -9,6 +9,9 @@ directory and keyed by its checkpoint, so a report over many runs stays cheap:
   engine/persist/test_embeddings.py, usually written by the trainer);
 * ``stats.json``: parameters, mult-adds, CPU images/s and NMI;
 * ``retrieval_grid.png``: redrawn from the cached embeddings (milliseconds).
+
+``write_run_report``, the step after training, lives here too. The pictures are drawn in
+``plots.py``; parameters, mult-adds and CPU images/s are measured in ``modelstats.py``.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ import yaml
 from embdistill.checkpoints import embedder_from_checkpoint, load_checkpoint
 from embdistill.engine.compute.device import resolve_device
 from embdistill.engine.persist.test_embeddings import Embedded, checkpoint_key, load_test_embeddings, save_test_embeddings
-from embdistill.modelstats import count_mflops, count_parameters, cpu_throughput
+from embdistill.report.modelstats import count_mflops, count_parameters, cpu_throughput
 
 __all__ = [
     "add_subcommands",
@@ -130,7 +133,7 @@ def write_retrieval_grid(
     device: str = "auto", root: str | None = None, progress: bool = False,
 ) -> Path:
     """``RUN_DIR/retrieval_grid.png``: a few test queries and their top-k neighbours."""
-    from embdistill.plots import plot_retrieval_grid
+    from embdistill.report.plots import plot_retrieval_grid
 
     run_dir = Path(run_dir)
     e = _embedded(run_dir, device, root, progress)
@@ -200,7 +203,7 @@ def write_run_report(run_dir: str | Path, device: str = "auto", root: str | None
     Reads the trainer's ``test_embeddings.npz`` (embeds the evaluation split only when
     it is missing or stale). Returns the stats.
     """
-    from embdistill.plots import plot_training_curves
+    from embdistill.report.plots import plot_training_curves
 
     if (Path(run_dir) / "metrics.jsonl").is_file():
         plot_training_curves(Path(run_dir))
@@ -388,7 +391,7 @@ def write_report(
 ) -> Path:
     """``report.md``, ``report.csv`` and ``recall_at_k.png`` in ``out_dir`` (default: the
     runs' common parent), plus each run's ``retrieval_grid.png``. Returns report.md's path."""
-    from embdistill.plots import plot_recall_curves, plot_training_curves
+    from embdistill.report.plots import plot_recall_curves, plot_training_curves
 
     dirs = [Path(d) for d in run_dirs]
     if not dirs:

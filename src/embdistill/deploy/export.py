@@ -14,7 +14,7 @@ absolute term learned a projection with that projection applied, so its output l
 
 ``quantize="int8"`` (``embdistill export --quantize int8``) writes a statically
 quantized ONNX file with the same metadata plus a ``quantization`` record; the
-quantization itself lives in :mod:`embdistill.quantize`.
+quantization itself lives in :mod:`embdistill.deploy.quantize`.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from embdistill.checkpoints import (
     run_checkpoint,
 )
 from embdistill.teacher_space import TEACHER_SPACE, declared_space, in_teacher_space
-from embdistill.deploy_choices import EXPORT_FORMATS, EXPORT_SPACES, QUANTIZE_MODES, DeployError  # re-exported: defined here before
+from embdistill.deploy.choices import EXPORT_FORMATS, EXPORT_SPACES, QUANTIZE_MODES, DeployError  # re-exported: defined here before
 from embdistill.models.embedder import Embedder
 
 __all__ = [
@@ -367,7 +367,7 @@ def export_checkpoint(
 
     ``quantize="int8"`` (ONNX only) writes a statically quantized model instead, calibrated
     on training images (``calibration`` folder, else the checkpoint's dataset): see
-    :mod:`embdistill.quantize`; ``quant_settings`` overrides its defaults. ``space="teacher"``:
+    :mod:`embdistill.deploy.quantize`; ``quant_settings`` overrides its defaults. ``space="teacher"``:
     a student trained with the absolute teacher term, its output in the teacher's space
     (its learned projection applied, L2-normalised); see :func:`space_payload`.
     """
@@ -401,7 +401,7 @@ def _export_quantized(
     """fp32 ONNX in a temporary folder, then quantized into ``out`` with the metadata (and the settings) kept."""
     import tempfile
 
-    from embdistill import quantize as q
+    from embdistill.deploy import quantize as q
 
     settings = settings or q.DEFAULT_SETTINGS
     out = Path(out) if out is not None else default_quantized_path(checkpoint, mode)
@@ -415,12 +415,12 @@ def _export_quantized(
     if verify:  # on real images: int8 on random noise says nothing
         import onnxruntime as ort
 
-        from embdistill.cpu_features import cpu_int8
+        from embdistill.deploy.cpu_features import cpu_int8
 
         reader.rewind()
         x = torch.from_numpy(reader.get_next()[meta.input_name][:8])
         diff, cosine = _check_against_pytorch(model, out, "onnx", meta, x)
-        # integer kernels differ between CPUs (embdistill.cpu_features): the figures hold for this one
+        # integer kernels differ between CPUs (embdistill.deploy.cpu_features): the figures hold for this one
         parity = {"images": len(x), "min_cosine": cosine, "max_abs_diff": diff, "cpu": cpu_int8().to_dict(),
                   "onnxruntime": ort.__version__}
     sidecar = {"format": "onnx", **meta.to_dict(), "quantization": record, **({"parity": parity} if parity else {})}

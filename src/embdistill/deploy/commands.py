@@ -1,9 +1,9 @@
 """``embdistill export | embed | index | search | serve``: the model on a device and a searchable gallery.
 
-The commands are thin: the work lives in :mod:`embdistill.export`, :mod:`embdistill.quantize`,
+The commands are thin: the work lives in :mod:`embdistill.deploy.export`, :mod:`embdistill.deploy.quantize`,
 :mod:`embdistill.search` and :mod:`embdistill.serve`, imported when a command runs, because
 `embdistill` builds every parser on each call and those modules pull in torch, timm, onnx,
-faiss and the web framework (seconds). The choices come from :mod:`embdistill.deploy_choices`.
+faiss and the web framework (seconds). The choices come from :mod:`embdistill.deploy.choices`.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from embdistill.deploy_choices import EXPORT_FORMATS, EXPORT_SPACES, INDEX_KINDS, QUANTIZE_MODES, DeployError, EmbeddingSpaceWarning
+from embdistill.deploy.choices import EXPORT_FORMATS, EXPORT_SPACES, INDEX_KINDS, QUANTIZE_MODES, DeployError, EmbeddingSpaceWarning
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -56,14 +56,14 @@ def _reports_errors(fn: Command) -> Command:
 
 @_reports_errors
 def cmd_export(args: argparse.Namespace) -> int:
-    from embdistill.export import export_checkpoint
+    from embdistill.deploy.export import export_checkpoint
 
     settings = None
     for flag, value in (("--calibration-images", args.calibration_images), ("--int8-weights", args.int8_weights)):
         if value is not None and not args.quantize:
             raise DeployError(f"{flag} only applies with --quantize int8")
     if args.quantize and (args.calibration_images is not None or args.int8_weights is not None):
-        from embdistill.quantize import DEFAULT_SETTINGS, WEIGHT_CHOICES
+        from embdistill.deploy.quantize import DEFAULT_SETTINGS, WEIGHT_CHOICES
 
         settings = DEFAULT_SETTINGS
         if args.calibration_images is not None:
