@@ -296,6 +296,9 @@ checkpoint.save_checkpoint({str(path)!r}, {{**payload, "version": 2}})
     payload = load_checkpoint(path)
     assert payload["version"] == 1 and torch.equal(payload["w"], torch.arange(100_000.0))
     assert remove_partial_writes(tmp_path) == partial and not partial[0].exists()
+    npz = tmp_path / ".test_embeddings.npz.k3x9.tmp"  # the cached test embeddings' write, killed the same way
+    npz.write_bytes(b"half")
+    assert remove_partial_writes(tmp_path) == [npz] and not npz.exists()
 
     # An exception inside the write (disk full, Ctrl-C): same, and the temporary file is gone.
     def failing_save(obj, f, *args, **kwargs):

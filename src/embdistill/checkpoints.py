@@ -42,8 +42,9 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
 
 
 def remove_partial_writes(directory: str | Path) -> list[Path]:
-    """Delete the temporary files of checkpoint writes that were killed (SIGKILL) before their rename."""
-    stale = sorted(Path(directory).glob(".*.pt.*.tmp"))
+    """Delete the temporary files of a run directory's atomic writes (checkpoints, the cached test embeddings)
+    that were killed (SIGKILL) before their rename."""
+    stale = sorted(p for pattern in (".*.pt.*.tmp", ".*.npz.*.tmp") for p in Path(directory).glob(pattern))
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
