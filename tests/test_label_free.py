@@ -136,6 +136,30 @@ def test_evaluate_needs_a_labelled_set(walk: Walk, cub100: Path, capsys: pytest.
     assert result["classes"] == 2 and 0 <= result["recall@1"] <= 1
 
 
+def test_evaluate_marks_scores_on_photos_it_distilled_on_as_transductive(
+    walk: Walk, cub100: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A labelled set whose test classes are photos the student distilled on (linked from elsewhere) is scored,
+    said in one line and marked transductive; a set of other photos is not."""
+    species = sorted((cub100 / "images").iterdir())
+    labelled = walk.root / "labelled_seen"
+    # folder reader: the first half of the class folders (by name) train, the second half test
+    for name, source in (("a_unseen", species[-1]), ("b_unseen", species[-2]), ("y_seen", species[0]), ("z_seen", species[1])):
+        (labelled / name).mkdir(parents=True)
+        for image in sorted(source.iterdir())[:PHOTOS]:  # the walk's photos are each species' first PHOTOS
+            (labelled / name / image.name).symlink_to(image)
+    monkeypatch.chdir(walk.root)  # the run's data.root ("photos") is relative to where it ran
+    assert main(["evaluate", "runs/label_free/distilled", "--dataset", "folder", "--root", str(labelled),
+                 "--no-progress", "--num-workers", "0"]) == 0
+    assert f"transductive: {2 * PHOTOS} of the {2 * PHOTOS} scored images" in capsys.readouterr().out
+    result = json.loads((walk.runs / "distilled" / "eval_folder_test.json").read_text())
+    assert result["transductive"] is True and result["transductive_test_images"] == 2 * PHOTOS
+    assert main(["evaluate", "runs/label_free/distilled", "--dataset", "folder", "--root", str(labelled),
+                 "--split", "train", "--no-progress", "--num-workers", "0"]) == 0
+    assert "transductive" not in capsys.readouterr().out
+    assert "transductive" not in json.loads((walk.runs / "distilled" / "eval_folder_train.json").read_text())
+
+
 def test_an_interrupted_label_free_run_resumes_to_the_same_weights(walk: Walk, tmp_path: Path, monkeypatch) -> None:
     """The random batch sampler keeps its place through last.pt as the P×K one does: interrupted mid-epoch and
     resumed, the run ends with the uninterrupted run's weights."""

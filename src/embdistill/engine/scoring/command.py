@@ -60,6 +60,11 @@ def evaluate_checkpoint(
         metrics = _paired_metrics(model, evaluated, cfg, gallery_payload, split, dev, ks, progress)
         pairing = {"query_model": str(Path(checkpoint)), "gallery_model": str(Path(gallery_model)), "pairing": note}
     result = {"dataset": dataset, "split": split, "images": len(items), "classes": items.num_classes, **pairing, **metrics}
+    seen = _distilled_on(payload, items.paths)
+    if seen:
+        print(f"transductive: {seen} of the {len(items)} scored images are among the photos {checkpoint} was distilled "
+              "on without labels: these scores are transductive", flush=True)
+        result.update(transductive=True, transductive_test_images=seen)
     ckpt = Path(checkpoint)
     out_dir = ckpt if ckpt.is_dir() else ckpt.parent
     degraded = degrade_resolution or degrade_jpeg_quality
@@ -67,6 +72,21 @@ def evaluate_checkpoint(
     suffix = ("_gallery_" + _run_name(gallery_model) if gallery_model is not None else "") + suffix
     (out_dir / f"eval_{dataset}_{split}{suffix}.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def _distilled_on(payload: dict[str, Any], paths: Sequence[str | Path]) -> int:
+    """How many of ``paths`` the checkpoint's run distilled on without labels: a label-free run's photos
+    (``data.root``) or ``distill.semi_supervised.folder``, compared resolved (a link to an image counts), as
+    the trainer counts a semi-supervised folder's test images. Folders no longer there count none."""
+    from embdistill.data.datasets import is_label_free
+    from embdistill.data.imagefiles import list_images
+
+    values = payload.get("config") or {}
+    data = values.get("data") or {}
+    folders = [data.get("root")] if is_label_free(data.get("dataset", "")) else []
+    folders.append(((values.get("distill") or {}).get("semi_supervised") or {}).get("folder"))
+    seen = {p.resolve() for folder in folders if folder and Path(folder).is_dir() for p in list_images(folder)}
+    return sum(Path(p).resolve() in seen for p in paths) if seen else 0
 
 
 def _run_name(checkpoint: str | Path) -> str:
