@@ -23,8 +23,9 @@ from conftest import REPO, TIMEOUT_SCALE
 KERAS_WEIGHTS = SHARED / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
 
 
-def _strong(module: str):
-    return lambda result: importlib.import_module(module).markdown(result)
+def _rendered_by(module: str, function: str = "markdown"):
+    """The table ``module.function(result)`` renders from its JSON (imported only when the test runs)."""
+    return lambda result: getattr(importlib.import_module(module), function)(result)
 
 
 def _with_rows(module: str):
@@ -33,20 +34,20 @@ def _with_rows(module: str):
 
 # committed Markdown (under results/) -> how its script renders it from the JSON beside it
 RENDERED = {
-    "cub100_strong.md": _strong("benchmarks.cub100_strong"),
-    "cars196.md": _strong("benchmarks.cars196"),
-    "cars196_trials/cars196.md": _strong("benchmarks.cars196"),
-    "bank_speed.md": lambda r: importlib.import_module("benchmarks.bank_speed").markdown(r),
-    "eval_scale.md": lambda r: importlib.import_module("benchmarks.eval_scale").markdown(r),
-    "eval_scale_quiet.md": lambda r: importlib.import_module("benchmarks.eval_scale").markdown(r),
+    "cub100_strong.md": _rendered_by("benchmarks.cub100_strong"),
+    "cars196.md": _rendered_by("benchmarks.cars196"),
+    "cars196_trials/cars196.md": _rendered_by("benchmarks.cars196"),
+    "bank_speed.md": _rendered_by("benchmarks.bank_speed"),
+    "eval_scale.md": _rendered_by("benchmarks.eval_scale"),
+    "eval_scale_quiet.md": _rendered_by("benchmarks.eval_scale"),
     "input_pipeline.md": lambda r: importlib.import_module("benchmarks.input_pipeline").table(r) + "\n",
     "int8_parity.md": _with_rows("benchmarks.int8_parity"),
     "int8_parity_imagenet.md": _with_rows("benchmarks.int8_parity"),
     "int8_cpu_paths.md": _with_rows("benchmarks.int8_cpu_paths"),
     "int8_cpu_paths_precise84.md": _with_rows("benchmarks.int8_cpu_paths"),
-    "asymmetric_cub100.md": lambda r: importlib.import_module("benchmarks.asymmetric").markdown(r),
-    "asymmetric_cub100_tuning.md": lambda r: importlib.import_module("benchmarks.asymmetric").tuning_markdown(r),
-    "label_free_cub100.md": lambda r: importlib.import_module("benchmarks.label_free").markdown(r),
+    "asymmetric_cub100.md": _rendered_by("benchmarks.asymmetric"),
+    "asymmetric_cub100_tuning.md": _rendered_by("benchmarks.asymmetric", "tuning_markdown"),
+    "label_free_cub100.md": _rendered_by("benchmarks.label_free"),
 }
 # committed Markdown that no script renders from a JSON, and why (benchmarks/README.md says the same)
 NOT_RENDERED = {
