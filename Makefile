@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 benchmark-eval: $(STAMP)
-	$(BIN)/python -m benchmarks.eval_scale
+	$(BIN)/python -m benchmarks.speed.eval_scale
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,7 +1,7 @@
 """One gallery, two networks: a student's queries against the gallery its teacher embedded (issue #31).
 
     python -m benchmarks.asymmetric                 # after `make demo` (its teacher and bank)
-    python -m benchmarks.asymmetric --smoke         # 2 steps a row, seed 0, to a temporary folder
+    python -m benchmarks.asymmetric --smoke         # 2 steps a row, seed 0, on its own tiny demo, to a temporary folder
     python -m benchmarks.asymmetric --tune          # the held-out trials that chose the rows' settings
 
 The server embeds the gallery once with the big teacher; phones query it with the student. Only a student
@@ -43,10 +43,11 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from benchmarks.common import ROOT, render_results, write_results
+from benchmarks.common import ROOT, SHARED, render_results, write_results
 from benchmarks.common import cell as _cell, pooled_std  # the benchmark tables' mean ± std cells and pooled std
+from benchmarks.common.smoke import distilled_on, tiny_demo
 
-TEACHER = "runs/demo/teacher"
+DEMO = ROOT / "runs" / "demo"  # `make demo`: the teacher (DEMO/teacher), its bank, the relation-only row
 # row -> (config, what it is, relation-only: its queries are in another space, every seed or the first only)
 ROWS = {
     "asymmetric_contrastive": ("configs/cub100/asymmetric/trials/contrastive_lr100.yaml",
@@ -63,17 +64,17 @@ REUSED = {"relative": ROOT / "runs" / "demo" / "distilled",
 TRIALS = ROOT / "configs" / "cub100" / "asymmetric" / "trials"
 
 
-def train(config: str, row: str, seed: int, out: Path, smoke: bool) -> Path:
-    """The run directory of ``row`` at ``seed``, trained unless its summary.yaml is already there."""
+def train(config: str, row: str, seed: int, args: argparse.Namespace) -> Path:
+    """The run directory of ``row`` at ``seed`` under ``args.runs``, trained unless its summary.yaml is already
+    there (``args.overrides``: the smoke's, pointing the recipe at its tiny demo)."""
     reused = REUSED.get(row)
-    if reused is not None and not smoke and seed == 0 and (reused / "summary.yaml").is_file():
+    if reused is not None and not args.smoke and seed == 0 and (reused / "summary.yaml").is_file():
         return reused
+    out = args.runs
     run = out / row / f"seed{seed}"
     if (run / "summary.yaml").is_file():
         return run
-    overrides = [f"seed={seed}", f"output_dir={out}", f"name={row}/seed{seed}"]
-    if smoke:
-        overrides += ["train.epochs=1", "train.batches_per_epoch=2"]
+    overrides = [*args.overrides, f"seed={seed}", f"output_dir={out}", f"name={row}/seed{seed}"]
     subprocess.run([sys.executable, "-m", "embdistill", "distill", "-c", config, "--no-progress", *overrides],
                    check=True, cwd=ROOT)
     return run
@@ -124,8 +125,9 @@ def measure(args: argparse.Namespace, command: str) -> dict:
     from embdistill.engine.scoring.command import evaluate_checkpoint
     from embdistill.evaluation.metrics import retrieval_metrics
 
-    teacher_summary = yaml.safe_load((ROOT / TEACHER / "summary.yaml").read_text())
-    gallery, gallery_labels = teacher_gallery(str(ROOT / TEACHER))
+    teacher = args.demo / "teacher"
+    teacher_summary = yaml.safe_load((teacher / "summary.yaml").read_text())
+    gallery, gallery_labels = teacher_gallery(str(teacher))
     rows = []
     with tempfile.TemporaryDirectory(prefix="asymmetric_") as tmp:
         for row in args.rows:
@@ -133,13 +135,13 @@ def measure(args: argparse.Namespace, command: str) -> dict:
             runs = []
             for seed in args.seeds if seeds == "all" else args.seeds[:1]:
                 start = time.perf_counter()
-                run = train(config, row, seed, args.runs, args.smoke)
+                run = train(config, row, seed, args)
                 summary = yaml.safe_load((run / "summary.yaml").read_text())
                 result = {"seed": seed, "run_dir": str(run), "epoch": summary.get("epoch"),
                           "train_seconds": summary.get("train_seconds"),
                           "own_recall@1": summary["recall@1"], "own_map@r": summary["map@r"]}
                 try:
-                    asym = evaluate_checkpoint(run / "best.pt", gallery_model=ROOT / TEACHER / "last.pt",
+                    asym = evaluate_checkpoint(run / "best.pt", gallery_model=teacher / "last.pt",
                                                num_workers=0, progress=False, allow_other_space=relation_only)
                     result.update({"asym_recall@1": asym["recall@1"], "asym_map@r": asym["map@r"],
                                    "pairing": asym["pairing"]})
@@ -164,7 +166,7 @@ def measure(args: argparse.Namespace, command: str) -> dict:
     return {
         "command": command,
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "teacher": TEACHER,
+        "teacher": str(teacher),
         "teacher_recall@1": teacher_summary["recall@1"],
         "teacher_map@r": teacher_summary["map@r"],
         "seeds": args.seeds,
@@ -181,13 +183,13 @@ def tune(args: argparse.Namespace, command: str) -> dict:
     the student's own R@1 and its queries' R@1 on the teacher's gallery of the same images."""
     from embdistill.engine.scoring.command import evaluate_checkpoint
 
-    teacher = ROOT / TEACHER / "last.pt"
+    teacher = args.demo / "teacher" / "last.pt"
     trials = []
     for config in sorted(TRIALS.glob("*.yaml")):
         if args.trials and config.stem not in args.trials:
             continue
         start = time.perf_counter()
-        run = train(str(config.relative_to(ROOT)), f"trials/{config.stem}", 0, args.runs, args.smoke)
+        run = train(str(config.relative_to(ROOT)), f"trials/{config.stem}", 0, args)
         scores = {}
         for weights in ("best", "last"):
             own = evaluate_checkpoint(run / f"{weights}.pt", split="validation", num_workers=0, progress=False)
@@ -206,7 +208,7 @@ def tune(args: argparse.Namespace, command: str) -> dict:
               f"{time.perf_counter() - start:.0f} s)", flush=True)
     held_out_teacher = evaluate_checkpoint(teacher, split="validation", num_workers=0, progress=False)
     return {"command": command, "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "teacher": TEACHER, "split": "validation", "teacher_recall@1": held_out_teacher["recall@1"],
+            "teacher": str(teacher.parent), "split": "validation", "teacher_recall@1": held_out_teacher["recall@1"],
             "trials": trials}
 
 
@@ -315,7 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="results path without suffix (default: benchmarks/results/asymmetric_cub100)")
     parser.add_argument("--render", action="store_true",
                         help="only write the .md again from the .json (its paths made repository-relative)")
-    parser.add_argument("--smoke", action="store_true", help="2 training steps a row, seed 0, to a temporary folder")
+    parser.add_argument("--demo", type=Path, default=DEMO, help="the `make demo` folder whose teacher and bank the rows use")
+    parser.add_argument("--data", type=Path, default=SHARED / "data" / "cub100", help="--smoke: the CUB root it takes a few species of")
+    parser.add_argument("--smoke", action="store_true",
+                        help="2 training steps a row, seed 0, on a tiny demo of its own, all in a temporary folder")
     parser.add_argument("--tune", action="store_true",
                         help=f"the held-out trials ({TRIALS.relative_to(ROOT)}/*.yaml, seed 0) instead of the rows; "
                              "writes benchmarks/results/asymmetric_cub100_tuning.{json,md}")
@@ -326,12 +331,16 @@ def main(argv: list[str] | None = None) -> int:
         render_results(args.out or ROOT / "benchmarks" / "results" / stem, tuning_markdown if args.tune else markdown)
         return 0
     command = "python -m benchmarks.asymmetric " + " ".join(map(shlex.quote, argv if argv is not None else sys.argv[1:]))
-    if not (ROOT / TEACHER / "last.pt").is_file():
-        raise SystemExit(f"{TEACHER} is missing: run `make demo` first (it trains the teacher and fills its bank)")
+    args.overrides = []
     with tempfile.TemporaryDirectory(prefix="asymmetric_smoke_") as smoke_dir:
         if args.smoke:
+            args.demo, data = tiny_demo(Path(smoke_dir), args.data)
+            args.overrides = distilled_on(args.demo, data)
             args.seeds, args.runs = args.seeds[:1], Path(smoke_dir) / "runs"
             args.out = args.out or Path(smoke_dir) / stem
+        if not (args.demo / "teacher" / "last.pt").is_file():
+            raise SystemExit(f"{args.demo / 'teacher'} is missing: run `make demo` first (it scores the teacher and "
+                             "fills its bank)")
         out = args.out or ROOT / "benchmarks" / "results" / stem
         if args.tune:
             write_results(out, _merged(out, tune(args, command.strip())), tuning_markdown)

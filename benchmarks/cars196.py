@@ -7,7 +7,7 @@ fine-tuned because on cars its ImageNet features are weak, is scored once on the
 students, MobileNetV2 from ImageNet weights at 96 px and the paper's phone student, MobileNet-0.25 from its Keras
 ImageNet weights at 224 px, are trained alone, with the absolute teacher, the relative teacher (λ 10 on the RMS
 form as on the birds, and the paper's own Cars λ on its own form), the scale-free relative teacher and RKD.
-Images are squashed to squares (``data.resize: squash``, chosen by ``benchmarks/cars196_resize.py``).
+Images are squashed to squares (``data.resize: squash``, chosen by ``benchmarks/tuning/cars196_resize.py``).
 
 Every run trains on 74 of the 98 train models, scores the other 24 after every epoch, keeps the best epoch's
 weights (R@1) and stops after 4 epochs without a better one; the 98 test models are scored once, on those
@@ -42,7 +42,7 @@ from benchmarks.common import ROOT, SHARED, few_per_class
 from benchmarks.common.strong_table import Method, Student, Table
 
 CONFIGS = ROOT / "configs" / "cars196" / "strong"
-VALIDATION_CLASSES = 24  # held-out train models, as benchmarks/cars196_resize.py chose data.resize on
+VALIDATION_CLASSES = 24  # held-out train models, as benchmarks/tuning/cars196_resize.py chose data.resize on
 VIEWS = 4  # fixed augmented views per training image in each bank
 TEACHER_SIZE = 224
 SMOKE_IMAGES_PER_MODEL = 2

@@ -1,7 +1,7 @@
 """Label-free distillation on birds, at the demo's scale (issue #30): what the teacher alone teaches.
 
     python -m benchmarks.label_free            # after `make demo` (its teacher, student and distilled runs)
-    python -m benchmarks.label_free --smoke    # 2 steps a run, to a temporary folder
+    python -m benchmarks.label_free --smoke    # 2 steps a run, on its own tiny demo, to a temporary folder
 
 Rows (``ROWS``: configs a user can run with ``embdistill distill``), one seed each, beside the demo's own runs
 (``runs/demo``: the student alone, the relative teacher with labels, the teacher):
@@ -31,10 +31,10 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from benchmarks.common import ROOT, cell, render_results, write_results
+from benchmarks.common import ROOT, SHARED, cell, render_results, write_results
+from benchmarks.common.smoke import SMALL, distilled_on, tiny_demo
 
-CUB100 = ROOT.parent / "shared" / "data" / "cub100"
-DEMO = ROOT / "runs" / "demo"
+DEMO = ROOT / "runs" / "demo"  # `make demo`: the teacher, the student alone, the relative teacher with labels
 # row -> (config, folder of photos it trains on: the split whose images are linked, or None for a labelled run)
 ROWS = {
     "train_photos": ("configs/cub100/label_free/train_photos.yaml", "train"),
@@ -43,11 +43,12 @@ ROWS = {
 }
 
 
-def link_photos(split: str, folder: Path) -> int:
-    """``folder``: one flat folder of symbolic links to every image of cub100's ``split``, no class folders."""
+def link_photos(data: Path, split: str, folder: Path) -> int:
+    """``folder``: one flat folder of symbolic links to every image of the CUB root ``data``'s ``split``, no class
+    folders."""
     from embdistill.data import load_dataset
 
-    paths = load_dataset("cub200", str(CUB100), split).paths
+    paths = load_dataset("cub200", str(data), split).paths
     folder.mkdir(parents=True, exist_ok=True)
     for i, path in enumerate(paths):
         link = folder / f"{i:05d}{Path(path).suffix.lower()}"
@@ -83,30 +84,29 @@ def measure(args: argparse.Namespace, command: str) -> dict:
     rows = []
     for row in args.rows:
         config, split = ROWS[row]
-        overrides = ["train.epochs=1", "train.batches_per_epoch=2"] if args.smoke else []
         if split is not None:
             folder = args.runs / "photos" / split  # never a run's own folder: its outputs would become photos
-            count = link_photos(split, folder)
-            overrides += [f"data.root={folder}", f"distill.bank={folder}.bank"]
+            count = link_photos(args.data, split, folder)
+            overrides = [f"data.root={folder}", f"distill.bank={folder}.bank"]
+            if args.smoke:  # 16 random photos a batch: the tiny demo's 64 a split, a quarter held out
+                overrides = [*SMALL, "train.epochs=1", "train.batch_size=16", f"distill.teacher={args.demo / 'teacher'}",
+                             *overrides]
             runs = []  # a label-free row: every seed, each scored on the test species with labels
             for seed in args.seeds:
                 run = distill(config, args.runs, overrides, seed)
                 summary = yaml.safe_load((run / "summary.yaml").read_text())
-                scored = evaluate_checkpoint(run / "best.pt", dataset="cub200", root=str(CUB100), split="test",
+                scored = evaluate_checkpoint(run / "best.pt", dataset="cub200", root=str(args.data), split="test",
                                              num_workers=0, progress=False)
                 runs.append({"seed": seed, "run_dir": str(run), "epoch": summary.get("epoch"),
                              "train_seconds": summary.get("train_seconds"),
                              "validation_curve": summary.get("validation_curve") or [],
                              "recall@1": scored["recall@1"], "map@r": scored["map@r"],
                              "selected_agreement": summary.get("selected", {}).get("validation")})
-            first = runs[0]
-            result = {"row": row, "config": config, "run_dir": first["run_dir"], "epoch": first["epoch"],
-                      "train_seconds": first["train_seconds"], "validation_curve": first["validation_curve"],
-                      "transductive": split == "test", "photos": count,
+            result = {"row": row, "config": config, "transductive": split == "test", "photos": count,
                       "recall@1": statistics.fmean(r["recall@1"] for r in runs),
                       "map@r": statistics.fmean(r["map@r"] for r in runs), "runs": runs}
         else:
-            run = distill(config, args.runs, overrides)
+            run = distill(config, args.runs, distilled_on(args.demo, args.data) if args.smoke else [])
             summary = yaml.safe_load((run / "summary.yaml").read_text())
             curve = summary.get("validation_curve") or []
             result = {"row": row, "config": config, "run_dir": str(run), "epoch": summary.get("epoch"),
@@ -124,7 +124,8 @@ def measure(args: argparse.Namespace, command: str) -> dict:
             })
         rows.append(result)
         print(f"[label_free] {row}: test R@1 {100 * result['recall@1']:.1f}", flush=True)
-    demo = {name: yaml.safe_load((DEMO / name / "summary.yaml").read_text()) for name in ("student", "distilled", "teacher")}
+    demo = {name: yaml.safe_load((args.demo / name / "summary.yaml").read_text())
+            for name in ("student", "distilled", "teacher")}
     return {
         "command": command,
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -197,9 +198,10 @@ def markdown(result: dict) -> str:
             *[f"| {e['epoch']} | {100 * e['recall@1']:.1f} | {e['knn_agreement@10']:.3f} |" for e in r["validation_curve"]],
         ]
     for r in result["rows"]:
-        if r["row"] in ("train_photos", "test_gallery") and r["validation_curve"]:
+        curve = r["runs"][0]["validation_curve"] if r["row"] in ("train_photos", "test_gallery") else []
+        if curve:
             lines += ["", f"`{r['row']}`: knn_agreement@10 on its held-out photos by epoch: "
-                      + ", ".join(f"{e['knn_agreement@10']:.3f}" for e in r["validation_curve"])]
+                      + ", ".join(f"{e['knn_agreement@10']:.3f}" for e in curve)]
     return "\n".join(lines) + "\n"
 
 
@@ -212,19 +214,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="results path without suffix (default: benchmarks/results/label_free_cub100)")
     parser.add_argument("--render", action="store_true",
                         help="only write the .md again from the .json (its paths made repository-relative)")
-    parser.add_argument("--smoke", action="store_true", help="2 training steps a run, to a temporary folder")
+    parser.add_argument("--demo", type=Path, default=DEMO, help="the `make demo` folder whose runs the table compares with")
+    parser.add_argument("--data", type=Path, default=SHARED / "data" / "cub100", help="the CUB root (cub100)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="2 training steps a run, on a tiny demo of its own (a few species of --data), all in a temporary folder")
     args = parser.parse_args(argv)
     if args.render:
         render_results(args.out or ROOT / "benchmarks" / "results" / "label_free_cub100", markdown)
         return 0
     command = "python -m benchmarks.label_free " + " ".join(map(shlex.quote, argv if argv is not None else sys.argv[1:]))
-    for name in ("teacher", "student", "distilled"):
-        if not (DEMO / name / "summary.yaml").is_file():
-            raise SystemExit(f"runs/demo/{name} is missing: run `make demo` first")
     with tempfile.TemporaryDirectory(prefix="label_free_smoke_") as smoke_dir:
         if args.smoke:
+            args.demo, args.data = tiny_demo(Path(smoke_dir), args.data)
             args.runs = Path(smoke_dir) / "runs"
             args.out = args.out or Path(smoke_dir) / "label_free_cub100"
+        for name in ("teacher", "student", "distilled"):
+            if not (args.demo / name / "summary.yaml").is_file():
+                raise SystemExit(f"{args.demo / name} is missing: run `make demo` first")
         out = args.out or ROOT / "benchmarks" / "results" / "label_free_cub100"
         os.makedirs(args.runs, exist_ok=True)
         write_results(out, measure(args, command.strip()), markdown)

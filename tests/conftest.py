@@ -64,23 +64,7 @@ def tiny_overrides(tmp_path: Path, cub100: Path, name: str, **extra: object) -> 
 
 def cub_subset(tmp_path: Path, cub100: Path, per_split: int, per_class: int | None = None) -> Path:
     """A CUB-layout dataset of the first ``per_split`` train and test classes of the CUB subset, each with at most
-    ``per_class`` images (all by default); the image folders are symlinks."""
-    root = tmp_path / "data"
-    (root / "images").mkdir(parents=True)
-    for folder in (cub100 / "images").iterdir():
-        (root / "images" / folder.name).symlink_to(folder)
-    class_lines = (cub100 / "classes.txt").read_text().splitlines()
-    train = [line for line in class_lines if int(line.split()[0]) <= 100]  # CUB's rule: ids <= 100 train
-    class_lines = train[:per_split] + [line for line in class_lines if line not in train][:per_split]
-    keep = {line.split()[0] for line in class_lines}
-    labels, count = [], {}
-    for line in (cub100 / "image_class_labels.txt").read_text().splitlines():
-        label = line.split()[1]
-        if label in keep and (per_class is None or count.get(label, 0) < per_class):
-            labels.append(line)
-            count[label] = count.get(label, 0) + 1
-    ids = {line.split()[0] for line in labels}
-    images = [line for line in (cub100 / "images.txt").read_text().splitlines() if line.split()[0] in ids]
-    for name, lines in (("classes.txt", class_lines), ("image_class_labels.txt", labels), ("images.txt", images)):
-        (root / name).write_text("\n".join(lines) + "\n")
-    return root
+    ``per_class`` images (all by default); the image folders are symlinks (the benchmarks' smoke data)."""
+    from benchmarks.common import cub_subset as subset
+
+    return subset(cub100, tmp_path, per_split, per_class)

@@ -3,7 +3,7 @@
 Teacher banks are keyed by the crop's description, not its pixels, so the boxes and flips must be exactly the
 old ones (torchvision's draw from torch's global RNG, forked and reseeded per image), and the normalised inputs
 exactly the old per-image ``ToTensor`` + ``Normalize``: both are checked against the old path, kept in
-benchmarks/input_pipeline.py (``old_getitem``), on real cub100 images.
+benchmarks/speed/input_pipeline.py (``old_getitem``), on real cub100 images.
 """
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def test_to_input_gives_the_networks_layout(items):
 @pytest.mark.slow
 def test_smoke_measures_both_sizes_with_a_real_run(tmp_path, cub100):
     results = tmp_path / "results" / "pipe.json"
-    done = subprocess.run([sys.executable, "-m", "benchmarks.input_pipeline", "--smoke", "--data", str(cub100), "--out", str(tmp_path / "out"),
+    done = subprocess.run([sys.executable, "-m", "benchmarks.speed.input_pipeline", "--smoke", "--data", str(cub100), "--out", str(tmp_path / "out"),
                            "--results", str(results)], cwd=REPO, capture_output=True, text=True, timeout=600 * TIMEOUT_SCALE)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(results.read_text())

@@ -135,7 +135,7 @@ def test_the_default_int8_gives_the_same_embeddings_without_vnni(tmp_path: Path)
     for name, emulate in (("native", []), ("haswell", ["qemu-x86_64", "-cpu", "Haswell"])):
         out = tmp_path / name
         out.mkdir()
-        subprocess.run([*emulate, sys.executable, "-m", "benchmarks.int8_cpu_paths", "--child",
+        subprocess.run([*emulate, sys.executable, "-m", "benchmarks.parity.int8_cpu_paths", "--child",
                         str(tmp_path / "x.npy"), str(out), "{}", "1", *map(str, models)],
                        check=True, capture_output=True, timeout=1800, cwd=REPO)
         outputs[name] = {m.stem: np.load(out / f"{m.stem}.npy") for m in models}

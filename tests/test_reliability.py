@@ -272,6 +272,25 @@ def test_distill_resume_restores_teacher_cache_and_unlabelled_batches(tmp_path, 
     assert resumed.metrics == pytest.approx(reference.metrics, abs=1e-6)
 
 
+def test_atomic_writes_get_an_ordinary_files_mode_without_touching_the_umask(tmp_path):
+    # The mode comes from the umask as for open(); it is never read by setting it, which would race other threads.
+    import concurrent.futures
+    import stat
+
+    from embdistill.atomic import write_atomic
+
+    previous = os.umask(0o027)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:  # 8 writers at once, 4 to the same file
+            list(pool.map(lambda i: write_atomic(tmp_path / f"f{i % 5}.bin", bytes([i]) * 1000), range(8)))
+        assert os.umask(0o027) == 0o027  # no writer left it changed
+    finally:
+        os.umask(previous)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"f{i}.bin" for i in range(5)]  # no temporary file left
+    for path in tmp_path.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640 and len(set(path.read_bytes())) == 1  # whole, one writer's
+
+
 def test_a_checkpoint_write_killed_midway_leaves_the_previous_one(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     script = f"""

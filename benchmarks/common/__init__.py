@@ -61,15 +61,21 @@ def few_per_class(data: Path, out: Path, per_class: int) -> Path:
     return root
 
 
-def cub_subset(data: Path, out: Path, per_split: int) -> Path:
-    """The first ``per_split`` train and test species of a CUB root, its image folders linked, not copied: a smoke
-    run's data (``few_per_class`` is the same for one folder per class)."""
-    root = out / f"subset_{per_split}"
+def cub_subset(data: Path, out: Path, per_split: int, per_class: int | None = None) -> Path:
+    """The first ``per_split`` train and test species of a CUB root, each with its first ``per_class`` images (all by
+    default), its image folders linked, not copied: a smoke run's data (``few_per_class`` is the same for one folder
+    per class)."""
+    root = out / (f"subset_{per_split}" + (f"x{per_class}" if per_class else ""))
     lines = (data / "classes.txt").read_text().splitlines()
     train = [line for line in lines if int(line.split()[0]) <= 100]  # CUB's rule: class ids <= 100 train
     chosen = train[:per_split] + [line for line in lines if line not in train][:per_split]
     keep = {line.split()[0] for line in chosen}
-    labels = [line for line in (data / "image_class_labels.txt").read_text().splitlines() if line.split()[1] in keep]
+    labels, count = [], dict.fromkeys(keep, 0)
+    for line in (data / "image_class_labels.txt").read_text().splitlines():
+        label = line.split()[1]
+        if label in keep and (per_class is None or count[label] < per_class):
+            labels.append(line)
+            count[label] += 1
     ids = {line.split()[0] for line in labels}
     images = [line for line in (data / "images.txt").read_text().splitlines() if line.split()[0] in ids]
     (root / "images").mkdir(parents=True, exist_ok=True)

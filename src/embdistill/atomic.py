@@ -2,8 +2,9 @@
 
 Checkpoints, teacher banks (and the views of a fill in progress) and the cached test
 embeddings all go through :func:`write_atomic`: the bytes go to a temporary file beside
-the target (``.NAME.<random>.tmp``), which is flushed and fsynced, given the mode an
-ordinary new file would have, and renamed over the target; then the folder is fsynced so
+the target (``.NAME.<random>.tmp``, created with the mode an ordinary new file would have:
+0o666 less the umask, which the kernel applies, so no thread ever changes the umask), which
+is flushed and fsynced and renamed over the target; then the folder is fsynced so
 the rename itself survives a power cut. A reader sees the old file or the new one, never
 a torn one. A write killed before its rename (SIGKILL) leaves only the temporary file,
 which ``checkpoints.remove_partial_writes`` clears from a run directory.
@@ -13,7 +14,7 @@ This module imports nothing from embdistill.
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -29,7 +30,7 @@ def write_atomic(path: str | Path, content: bytes | Callable[[BinaryIO], object]
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
             if isinstance(content, (bytes, bytearray, memoryview)):
@@ -38,15 +39,24 @@ def write_atomic(path: str | Path, content: bytes | Callable[[BinaryIO], object]
                 content(f)
             f.flush()
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it owner-only; the result is an ordinary file
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new, empty ``.NAME.<random>.tmp`` beside ``path``, open for writing: mode 0o666 less the umask (unlike
+    ``tempfile.mkstemp``'s owner-only 0o600, which would need the umask read, and reading it means setting it)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:  # another writer drew the same name: draw again
+            continue
 
 
 def _fsync_dir(directory: Path) -> None:

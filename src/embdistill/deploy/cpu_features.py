@@ -8,7 +8,7 @@ drifts (ONNX Runtime's ``session.x64quantprecision`` and OpenVINO's saturation n
 ARM's kernels (dot-product or widening multiplies) accumulate in 32 bits and never saturate.
 
 The x86 features are read with the CPUID instruction, not from ``/proc/cpuinfo``: an
-emulator (``qemu-x86_64 -cpu Haswell``, which ``benchmarks/int8_cpu_paths.py`` uses to
+emulator (``qemu-x86_64 -cpu Haswell``, which ``benchmarks/parity/int8_cpu_paths.py`` uses to
 measure the path without VNNI on a machine with it) answers CPUID as the CPU it emulates,
 while ``/proc/cpuinfo`` still describes the host.
 """

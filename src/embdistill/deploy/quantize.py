@@ -7,8 +7,8 @@ quarter of the fp32 one, and 8-bit kernels (VNNI on x86, dot-product on ARM) do 
 multiply-adds per cycle.
 
 The defaults (:data:`DEFAULT_SETTINGS`) were chosen on the cub100 student (MobileNetV2,
-96 px) with ``benchmarks/int8_parity.py``, ``benchmarks/int8_cpu_paths.py`` and
-``benchmarks/export_speed.py``; docs/deploy.md ("INT8 for phones") says why each setting won.
+96 px) with ``benchmarks/parity/int8_parity.py``, ``benchmarks/parity/int8_cpu_paths.py`` and
+``benchmarks/speed/export_speed.py``; docs/deploy.md ("INT8 for phones") says why each setting won.
 The file is made once and runs on CPUs its maker never sees, so the default must give the same
 embeddings on all of them: its weights are uint8 (U8U8), whose products every x86 kernel sums
 exactly, and ARM runs them on its unsigned dot product. x86 CPUs without VNNI add uint8 x int8

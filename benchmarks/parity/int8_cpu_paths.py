@@ -1,7 +1,7 @@
 """INT8 settings on every x86 integer-kernel path, measured on one machine: which default is right on every CPU?
 
-    python -m benchmarks.int8_cpu_paths --checkpoint runs/demo/distilled
-    python -m benchmarks.int8_cpu_paths --render   # results/int8_cpu_paths.md again from its JSON (--out STEM: another)
+    python -m benchmarks.parity.int8_cpu_paths --checkpoint runs/demo/distilled
+    python -m benchmarks.parity.int8_cpu_paths --render   # results/int8_cpu_paths.md again from its JSON (--out STEM: another)
 
 ONNX Runtime picks its INT8 kernels from the CPU it runs on (``embdistill.deploy.cpu_features``):
 with VNNI or AMX, uint8 x int8 (U8S8) products are summed in 32 bits; on x86 without them,
@@ -19,13 +19,13 @@ then embeds the test split with every file on every path in ``PATHS``:
 
 Every embedding is compared with the fp32 ONNX model's on this CPU (float kernels do not saturate):
 R@1 and MAP@R on the test classes (every image a query against all others), the cosine between
-each image's fp32 and INT8 embeddings, and the file size. Speed is in ``benchmarks/export_speed.py``
+each image's fp32 and INT8 embeddings, and the file size. Speed is in ``benchmarks/speed/export_speed.py``
 (it needs a quiet machine and a real CPU, not an emulated one).
 
 Writes ``benchmarks/results/int8_cpu_paths.{md,json}``. ``--smoke`` runs 2 settings on 32 images of the
 ImageNet student and writes to a temporary folder unless ``--out`` is given. ``tests/test_int8_cpus.py``
 runs the ``--child`` mode under the emulator on a worst-case convolution.
-The child runs as ``python -m benchmarks.int8_cpu_paths --child`` and imports only numpy, ONNX Runtime and
+The child runs as ``python -m benchmarks.parity.int8_cpu_paths --child`` and imports only numpy, ONNX Runtime and
 ``embdistill.deploy.cpu_features``: this module imports everything else inside its functions.
 """
 from __future__ import annotations
@@ -88,7 +88,7 @@ def run_path(path: str, models: list[Path], inputs: Path, workdir: Path, threads
     cpu, config = PATHS[path]
     out = workdir / path
     out.mkdir(exist_ok=True)
-    command = [sys.executable, "-m", "benchmarks.int8_cpu_paths", "--child", str(inputs), str(out), json.dumps(config),
+    command = [sys.executable, "-m", "benchmarks.parity.int8_cpu_paths", "--child", str(inputs), str(out), json.dumps(config),
                str(threads), *map(str, models)]
     if cpu is not None:
         if shutil.which(QEMU) is None:
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         args.checkpoint, args.images, args.variants = "imagenet", args.images or 32, args.variants or ["default", "U8S8"]
         args.out = args.out or Path(tempfile.mkdtemp(prefix="int8_cpu_paths_smoke_")) / "int8_cpu_paths"
     args.out = args.out or RESULTS / "int8_cpu_paths"
-    return measure(args, shlex.join([os.path.relpath(sys.executable), "-m", "benchmarks.int8_cpu_paths", *(argv or sys.argv[1:])]))
+    return measure(args, shlex.join([os.path.relpath(sys.executable), "-m", "benchmarks.parity.int8_cpu_paths", *(argv or sys.argv[1:])]))
 
 
 def measure(args: argparse.Namespace, command: str) -> int:

@@ -6,7 +6,7 @@ cub100's 42 test species, each whole 227-px image resized (no crop), one thread:
 41.6 at 96 px. A conversion that gets padding, kernel layouts, BatchNorm or input scaling wrong does
 not reproduce them. This is a check of the weights, not a choice: no setting is read off it.
 
-    python -m benchmarks.keras_mobilenet_check   # writes benchmarks/results/keras_mobilenet_check.json
+    python -m benchmarks.parity.keras_mobilenet_check   # writes benchmarks/results/keras_mobilenet_check.json
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def main() -> None:
                      "images": len(splits.eval), "seconds": round(time.perf_counter() - start, 1)})
         print(json.dumps(rows[-1]), flush=True)
     out = RESULTS / "keras_mobilenet_check.json"
-    out.write_text(json.dumps({"command": "python -m benchmarks.keras_mobilenet_check", "date": time.strftime("%Y-%m-%d"),
+    out.write_text(json.dumps({"command": "python -m benchmarks.parity.keras_mobilenet_check", "date": time.strftime("%Y-%m-%d"),
                                "machine": platform.platform(), "weights": WEIGHTS.name, "rows": rows}, indent=1) + "\n")
 
 

@@ -7,8 +7,8 @@ whole car to a square, ``pad`` fits it whole on a zero border. The teacher of
 training) is scored at 224 px in each mode on the last 24 of the 98 train models, held out, so the
 choice never looks at the test models. Every image of those models is a query against all the others.
 
-    python -m benchmarks.cars196_resize          # writes benchmarks/results/cars196_resize.json
-    python -m benchmarks.cars196_resize --smoke  # 3 images of 4 models per mode, to runs/ (or --out): checks the plumbing
+    python -m benchmarks.tuning.cars196_resize          # writes benchmarks/results/cars196_resize.json
+    python -m benchmarks.tuning.cars196_resize --smoke  # 3 images of 4 models per mode, to runs/ (or --out): checks the plumbing
 """
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def main() -> None:
                                             "with --smoke runs/cars196_resize_smoke.json)")
     args = p.parse_args()
     out = args.out or (ROOT / "runs" / "cars196_resize_smoke.json" if args.smoke else RESULTS / "cars196_resize.json")
-    command = "python -m benchmarks.cars196_resize" + (" --smoke" if args.smoke else "")
+    command = "python -m benchmarks.tuning.cars196_resize" + (" --smoke" if args.smoke else "")
     if args.modes != list(RESIZE_MODES):
         command += " --modes " + " ".join(args.modes)
     rows = score_modes(args.modes, out, command, Path(args.data).resolve(), smoke=args.smoke)

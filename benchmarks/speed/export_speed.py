@@ -1,6 +1,6 @@
 """Exported model size and CPU speed: PyTorch eager vs ONNX Runtime vs TorchScript, and INT8.
 
-    python -m benchmarks.export_speed --spin     # on an idle machine
+    python -m benchmarks.speed.export_speed --spin     # on an idle machine
 
 Two tables, measured in one run:
 
@@ -230,7 +230,7 @@ def int8_markdown(rows: list[dict], args: argparse.Namespace) -> list[str]:
     lines += [
         "",
         f"- CPU integer features (CPUID): {', '.join(int8_cpu_flags()) or 'none found'}; kernel path: "
-        f"{cpu_int8().int8_path} (the default INT8 has uint8 weights, exact on every path: benchmarks/int8_cpu_paths.py).",
+        f"{cpu_int8().int8_path} (the default INT8 has uint8 weights, exact on every path: benchmarks/parity/int8_cpu_paths.py).",
         "- INT8 slower than fp32 in: " + ("; ".join(slower) if slower else "nothing measured here (faster everywhere)") + ".",
     ]
     return lines
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--int8-variants", nargs="*", default=[], help="extra INT8 rows, by name in VARIANTS (benchmarks/common/int8.py)")
     parser.add_argument("--out", type=Path, default=RESULTS / "export_speed.md")
     args = parser.parse_args(argv)
-    command = shlex.join([os.path.relpath(sys.executable), "-m", "benchmarks.export_speed", *(argv or sys.argv[1:])])
+    command = shlex.join([os.path.relpath(sys.executable), "-m", "benchmarks.speed.export_speed", *(argv or sys.argv[1:])])
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     rows, int8_rows = [], []

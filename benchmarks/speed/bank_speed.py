@@ -9,8 +9,8 @@ seed, one schedule and the same number of steps:
 - banked: relative teacher read from the bank (the teacher never runs);
 - live: relative teacher with the in-run cache, so it runs once per (image, view), as before the bank.
 
-    python -m benchmarks.bank_speed            # writes benchmarks/results/bank_speed.{json,md}
-    python -m benchmarks.bank_speed --render   # the Markdown again from the JSON
+    python -m benchmarks.speed.bank_speed            # writes benchmarks/results/bank_speed.{json,md}
+    python -m benchmarks.speed.bank_speed --render   # the Markdown again from the JSON
 
 Time only on an otherwise idle machine: the figure is a ratio of training seconds.
 """
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         s = yaml.safe_load((result.run_dir / "summary.yaml").read_text())
         rows[name] = {k: s[k] for k in ("train_seconds", "train_images_per_s", "teacher_forward_images", "recall@1")}
     alone = rows["alone"]["train_seconds"]
-    result = {"command": command("benchmarks.bank_speed", argv),
+    result = {"command": command("benchmarks.speed.bank_speed", argv),
               "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
               "epochs": args.epochs, "rows": rows,
               "ratio_banked": round(rows["banked"]["train_seconds"] / alone, 3),

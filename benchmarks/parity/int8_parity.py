@@ -1,7 +1,7 @@
 """INT8 against fp32 on the cub100 test species: does quantization change what the student retrieves?
 
-    python -m benchmarks.int8_parity --checkpoint runs/dev13/student
-    python -m benchmarks.int8_parity --render   # results/int8_parity.md again from its JSON (--out STEM: another)
+    python -m benchmarks.parity.int8_parity --checkpoint runs/dev13/student
+    python -m benchmarks.parity.int8_parity --render   # results/int8_parity.md again from its JSON (--out STEM: another)
 
 Exports the checkpoint to fp32 ONNX, then quantizes it once per setting in ``VARIANTS`` (``benchmarks/common/int8.py``)
 (the first is ``embdistill export --quantize int8``'s default) with 256 calibration images
@@ -9,7 +9,7 @@ from the *training* species, and embeds every test image (the 42 unseen species)
 each model, all from the same preprocessed tensors. For each setting: R@1 and MAP@R of
 fp32 and INT8 (every image a query against all others), the share of queries whose
 nearest neighbour is unchanged, the cosine between each image's fp32 and INT8
-embeddings, and the file size. Timing lives in ``benchmarks/export_speed.py`` (it needs
+embeddings, and the file size. Timing lives in ``benchmarks/speed/export_speed.py`` (it needs
 a quiet machine); this needs none.
 
 Writes ``benchmarks/results/int8_parity.{md,json}``.
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         result = json.loads(Path(f"{args.out}.json").read_text())
         Path(f"{args.out}.md").write_text(markdown(result, result["rows"]))
         return 0
-    command = shlex.join([os.path.relpath(sys.executable), "-m", "benchmarks.int8_parity", *(argv or sys.argv[1:])])
+    command = shlex.join([os.path.relpath(sys.executable), "-m", "benchmarks.parity.int8_parity", *(argv or sys.argv[1:])])
     torch.set_num_threads(args.threads)
 
     workdir = tempfile.TemporaryDirectory(prefix="int8_parity_")

@@ -15,9 +15,9 @@ loss, P×K 16 × 4, Adam) on the 44-species split (``data.validation_classes=14`
   and reseeded per image, float views normalised per image in the worker), and the per-batch normalisation
   that replaced the latter (``engine.batches.views.to_input``), per image.
 
-    python -m benchmarks.input_pipeline          # writes benchmarks/results/input_pipeline.{json,md}
-    python -m benchmarks.input_pipeline --render # the Markdown again from the JSON
-    python -m benchmarks.input_pipeline --smoke --out /tmp/pipe --results /tmp/pipe/input_pipeline.json
+    python -m benchmarks.speed.input_pipeline          # writes benchmarks/results/input_pipeline.{json,md}
+    python -m benchmarks.speed.input_pipeline --render # the Markdown again from the JSON
+    python -m benchmarks.speed.input_pipeline --smoke --out /tmp/pipe --results /tmp/pipe/input_pipeline.json
 
 Time only on an otherwise idle machine: every figure is a rate of this machine's 2 cores.
 """
@@ -184,7 +184,7 @@ def measure(args: argparse.Namespace) -> dict:
             print(f"[input_pipeline] {size} px, {workers} loader worker(s): forward+backward {fb:.0f} img/s, "
                   f"run {r['images_per_s']:.0f} img/s, ratio {r['ratio']:.2f}", flush=True)
         rows.append(row)
-    return {"command": command("benchmarks.input_pipeline", [shlex.join(sys.argv[1:])]), "date": time.strftime("%Y-%m-%d"),
+    return {"command": command("benchmarks.speed.input_pipeline", [shlex.join(sys.argv[1:])]), "date": time.strftime("%Y-%m-%d"),
             "smoke": args.smoke, "machine": {**machine(), "torch": torch.__version__, "threads": cfg.threads},
             "weights": WEIGHTS.name if Path(args.weights).is_file() else None, "epochs": args.epochs, "target": TARGET,
             "rows": rows, "minutes": round((time.perf_counter() - started) / 60, 1)}
