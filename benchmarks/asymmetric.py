@@ -198,9 +198,10 @@ def tune(args: argparse.Namespace, command: str) -> dict:
             scores[weights] = {"own_recall@1": own["recall@1"], "asym_recall@1": asym["recall@1"],
                                "own_map@r": own["map@r"], "asym_map@r": asym["map@r"]}
         summary = yaml.safe_load((run / "summary.yaml").read_text())
-        trial = {"trial": config.stem, "config": str(config.relative_to(ROOT)), "run_dir": str(run),
-                 "epoch": summary.get("epoch"), "train_seconds": summary.get("train_seconds"),
-                 "last_losses": _last_losses(run), **scores}
+        trial = {"trial": config.stem, "config": str(config.relative_to(ROOT)), "run_dir": str(run), "command": command,
+                 "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                 "epoch": summary.get("epoch"), "select_metric": summary.get("selected", {}).get("metric", "recall@1"),
+                 "train_seconds": summary.get("train_seconds"), "last_losses": _last_losses(run), **scores}
         trials.append(trial)
         print(f"[asymmetric --tune] {config.stem}: held-out own R@1 {100 * scores['best']['own_recall@1']:.1f}, "
               f"asymmetric {100 * scores['best']['asym_recall@1']:.1f} (last epoch: "
@@ -225,25 +226,36 @@ def _last_losses(run: Path) -> dict[str, float]:
     return last
 
 
+def _trial_commands(result: dict) -> list[str]:
+    """One line per command that ran trials (trials run a few at a time), with its date and its trials."""
+    ran: dict[tuple[str, str], list[str]] = {}
+    for t in result["trials"]:
+        ran.setdefault((t.get("command", result["command"]), t.get("date", result["date"])), []).append(t["trial"])
+    return [f"- `{command}` ({date}): {', '.join(trials)}" for (command, date), trials in sorted(ran.items(), key=lambda x: x[0][1])]
+
+
 def tuning_markdown(result: dict) -> str:
     lines = [
         "# One gallery, two networks: held-out trials (cub100, 14 held-out train species)",
         "",
-        f"- command: `{result['command']}`",
-        f"- date: {result['date']}; machine: this project's 2-core CPU machine (no GPU); seed 0, one run a trial",
+        *_trial_commands(result),
+        "- machine: this project's 2-core CPU machine (no GPU); seed 0, one run a trial",
         f"- teacher: `{result['teacher']}`, R@1 {100 * result['teacher_recall@1']:.1f} on the same held-out images; every "
-        "trial is the demo student's schedule (8 epochs, MobileNetV2 at 96 px)",
+        "trial is the demo student's schedule (MobileNetV2 at 96 px, 8 epochs unless its name says 16ep)",
         "- own = the student's queries on its own gallery, asymmetric = on the teacher's gallery of the same held-out "
-        "images (R@1 %); best = the epoch chosen by own held-out R@1, last = epoch 8; losses at the last logged step",
+        "images (R@1 %); best = the epoch the trial chose, by the held-out score its epoch column names (own R@1 = "
+        "recall@1; asymmetric_recall@1 = its queries on the teacher's gallery), last = its last epoch; losses at the "
+        "last logged step",
         "",
-        "| trial | config | own R@1 (best) | asymmetric R@1 (best) | own (last) | asymmetric (last) | epoch | losses at the end | s |",
+        "| trial | config | own R@1 (best) | asymmetric R@1 (best) | own (last) | asymmetric (last) | epoch (chosen by) | losses at the end | s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for t in result["trials"]:
         b, last = t["best"], t["last"]
         losses = ", ".join(f"{k} {v:.3f}" for k, v in sorted(t["last_losses"].items()))
         lines.append(f"| {t['trial']} | `{t['config']}` | {100 * b['own_recall@1']:.1f} | {100 * b['asym_recall@1']:.1f} | "
-                     f"{100 * last['own_recall@1']:.1f} | {100 * last['asym_recall@1']:.1f} | {t['epoch']} | {losses} | "
+                     f"{100 * last['own_recall@1']:.1f} | {100 * last['asym_recall@1']:.1f} | {t['epoch']} "
+                     f"({t.get('select_metric', 'recall@1')}) | {losses} | "
                      f"{t['train_seconds']} |")
     return "\n".join(lines) + "\n"
 
@@ -305,7 +317,9 @@ def _merged(out: Path, result: dict) -> dict:
     if not path.is_file():
         return result
     new = {t["trial"] for t in result["trials"]}
-    kept = [t for t in json.loads(path.read_text())["trials"] if t["trial"] not in new]
+    previous = json.loads(path.read_text())
+    kept = [{"command": previous["command"], "date": previous["date"], **t}  # a trial keeps the command that ran it
+            for t in previous["trials"] if t["trial"] not in new]
     return {**result, "trials": sorted(kept + result["trials"], key=lambda t: t["trial"])}
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from PIL import Image
 
 from conftest import REPO, cub_subset, tiny_overrides
@@ -367,3 +368,39 @@ def test_evaluate_refuses_a_student_of_another_space_unless_asked(runs: Runs, ca
     metrics = evaluate_checkpoint(runs.relative, split="test", gallery_model=runs.teacher, allow_other_space=True,
                                   progress=False, num_workers=0)
     assert 0.0 <= metrics["recall@1"] <= 1.0 and "--allow-other-space" in metrics["pairing"]
+
+
+# --------------------------------------------------------------------------- choosing the epoch for the teacher's gallery
+
+
+def test_a_run_chooses_its_epoch_by_its_queries_on_the_teachers_gallery(runs: Runs, cub100: Path, tmp_path: Path) -> None:
+    """train.select_metric asymmetric_recall@1: each held-out score is the student's queries (through the projection
+    of that step) on the teacher's gallery of the same images, as `evaluate --split validation --gallery-model`
+    scores the chosen best.pt afterwards."""
+    small = {"data.root": runs.data, "data.validation_classes": 2, "train.classes_per_batch": 3, "train.images_per_class": 4,
+             "model.pretrained": KERAS_WEIGHTS, "model.freeze_batchnorm": True, "model.dim": 32, "train.epochs": 3,
+             "train.select": "best", "train.select_metric": "asymmetric_recall@1", "eval.every_epochs": 1,
+             "distill.teacher_image_size": 96}  # the teacher's own size: its gallery as `evaluate` embeds it
+    cfg = load_config(CONFIG, tiny_overrides(tmp_path, cub100, "by_asymmetric", **small)
+                      + [f"distill.teacher={runs.teacher / 'last.pt'}", "distill.terms=[{name: absolute}]"])
+    run(cfg, progress=False)
+    summary = yaml.safe_load((cfg.run_dir / "summary.yaml").read_text())
+    curve = summary["validation_curve"]
+    assert [e["epoch"] for e in curve] == [1, 2, 3] and all(0 <= e["asymmetric_recall@1"] <= 1 for e in curve)
+    chosen = max(curve, key=lambda e: e["asymmetric_recall@1"])  # the first of equal scores
+    assert summary["selected"]["metric"] == "asymmetric_recall@1" and summary["epoch"] == chosen["epoch"]
+    assert summary["selected"]["validation"] == chosen["asymmetric_recall@1"]
+    scored = evaluate_checkpoint(cfg.run_dir / "best.pt", split="validation", gallery_model=runs.teacher / "last.pt",
+                                 progress=False, num_workers=0)
+    queries = 2 * 8  # the held-out species' images
+    assert abs(scored["recall@1"] - chosen["asymmetric_recall@1"]) <= 1 / queries + 1e-9  # equal, but for a float near-tie
+
+
+def test_choosing_by_the_teachers_gallery_needs_the_absolute_term(runs: Runs, cub100: Path, tmp_path: Path) -> None:
+    from embdistill.config import ConfigError
+
+    values = {"data.root": runs.data, "data.validation_classes": 2, "train.select": "best",
+              "train.select_metric": "asymmetric_recall@1", "eval.every_epochs": 1}
+    with pytest.raises(ConfigError, match=r"train.select_metric: 'asymmetric_recall@1'.*absolute"):
+        load_config(CONFIG, tiny_overrides(tmp_path, cub100, "relation_only", **values)
+                    + [f"distill.teacher={runs.teacher / 'last.pt'}", "distill.terms=[{name: relative}]"])

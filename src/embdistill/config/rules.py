@@ -143,11 +143,23 @@ def _check_selection(cfg: ExperimentConfig) -> None:
         if t.select_metric.startswith("knn_agreement@") and not (cfg.distill and cfg.distill.terms):
             raise ConfigError(f"train.select_metric: {t.select_metric!r} compares the student's neighbours with the "
                               "teacher's, and this run has no teacher (distill.terms); choose recall@1 or map@r")
+        if t.select_metric == "asymmetric_recall@1" and not _trains_into_teacher_space(cfg):
+            raise ConfigError("train.select_metric: 'asymmetric_recall@1' scores the student's queries on the teacher's "
+                              "gallery, which needs a student trained into the teacher's space: add the absolute "
+                              "teacher term (distill.terms: [{name: absolute}] or asymmetric_contrastive) with a weight > 0")
         if t.select_metric.startswith("recall@") and int(t.select_metric[len("recall@"):]) not in e.ks:
             raise ConfigError(f"train.select_metric: {t.select_metric!r} is not computed: eval.ks is {e.ks}")
     elif t.patience:
         raise ConfigError(f"train.patience: {t.patience} stops on the validation score, which only train.select: 'best' "
                           f"watches (train.select is {t.select!r}); set train.select: best or train.patience: 0")
+
+
+def _trains_into_teacher_space(cfg: ExperimentConfig) -> bool:
+    """Whether a term of the run pulls the student onto the teacher's embeddings (teacher_space.teacher_space_of)."""
+    from embdistill.losses.distill import DISTILL_LOSSES, AbsoluteTeacherLoss
+
+    terms = cfg.distill.terms if cfg.distill else []
+    return any(issubclass(DISTILL_LOSSES[term.name], AbsoluteTeacherLoss) and term.weight > 0 for term in terms)
 
 
 def _check_label_free(cfg: ExperimentConfig) -> None:

@@ -22,7 +22,8 @@ NanPolicy = Literal["stop", "skip"]
 Precision = Literal["auto", "fp32", "bf16"]
 TeacherPrecision = Literal["fp32", "bf16"]
 Select = Literal["last", "best"]
-SelectMetric = Literal["recall@1", "map@r", "knn_agreement@10"]  # knn_agreement: with the teacher, no labels needed
+# knn_agreement: with the teacher, no labels needed; asymmetric_recall@1: the student's queries on the teacher's gallery
+SelectMetric = Literal["recall@1", "map@r", "knn_agreement@10", "asymmetric_recall@1"]
 EvalSplit = Literal["auto", "test", "validation"]
 
 
@@ -102,7 +103,9 @@ class TrainConfig:
     # Which weights are scored: the last epoch's, or the best on the held-out train classes (best.pt,
     # engine/train/epoch_selection.py) by select_metric, evaluated every eval.every_epochs and after the last epoch.
     # knn_agreement@10 (evaluation/agreement.py) needs no labels: the share of each held-out image's 10 nearest
-    # neighbours under the teacher that the student also ranks in its 10 nearest.
+    # neighbours under the teacher that the student also ranks in its 10 nearest. asymmetric_recall@1 (needs the
+    # absolute teacher term): R@1 of the student's held-out embeddings, taken into the teacher's space, as queries
+    # against the teacher's embeddings of the same images: the epoch whose queries best search a teacher's gallery.
     select: Select = "last"
     select_metric: SelectMetric = "recall@1"
     patience: int = field(default=0, metadata=at_least(0))  # select=best: stop after N evaluations without a better one (0: never)

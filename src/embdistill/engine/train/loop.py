@@ -68,6 +68,8 @@ from embdistill.models.embedder import Embedder, create_embedder
 from embdistill.models.output import EmbedderOutput
 from embdistill.teacher_space import TEACHER_SPACE, TeacherSpace, teacher_space_of
 
+ASYMMETRIC_RECALL = "asymmetric_recall@1"  # train.select_metric: the student's queries on the teacher's gallery
+
 __all__ = ["NonFiniteLossError", "RunResult", "Teachers", "Training", "run"]
 
 
@@ -127,7 +129,8 @@ class Training:
     resume_from: dict[str, Any] | None  # the checkpoint payload to continue from
     selection: Selection  # the held-out scores so far and the epoch chosen (train.select)
     transductive: int = 0  # unlabelled images that are test images: the test scores are transductive
-    # train.select_metric knn_agreement@k: the teacher's embeddings of the periodic split's images, in its order
+    # train.select_metric knn_agreement@k or asymmetric_recall@1: the teacher's embeddings of the periodic split's
+    # images, in its order
     teacher_reference: torch.Tensor | None = None
     spread: float | None = None  # the last epoch's mean batch embedding spread (evaluation/collapse.py)
     collapse: str | None = None  # the collapse warning, if an epoch's spread fell below train.collapse_spread
@@ -162,16 +165,27 @@ class Training:
         else:
             embeddings, labels = embed_loader(self.student, loader, self.device, progress)
             retrieval = {} if self.label_free else retrieval_metrics(embeddings, labels, ks=self.cfg.eval.ks)
-            metrics = {**retrieval, **self.agreement(embeddings)}
+            metrics = {**retrieval, **self.teacher_scores(embeddings, labels)}
         self.log.write("eval", epoch=epoch, split=split, **metrics)
         return metrics
 
-    def agreement(self, embeddings: torch.Tensor) -> dict[str, float]:
-        """``knn_agreement@k`` of the student's embeddings of the periodic split with the teacher's (none without them)."""
+    @torch.no_grad()
+    def teacher_scores(self, embeddings: torch.Tensor, labels: torch.Tensor | np.ndarray) -> dict[str, float]:
+        """The select metric scored against the teacher's embeddings of the periodic split (none without them):
+        ``knn_agreement@k``, or ``asymmetric_recall@1``, the student's embeddings taken into the teacher's space (by
+        the absolute term's projection as it is now) as queries on the teacher's, each query's own image left out."""
         if self.teacher_reference is None:
             return {}
         metric = self.cfg.train.select_metric
-        return {metric: knn_agreement(embeddings, self.teacher_reference, knn_agreement_k(metric))}
+        if metric != ASYMMETRIC_RECALL:
+            return {metric: knn_agreement(embeddings, self.teacher_reference, knn_agreement_k(metric))}
+        assert self.teacher_space is not None  # config/rules.py: the metric needs the absolute term
+        projection = getattr(self.teacher_space.loss, "projection", None)
+        queries = embeddings if projection is None else embeddings.to(projection.weight)
+        queries, gallery = self.teacher_space.loss.in_teacher_space(queries, self.teacher_reference.to(queries))
+        scores = retrieval_metrics(gallery, labels, query_embeddings=queries, query_labels=labels, paired=True,
+                                   ks=(1,), map_at_r=False, r_precision=False)
+        return {metric: scores["recall@1"]}
 
     def validate(self, epoch: int, progress: bool) -> bool:
         """The score after ``epoch`` epochs, said and offered to the selection; True when it is the best so far."""
@@ -280,7 +294,8 @@ def _setup(cfg: ExperimentConfig, world: World, device: torch.device, resume: bo
     state = TrainState(run_dir, student, optimizer, scheduler, objective, sampler,
                        teachers.by_name(), unlabelled_stream, writes=world.is_main)
     reference = None
-    if teacher is not None and world.is_main and knn_agreement_k(cfg.train.select_metric):
+    if teacher is not None and world.is_main and (knn_agreement_k(cfg.train.select_metric)
+                                                  or cfg.train.select_metric == ASYMMETRIC_RECALL):
         reference = _teacher_reference(cfg, teacher, val_loader.dataset.items, device)
     space = None
     if teacher is not None and world.is_main:  # the space the absolute teacher term trains the student into
@@ -293,7 +308,7 @@ def _setup(cfg: ExperimentConfig, world: World, device: torch.device, resume: bo
 
 
 def _teacher_reference(cfg: ExperimentConfig, teacher: Embedder, items, device: torch.device) -> torch.Tensor:
-    """The teacher's embeddings of ``items`` (the periodic split), once: what ``knn_agreement`` compares the student with.
+    """The teacher's embeddings of ``items`` (the periodic split), once: what the select metric compares the student with.
 
     At the teacher's own size and normalisation, on the clean images (as the teacher
     sees its training crops), in the order the student's evaluation embeds them.
@@ -475,8 +490,8 @@ def _finish(t: Training, progress: bool) -> RunResult:
     embeddings, eval_labels = embed_loader(t.student, t.test_loader, t.device, progress)
     # A label-free run has no classes to score retrieval by: its score is the teacher's neighbours it keeps.
     metrics = {} if t.label_free else retrieval_metrics(embeddings, eval_labels, ks=cfg.eval.ks)
-    if t.test_loader is t.val_loader:  # the split the teacher's reference is of (train.select_metric knn_agreement@k)
-        metrics.update(t.agreement(embeddings))
+    if t.test_loader is t.val_loader:  # the split the teacher's reference is of (its select metric compares with it)
+        metrics.update(t.teacher_scores(embeddings, eval_labels))
     t.log.write("eval", epoch=chosen["epoch"], split=t.splits.eval_name, **metrics)
     save_test_embeddings(run_dir, embeddings, eval_labels, t.splits.eval.paths, t.splits.eval.class_names)
     summary: dict[str, Any] = {
