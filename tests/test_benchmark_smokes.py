@@ -1,10 +1,12 @@
 """Every benchmark table re-renders from its committed JSON, and every benchmark's ``--smoke`` runs, in a temporary folder.
 
 The renders are cheap (no model runs). The smokes run the scripts as ``python -m benchmarks.<name> --smoke`` and are
-marked ``smoke`` (``pytest -m "not smoke"`` leaves them out); each writes only under ``tmp_path``. Three smokes have
-their own modules, with closer checks: ``cars196`` (test_cars196_benchmark.py), ``gpu_paper_student``
-(test_gpu_script.py) and ``input_pipeline`` (test_input_pipeline.py). ``asymmetric`` and ``label_free``, built on
-``make demo``'s runs, make a tiny demo of their own (benchmarks/common/smoke.py).
+marked ``smoke`` (``pytest -m "not smoke"`` leaves them out); each writes only under ``tmp_path`` (and its runs in a
+temporary folder of its own), and the committed results stay as they were. Three smokes have their own modules, with
+closer checks: ``cars196`` (test_cars196_benchmark.py), ``gpu_paper_student`` (test_gpu_script.py) and
+``input_pipeline`` (test_input_pipeline.py). ``asymmetric``, ``label_free`` and ``speed.bank_speed``, built on
+``make demo``'s runs or the tuning's teacher and bank, make a tiny demo of their own (benchmarks/common/smoke.py);
+``tuning.strong_tuning`` makes its own teacher and bank.
 """
 from __future__ import annotations
 
@@ -105,27 +107,34 @@ def test_cub100_strong_smoke_runs_every_row_on_a_few_species(tmp_path, cub100):
 def test_cars196_resize_smoke_scores_every_mode(tmp_path):
     if not (SHARED / "data" / "cars196").is_dir():
         pytest.skip("the Cars-196 folders are not in ../shared/data")
+    before = _unchanged_results()
     _smoke("benchmarks.tuning.cars196_resize", "--out", str(tmp_path / "resize.json"))
     result = json.loads((tmp_path / "resize.json").read_text())
     assert [m["resize"] for m in result["modes"]] == ["crop", "squash", "pad"] and result["smoke"] is True
+    assert _unchanged_results() == before
 
 
 @pytest.mark.smoke
 def test_cars196_teacher_choice_smoke_scores_every_candidate(tmp_path):
     if not (SHARED / "data" / "cars196").is_dir():
         pytest.skip("the Cars-196 folders are not in ../shared/data")
+    before = _unchanged_results()
     _smoke("benchmarks.tuning.cars196_teacher_choice", "--output", str(tmp_path))
     result = json.loads((tmp_path / "cars196_teacher_choice.json").read_text())
     assert [c["backbone"] for c in result["candidates"]] == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+    assert _unchanged_results() == before
 
 
 @pytest.mark.smoke
 def test_int8_cpu_paths_smoke_quantizes_and_compares(tmp_path, cub100):
+    before = _unchanged_results()
     paths = ["native"] if shutil.which("qemu-x86_64") is None else []  # the emulated paths need qemu-user
     _smoke("benchmarks.parity.int8_cpu_paths", "--out", str(tmp_path / "int8"), *(["--paths", *paths] if paths else []))
     result = json.loads((tmp_path / "int8.json").read_text())
     assert {r["variant"] for r in result["rows"]} == {"default", "U8S8"} and result["test_images"] == 32
+    assert result["test_classes"] == 4 and all(0 < r["fp32_recall@1"] <= 100 for r in result["rows"])  # 8 images a species
     assert (tmp_path / "int8.md").read_text().startswith("# INT8 on every x86 kernel path")
+    assert _unchanged_results() == before
 
 
 @pytest.mark.smoke
@@ -160,4 +169,128 @@ def test_label_free_smoke_distils_on_photos_without_labels_from_its_tiny_demo(tm
     assert "knn_agreement@10" in rows["train_photos"]["runs"][0]["validation_curve"][0]
     assert set(result["demo"]) == {"student", "distilled", "teacher"}
     assert (tmp_path / "label_free.md").read_text().startswith("# Label-free distillation on birds")
+    assert _unchanged_results() == before
+
+
+@pytest.mark.smoke
+def test_eval_scale_smoke_times_every_task_once_on_a_small_synthetic_split(tmp_path):
+    from benchmarks.speed.eval_scale import SMOKE_ITEMS, TASKS, markdown
+
+    before = _unchanged_results()
+    _smoke("benchmarks.speed.eval_scale", "--out", str(tmp_path))
+    result = json.loads((tmp_path / "eval_scale.json").read_text())
+    assert result["n_items"] == SMOKE_ITEMS and result["runs"] == 1 and result["nmi_niter"] > 0
+    assert all(len(result["seconds_all"][task]) == 1 for task in TASKS)
+    assert set(result["peak_rss_mb"]) == {*TASKS, "idle", "nmi"}
+    # ours and pytorch-metric-learning agree on the same split, and every value is a fraction
+    assert all(abs(d) < 1e-6 for d in result["metrics"]["abs_diff_vs_pml"].values())
+    assert all(0 < v <= 1 for v in result["metrics"]["ours"].values()) and 0 < result["metrics"]["nmi"] <= 1
+    assert (tmp_path / "eval_scale.md").read_text() == markdown(result)
+    assert _unchanged_results() == before
+
+
+@pytest.mark.smoke
+def test_export_speed_smoke_exports_times_and_quantizes_every_model(tmp_path, cub100):
+    before = _unchanged_results()
+    _smoke("benchmarks.speed.export_speed", "--data", str(cub100), "--out", str(tmp_path / "export_speed.md"))
+    text = (tmp_path / "export_speed.md").read_text()
+    runtimes, int8 = text.split("## Runtimes")[1].split("## INT8")
+    rows = {r[0]: r for r in ([c.strip() for c in line.strip("|").split("|")] for line in runtimes.splitlines()
+                              if line.startswith("| ") and not line.startswith("| model"))}
+    assert list(rows) == ["MobileNet-0.25 (student)", "EfficientNet-Lite0"] and {r[1] for r in rows.values()} == {"64"}
+    assert all(float(r[-1]) < 1e-4 for r in rows.values())  # ONNX Runtime embeds as PyTorch does
+    int8_rows = {r[0]: r for r in ([c.strip() for c in line.strip("|").split("|")] for line in int8.splitlines()
+                                   if line.startswith("| ") and not line.startswith("| model"))}
+    assert list(int8_rows) == ["teacher fp32", "student fp32", "student INT8", "student INT8, U8S8"]
+    assert all(float(int8_rows[name][2]) < float(int8_rows["student fp32"][2]) / 2 for name in list(int8_rows)[2:])
+    assert _unchanged_results() == before
+
+
+@pytest.mark.smoke
+def test_bank_speed_smoke_trains_alone_banked_and_live_on_its_tiny_demo(tmp_path, cub100):
+    from benchmarks.speed.bank_speed import markdown
+
+    before = _unchanged_results()
+    _smoke("benchmarks.speed.bank_speed", "--data", str(cub100), "--out", str(tmp_path))
+    result = json.loads((tmp_path / "bank_speed.json").read_text())
+    rows = result["rows"]
+    assert list(rows) == ["alone", "banked", "live"]
+    # the banked run reads the tiny demo's bank, so its teacher never runs; the live one runs it
+    assert rows["alone"]["teacher_forward_images"] == rows["banked"]["teacher_forward_images"] == 0
+    assert rows["live"]["teacher_forward_images"] > 0
+    assert all(0 <= r["recall@1"] <= 1 for r in rows.values())
+    assert result["command"].startswith("python -m benchmarks.speed.bank_speed --smoke")
+    assert (tmp_path / "bank_speed.md").read_text() == markdown(result) and "Smoke run" in markdown(result)
+    assert _unchanged_results() == before
+
+
+@pytest.mark.smoke
+def test_int8_parity_smoke_compares_two_settings_with_fp32(tmp_path, cub100):
+    before = _unchanged_results()
+    _smoke("benchmarks.parity.int8_parity", "--out", str(tmp_path / "int8"))
+    result = json.loads((tmp_path / "int8.json").read_text())
+    assert [r["variant"] for r in result["rows"]] == ["default", "U8S8"]
+    assert (result["test_images"], result["test_classes"]) == (32, 4) and result["checkpoint"].startswith("imagenet")
+    for r in result["rows"]:
+        assert 0 < r["fp32_recall@1"] <= 100 and 0 < r["int8_recall@1"] <= 100 and r["mean_cosine"] > 0.9
+        assert r["int8_mb"] < r["fp32_mb"] / 2
+    assert (tmp_path / "int8.md").read_text().startswith("# INT8 against fp32: retrieval")
+    assert _unchanged_results() == before
+
+
+@pytest.mark.smoke
+def test_keras_mobilenet_check_smoke_scores_the_converted_weights_at_both_sizes(tmp_path, cub100):
+    if not KERAS_WEIGHTS.is_file():
+        pytest.skip(f"the Keras MobileNet-0.25 weights are not at {KERAS_WEIGHTS}")
+    before = _unchanged_results()
+    _smoke("benchmarks.parity.keras_mobilenet_check", "--data", str(cub100), "--out", str(tmp_path / "keras.json"))
+    result = json.loads((tmp_path / "keras.json").read_text())
+    assert [r["image_size"] for r in result["rows"]] == [224, 96] and result["weights"] == KERAS_WEIGHTS.name
+    # 32 images of 4 species: far above chance (about 0.23) unless the conversion is broken
+    assert all(r["images"] == 32 and 40 <= r["recall@1"] <= 100 and r["keras_recall@1"] is None for r in result["rows"])
+    assert _unchanged_results() == before
+
+
+@pytest.mark.smoke
+def test_teacher_choice_smoke_scores_every_candidate(tmp_path, cub100):
+    from benchmarks.common.teacher_choice import CANDIDATES
+
+    before = _unchanged_results()
+    _smoke("benchmarks.tuning.teacher_choice", "--out", str(tmp_path / "choice.json"))
+    result = json.loads((tmp_path / "choice.json").read_text())
+    assert [c["backbone"] for c in result["candidates"]] == [backbone for backbone, _ in CANDIDATES]
+    assert all(c["split"] == "validation" and c["images"] == 8 and 0 <= c["recall@1"] <= 1 for c in result["candidates"])
+    assert _unchanged_results() == before
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("split", ["validation", "test"])
+def test_resolution_ceiling_smoke_scores_every_size(tmp_path, cub100, split):
+    from benchmarks.tuning.resolution_ceiling import CANDIDATES
+
+    before = _unchanged_results()
+    _smoke("benchmarks.tuning.resolution_ceiling", *(["--test"] if split == "test" else []), "--out", str(tmp_path / "ceiling.json"))
+    result = json.loads((tmp_path / "ceiling.json").read_text())
+    assert [(c["backbone"], c["image_size"]) for c in result["candidates"]] == CANDIDATES
+    # 2 held-out train species, or the 4 test species, of 4 images each
+    assert all(c["split"] == split and c["images"] == (8 if split == "validation" else 16) and 0 <= c["recall@1"] <= 1
+               for c in result["candidates"])
+    assert _unchanged_results() == before
+
+
+@pytest.mark.smoke
+def test_strong_tuning_smoke_runs_a_distilled_trial_from_its_own_teacher_and_bank(tmp_path, cub100):
+    from benchmarks.tuning.strong_tuning import SMOKE_TRIAL
+
+    before = _unchanged_results()
+    _smoke("benchmarks.tuning.strong_tuning", "--data", str(cub100), "--out", str(tmp_path))
+    result = json.loads((tmp_path / "cub100_strong_tuning.json").read_text())
+    trial = result["trials"][SMOKE_TRIAL]
+    assert list(result["trials"]) == [SMOKE_TRIAL] and result["command"].startswith("python -m benchmarks.tuning.strong_tuning --smoke")
+    assert [p["epoch"] for p in trial["curve"]] == [1] and trial["best_epochs"] == 1 and 0 <= trial["recall@1"] <= 1
+    assert trial["teacher_forward_images"] == 0  # read from the bank the smoke filled first
+    config = trial["config"]  # the trial's own recipe, its runs, teacher and bank under the smoke's folder
+    assert config["train"]["backbone_lr_mult"] == 1.0 and config["distill"]["terms"][0]["weight"] == 10.0
+    assert all("strong_tuning_smoke_" in p for p in (config["output_dir"], config["distill"]["teacher"], config["distill"]["bank"]))
+    assert (tmp_path / "strong_tuning_curves.png").stat().st_size > 0
     assert _unchanged_results() == before

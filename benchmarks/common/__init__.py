@@ -4,7 +4,7 @@
   records the command that made it;
 - :func:`machine`, :func:`repo_relative`, :func:`write_results` / :func:`render_results` (a table's JSON and the
   Markdown rendered from it);
-- :func:`few_per_class`, :func:`cub_subset` (a smoke run's data) and the tables' cells (:data:`KEYS`, :func:`cell`, :func:`pooled_std`).
+- :func:`few_per_class`, :func:`cub_subset` (a smoke run's data), :func:`smoke_folder` (where a smoke writes) and the tables' cells (:data:`KEYS`, :func:`cell`, :func:`pooled_std`).
 
 The heavier pieces are modules beside this one: ``runs`` (run a config unless it already finished),
 ``strong_table`` (the strong benchmark's tables), ``int8`` (export and quantize a checkpoint, embed with ONNX
@@ -18,6 +18,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,14 @@ def cub_subset(data: Path, out: Path, per_split: int, per_class: int | None = No
     for name, rows in (("classes.txt", chosen), ("image_class_labels.txt", labels), ("images.txt", images)):
         (root / name).write_text("\n".join(rows) + "\n")
     return root
+
+
+def smoke_folder(name: str) -> Path:
+    """Where a ``--smoke`` run writes when no ``--out`` names a place: a new temporary folder, kept so that its results
+    can be read (the script prints where), never ``benchmarks/results`` or ``runs/``. The links of the smoke's few
+    images go beside its results (in this folder, or in ``--out``'s); its runs, where it trains, in a folder removed
+    at the end."""
+    return Path(tempfile.mkdtemp(prefix=f"{name}_smoke_"))
 
 
 def repo_relative(value: Any) -> Any:

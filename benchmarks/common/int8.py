@@ -3,6 +3,7 @@
 checkpoint, embeddings through ONNX Runtime, and the quantization settings compared by name (:data:`VARIANTS`)."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import time
@@ -19,7 +20,7 @@ from embdistill.config import ModelConfig
 from embdistill.models import create_embedder
 from embdistill.deploy.quantize import DEFAULT_SETTINGS, QuantSettings, spread_indices
 
-from benchmarks.common import SHARED
+from benchmarks.common import SHARED, cub_subset, smoke_folder
 
 CUB100 = SHARED / "data" / "cub100"
 TEACHER = ModelConfig(backbone="efficientnet_lite0", pretrained=True, dim=512)  # the demo's, configs/cub100/teacher.yaml
@@ -43,6 +44,19 @@ VARIANTS = {
     "head kept fp32": (DEFAULT_SETTINGS.with_(keep_head_fp32=True), "pooling, linear head, normalisation in fp32"),
     "no pre-processing": (DEFAULT_SETTINGS.with_(preprocess=False), "without quant_pre_process"),
 }
+
+# --smoke of int8_parity and int8_cpu_paths: two settings (the default, and the one that saturates without VNNI) for
+# the ImageNet student on the first 4 train and 4 test species of cub100, 8 images each: 32 test images, calibrated
+# on 32, every step in seconds; 8 images a species, so that R@1 and MAP@R have positives to find
+SMOKE_VARIANTS, SMOKE_SPECIES, SMOKE_PER_SPECIES = ("default", "U8S8"), 4, 8
+
+
+def smoke_args(args: argparse.Namespace, stem: str) -> None:
+    """``--smoke``: the ImageNet student (``--checkpoint imagenet``) on a few species (``--root``, linked beside the
+    results), the :data:`SMOKE_VARIANTS` unless named, results in a temporary folder unless ``--out`` names a stem."""
+    args.out = args.out or smoke_folder(stem) / stem
+    args.checkpoint, args.root = "imagenet", str(cub_subset(CUB100, args.out.parent, SMOKE_SPECIES, SMOKE_PER_SPECIES))
+    args.variants = args.variants or list(SMOKE_VARIANTS)
 
 
 def write_checkpoint(path: Path, config: ModelConfig, image_size: int, data: dict | None = None) -> Path:

@@ -1,7 +1,8 @@
 """Scoring ImageNet backbones as teachers: each candidate's pooled features (no head, no training) on held-out classes.
 
 Used by ``benchmarks/tuning/teacher_choice.py`` (the birds' candidates), ``resolution_ceiling.py`` (the teacher's
-network at each input size) and ``cars196_teacher_choice.py`` (the birds' candidates on cars).
+network at each input size) and ``cars196_teacher_choice.py`` (the birds' candidates on cars). The two birds' scripts
+share :func:`smoke_data`, their ``--smoke``'s few species.
 """
 from __future__ import annotations
 
@@ -17,10 +18,20 @@ from embdistill.engine.batches.loaders import eval_loader, load_splits
 from embdistill.config import ModelConfig
 from embdistill.models.embedder import create_embedder
 
-from benchmarks.common import SHARED
+from benchmarks.common import SHARED, cub_subset
 
 CANDIDATES = [("efficientnet_lite0", 224), ("efficientnet_lite1", 240), ("efficientnet_lite2", 224)]
 VALIDATION_CLASSES = 14
+# --smoke: the first 4 train and 4 test species of cub100, 4 images each, 2 of the train species held out (the real
+# runs hold out 14 of 58): every candidate loads and scores a handful of images
+SMOKE_SPECIES, SMOKE_IMAGES, SMOKE_VALIDATION_CLASSES = 4, 4, 2
+
+
+def smoke_data(folder: Path, validation_classes: int = VALIDATION_CLASSES) -> DataConfig:
+    """``--smoke``'s data, linked under ``folder``: a few species of cub100, :data:`SMOKE_VALIDATION_CLASSES` train
+    species held out where the real run holds out ``validation_classes`` (0 stays 0: the test species)."""
+    root = cub_subset(SHARED / "data" / "cub100", folder, SMOKE_SPECIES, SMOKE_IMAGES)
+    return DataConfig(root=str(root), validation_classes=min(validation_classes, SMOKE_VALIDATION_CLASSES), num_workers=1)
 
 
 def score_candidates(candidates: list[tuple[str, int]], out: Path, command: str,

@@ -22,8 +22,9 @@ R@1 and MAP@R on the test classes (every image a query against all others), the 
 each image's fp32 and INT8 embeddings, and the file size. Speed is in ``benchmarks/speed/export_speed.py``
 (it needs a quiet machine and a real CPU, not an emulated one).
 
-Writes ``benchmarks/results/int8_cpu_paths.{md,json}``. ``--smoke`` runs 2 settings on 32 images of the
-ImageNet student and writes to a temporary folder unless ``--out`` is given. ``tests/test_int8_cpus.py``
+Writes ``benchmarks/results/int8_cpu_paths.{md,json}``. ``--smoke`` runs 2 settings of the ImageNet student on 4
+test species of cub100, 8 images each (calibrated on 4 train species' 32), and writes to a temporary folder unless
+``--out`` is given. ``tests/test_int8_cpus.py``
 runs the ``--child`` mode under the emulator on a worst-case convolution.
 The child runs as ``python -m benchmarks.parity.int8_cpu_paths --child`` and imports only numpy, ONNX Runtime and
 ``embdistill.deploy.cpu_features``: this module imports everything else inside its functions.
@@ -102,11 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default="runs/demo/distilled",
                         help="a run directory or checkpoint; 'imagenet': ImageNet MobileNetV2 with a fresh 512-d head at 96 px")
+    parser.add_argument("--root", help="dataset root (default: the checkpoint's)")
     parser.add_argument("--images", type=int, default=0, help="test images to embed, spread over the classes (0: all)")
     parser.add_argument("--variants", nargs="+", help="settings to compare (default: all)")
     parser.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(PATHS))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--smoke", action="store_true", help="2 settings, 32 images, the ImageNet student: a quick check")
+    parser.add_argument("--smoke", action="store_true",
+                        help="2 settings, the ImageNet student on 32 images of 4 test species: a quick check")
     parser.add_argument("--out", type=Path, help="results path without suffix (default: benchmarks/results/int8_cpu_paths)")
     parser.add_argument("--render", action="store_true", help="no runs: --out.md again from --out.json")
     args = parser.parse_args(argv)
@@ -116,8 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         Path(f"{out}.md").write_text(markdown(result, result["rows"]))
         return 0
     if args.smoke:
-        args.checkpoint, args.images, args.variants = "imagenet", args.images or 32, args.variants or ["default", "U8S8"]
-        args.out = args.out or Path(tempfile.mkdtemp(prefix="int8_cpu_paths_smoke_")) / "int8_cpu_paths"
+        from benchmarks.common.int8 import smoke_args  # not at the top: the --child under qemu must not import torch
+
+        smoke_args(args, "int8_cpu_paths")
     args.out = args.out or RESULTS / "int8_cpu_paths"
     return measure(args, shlex.join([os.path.relpath(sys.executable), "-m", "benchmarks.parity.int8_cpu_paths", *(argv or sys.argv[1:])]))
 
@@ -138,8 +142,8 @@ def measure(args: argparse.Namespace, command: str) -> int:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="int8_cpu_paths_") as tmp:
         workdir = Path(tmp)
-        checkpoint = imagenet_student(workdir) if args.checkpoint == "imagenet" else args.checkpoint
-        payload, test, batches = test_inputs(checkpoint, images=args.images, num_workers=0)
+        checkpoint = imagenet_student(workdir, args.root) if args.checkpoint == "imagenet" else args.checkpoint
+        payload, test, batches = test_inputs(checkpoint, args.root, images=args.images, num_workers=0)
         inputs = workdir / "inputs.npy"
         np.save(inputs, np.concatenate([images.numpy() for images in batches]))
 

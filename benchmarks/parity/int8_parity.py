@@ -2,6 +2,7 @@
 
     python -m benchmarks.parity.int8_parity --checkpoint runs/dev13/student
     python -m benchmarks.parity.int8_parity --render   # results/int8_parity.md again from its JSON (--out STEM: another)
+    python -m benchmarks.parity.int8_parity --smoke    # 2 settings, the ImageNet student, 32 images, to a temporary folder
 
 Exports the checkpoint to fp32 ONNX, then quantizes it once per setting in ``VARIANTS`` (``benchmarks/common/int8.py``)
 (the first is ``embdistill export --quantize int8``'s default) with 256 calibration images
@@ -12,7 +13,9 @@ nearest neighbour is unchanged, the cosine between each image's fp32 and INT8
 embeddings, and the file size. Timing lives in ``benchmarks/speed/export_speed.py`` (it needs
 a quiet machine); this needs none.
 
-Writes ``benchmarks/results/int8_parity.{md,json}``.
+Writes ``benchmarks/results/int8_parity.{md,json}``. ``--smoke`` runs 2 settings of the ImageNet student on 4 test
+species of cub100, 8 images each (calibrated on 4 train species' 32; as ``int8_cpu_paths --smoke``), and writes to a
+temporary folder unless ``--out`` is given.
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ from embdistill.checkpoints import embedder_from_checkpoint
 from embdistill.deploy.quantize import parity_report
 
 from benchmarks.common import RESULTS
-from benchmarks.common.int8 import VARIANTS, embed, export_int8, imagenet_student, test_inputs
+from benchmarks.common.int8 import VARIANTS, embed, export_int8, imagenet_student, smoke_args, test_inputs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,16 +45,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", default="runs/dev13/student",
                         help="a run directory or checkpoint (MobileNetV2 96 px student); 'imagenet': the student's "
                              "starting point, ImageNet MobileNetV2 with a fresh seeded 512-d head, not fine-tuned")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="settings to compare (default: all)")
     parser.add_argument("--root", help="dataset root (default: the checkpoint's)")
+    parser.add_argument("--images", type=int, default=0, help="test images to embed, spread over the classes (0: all)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=RESULTS / "int8_parity")
+    parser.add_argument("--out", type=Path, help="results path without suffix (default: benchmarks/results/int8_parity)")
     parser.add_argument("--render", action="store_true", help="no runs: --out.md again from --out.json")
+    parser.add_argument("--smoke", action="store_true", help="2 settings, the ImageNet student on 32 images of 4 test species: a quick check")
     args = parser.parse_args(argv)
     if args.render:
-        result = json.loads(Path(f"{args.out}.json").read_text())
-        Path(f"{args.out}.md").write_text(markdown(result, result["rows"]))
+        out = args.out or RESULTS / "int8_parity"
+        result = json.loads(Path(f"{out}.json").read_text())
+        Path(f"{out}.md").write_text(markdown(result, result["rows"]))
         return 0
+    if args.smoke:
+        smoke_args(args, "int8_parity")
+    args.out, args.variants = args.out or RESULTS / "int8_parity", args.variants or list(VARIANTS)
     command = shlex.join([os.path.relpath(sys.executable), "-m", "benchmarks.parity.int8_parity", *(argv or sys.argv[1:])])
     torch.set_num_threads(args.threads)
 
@@ -61,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         label = "imagenet (ImageNet MobileNetV2 + fresh 512-d head, not fine-tuned)"
     else:
         label = str(Path(args.checkpoint))
-    payload, test, batches = test_inputs(args.checkpoint, args.root)
+    payload, test, batches = test_inputs(args.checkpoint, args.root, images=args.images)
     with torch.inference_mode():
         model = embedder_from_checkpoint(payload).eval()
         pytorch = np.concatenate([model(b).embedding.numpy() for b in batches])

@@ -2,6 +2,7 @@
 
     python -m benchmarks.speed.eval_scale            # ~10 minutes on 2 cores
     python -m benchmarks.speed.eval_scale --render   # results/eval_scale.md again from its JSON (--name eval_scale_quiet: that one)
+    python -m benchmarks.speed.eval_scale --smoke    # every task once on 2,000 items, to a temporary folder (or --out)
 
 Times, each in a fresh subprocess so that peak RSS is per task:
   ours   embdistill.evaluation.retrieval_metrics: Recall@1/10/100/1000, MAP@R, R-Precision
@@ -32,9 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import RESULTS, ROOT, child_env
+from benchmarks.common import RESULTS, ROOT, child_env, smoke_folder
 
 N_ITEMS, N_CLASSES, DIM = 60_502, 11_316, 512
+# --smoke: every task (NMI too) once, on SOP's mean class size (5.35) at 1/30 of its items: the plumbing, in seconds
+SMOKE_ITEMS, SMOKE_CLASSES, SMOKE_NMI_NITER = 2_000, 374, 2
 CLASS_SPREAD, NOISE = 0.8, 1.5
 KS = (1, 10, 100, 1000)
 TASKS = ("ours", "pml", "floor")
@@ -227,11 +230,14 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=4096, help="block side for ours and the floor")
     parser.add_argument("--nmi-niter", type=int, default=20, help="k-means iterations (0: skip NMI)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, help="the results' folder (default: benchmarks/results; --smoke: a temporary one)")
     parser.add_argument("--n-items", type=int, default=N_ITEMS, help="smaller for a smoke test")
     parser.add_argument("--n-classes", type=int, default=N_CLASSES)
     parser.add_argument("--name", default="eval_scale", help="the results' file name: --out/NAME.{json,md}")
     parser.add_argument("--render", action="store_true", help="no runs: --out/NAME.md again from --out/NAME.json")
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"{SMOKE_ITEMS:,} items of {SMOKE_CLASSES} classes, 1 run, NMI at {SMOKE_NMI_NITER} iterations, "
+                             "written to a temporary folder unless --out")
     parser.add_argument("--worker", choices=(*TASKS, "nmi", "idle"), help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -242,8 +248,14 @@ def main() -> None:
         args.result.write_text(json.dumps(record))
         return
     if args.render:
-        (args.out / f"{args.name}.md").write_text(markdown(json.loads((args.out / f"{args.name}.json").read_text())))
+        out = args.out or RESULTS
+        (out / f"{args.name}.md").write_text(markdown(json.loads((out / f"{args.name}.json").read_text())))
         return
+    if args.smoke:
+        args.n_items, args.n_classes, args.runs = SMOKE_ITEMS, SMOKE_CLASSES, 1
+        args.nmi_niter = min(args.nmi_niter, SMOKE_NMI_NITER)
+        args.out = args.out or smoke_folder("eval_scale")
+    args.out = args.out or RESULTS
 
     command = shlex.join([os.path.relpath(sys.executable), "-m", "benchmarks.speed.eval_scale", *sys.argv[1:]])
     loadavg_before = os.getloadavg()
@@ -291,6 +303,7 @@ def main() -> None:
     (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / f"{args.name}.md").write_text(markdown(report))
     print(markdown(report))
+    print(f"-> {args.out / args.name}.md, .json", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Exported model size and CPU speed: PyTorch eager vs ONNX Runtime vs TorchScript, and INT8.
 
     python -m benchmarks.speed.export_speed --spin     # on an idle machine
+    python -m benchmarks.speed.export_speed --smoke    # both tables on tiny inputs, to a temporary folder (or --out)
 
 Two tables, measured in one run:
 
@@ -22,7 +23,9 @@ trained checkpoints; by default both are their ImageNet weights with a fresh 512
 (speed and size do not depend on the fine-tuning). ``--int8-variants`` adds rows for
 other quantization settings (names from ``VARIANTS`` in ``benchmarks/common/int8.py``, int8_parity's rows).
 
-Results go to benchmarks/results/export_speed.md.
+Results go to benchmarks/results/export_speed.md. ``--smoke`` runs every step of both tables once, at 64 px in
+batches of 4, with one INT8 variant calibrated on a few cub100 species: its times mean nothing, it checks the
+plumbing (exports, sessions, the Markdown).
 
 Thread pools do not spin by default here (OpenMP OMP_WAIT_POLICY=PASSIVE for PyTorch,
 ORT session.intra_op.allow_spinning=0): on a 2-core machine shared with other jobs, a
@@ -59,13 +62,17 @@ from embdistill.checkpoints import embedder_from_checkpoint, load_checkpoint
 from embdistill.deploy.export import ExportResult, export_checkpoint
 from embdistill.config import ModelConfig
 
-from benchmarks.common import RESULTS
+from benchmarks.common import RESULTS, cub_subset, smoke_folder
 from benchmarks.common.int8 import CUB100, STUDENT, STUDENT_SIZE, TEACHER, TEACHER_SIZE, VARIANTS, write_checkpoint
 
 MODELS = {
     "MobileNet-0.25 (student)": ModelConfig(backbone="mobilenet_v1", pretrained=False, backbone_args={"width": 0.25}, dim=128),
     "EfficientNet-Lite0": ModelConfig(backbone="efficientnet_lite0", pretrained=True, dim=128),
 }
+# --smoke's settings (as command-line flags, so that its recorded command reads as any run's) and its calibration data:
+# the first train and test species of --data, a few images each
+SMOKE = {"sizes": [64], "batch": 4, "repeats": 1, "warmup": 1, "latency_runs": 2, "int8_variants": ["U8S8"]}
+SMOKE_SPECIES, SMOKE_IMAGES = 4, 8
 
 
 def int8_cpu_flags() -> list[str]:
@@ -288,8 +295,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher", type=Path, help="INT8 table: a trained teacher checkpoint (default: ImageNet Lite0)")
     parser.add_argument("--data", type=Path, default=CUB100, help="CUB root whose training images calibrate the INT8 student")
     parser.add_argument("--int8-variants", nargs="*", default=[], help="extra INT8 rows, by name in VARIANTS (benchmarks/common/int8.py)")
-    parser.add_argument("--out", type=Path, default=RESULTS / "export_speed.md")
+    parser.add_argument("--out", type=Path, help="the Markdown (default: benchmarks/results/export_speed.md; --smoke: in a "
+                                                 "temporary folder)")
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"every step once on tiny inputs ({SMOKE}), calibrated on {SMOKE_IMAGES} images of "
+                             f"{SMOKE_SPECIES} species: the plumbing, not a timing")
     args = parser.parse_args(argv)
+    if args.smoke:
+        vars(args).update(SMOKE)
+        args.out = args.out or smoke_folder("export_speed") / "export_speed.md"
+        args.data = cub_subset(args.data, args.out.parent, SMOKE_SPECIES, SMOKE_IMAGES)
+    args.out = args.out or RESULTS / "export_speed.md"
     command = shlex.join([os.path.relpath(sys.executable), "-m", "benchmarks.speed.export_speed", *(argv or sys.argv[1:])])
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
@@ -305,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)
+    print(f"-> {args.out}", flush=True)
     return 0
 
 

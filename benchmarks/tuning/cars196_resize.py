@@ -8,7 +8,7 @@ training) is scored at 224 px in each mode on the last 24 of the 98 train models
 choice never looks at the test models. Every image of those models is a query against all the others.
 
     python -m benchmarks.tuning.cars196_resize          # writes benchmarks/results/cars196_resize.json
-    python -m benchmarks.tuning.cars196_resize --smoke  # 3 images of 4 models per mode, to runs/ (or --out): checks the plumbing
+    python -m benchmarks.tuning.cars196_resize --smoke  # 3 images of 4 models per mode, to a temporary folder (or --out): the plumbing
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from embdistill.engine.scoring.embed import evaluate_embedder
 from embdistill.engine.batches.loaders import Splits, evaluation_set, load_splits
 from embdistill.models.embedder import create_embedder
 
-from benchmarks.common import KEYS, RESULTS, ROOT, SHARED, repo_relative
+from benchmarks.common import KEYS, RESULTS, ROOT, SHARED, repo_relative, smoke_folder
 
 TEACHER = ROOT / "configs" / "cars196" / "cpu" / "teacher.yaml"
 VALIDATION_CLASSES = 24
@@ -73,11 +73,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(SHARED / "data" / "cars196"), help="the cars196 folder")
     p.add_argument("--modes", nargs="+", default=list(RESIZE_MODES), choices=RESIZE_MODES)
-    p.add_argument("--smoke", action="store_true", help="3 images of 4 held-out models, written under runs/")
+    p.add_argument("--smoke", action="store_true", help="3 images of 4 held-out models, written to a temporary folder")
     p.add_argument("--out", type=Path, help="the JSON (default: benchmarks/results/cars196_resize.json; "
-                                            "with --smoke runs/cars196_resize_smoke.json)")
+                                            "with --smoke in a temporary folder)")
     args = p.parse_args()
-    out = args.out or (ROOT / "runs" / "cars196_resize_smoke.json" if args.smoke else RESULTS / "cars196_resize.json")
+    out = args.out or (smoke_folder("cars196_resize") / "cars196_resize.json" if args.smoke else RESULTS / "cars196_resize.json")
     command = "python -m benchmarks.tuning.cars196_resize" + (" --smoke" if args.smoke else "")
     if args.modes != list(RESIZE_MODES):
         command += " --modes " + " ".join(args.modes)

@@ -7,7 +7,7 @@ the choice never looks at the test models. Every held-out image is a query again
 benchmark's teacher is ``configs/cars196/strong/teacher.yaml`` (Lite0): change it if another scores higher here.
 
     python -m benchmarks.tuning.cars196_teacher_choice          # writes benchmarks/results/cars196_teacher_choice.json
-    python -m benchmarks.tuning.cars196_teacher_choice --smoke  # 2 images a model at 48 px, to runs/: the plumbing
+    python -m benchmarks.tuning.cars196_teacher_choice --smoke  # 2 images a model at 48 px, to a temporary folder: the plumbing
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from embdistill.config import load_config
 
-from benchmarks.common import RESULTS, ROOT, SHARED, few_per_class
+from benchmarks.common import RESULTS, ROOT, SHARED, few_per_class, smoke_folder
 from benchmarks.common.teacher_choice import CANDIDATES, score_candidates
 
 CONFIGS = ROOT / "configs" / "cars196" / "strong"  # the Cars benchmark's (benchmarks/cars196.py)
@@ -30,13 +30,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", default=str(SHARED / "data" / "cars196"), help="the cars196 folder")
     p.add_argument("--smoke", action="store_true", help=f"{SMOKE_IMAGES_PER_MODEL} images a model at {SMOKE_SIZE} px, "
                                                         "written under --output")
-    p.add_argument("--output", default=str(ROOT / "runs" / "cars196_teacher_choice_smoke"), help="--smoke's folder")
+    p.add_argument("--output", help="--smoke's folder (default: a temporary one)")
     args = p.parse_args(argv)
     data = Path(args.data).resolve()
     out = RESULTS / "cars196_teacher_choice.json"
     candidates = CANDIDATES
     if args.smoke:
-        out = Path(args.output) / "cars196_teacher_choice.json"
+        out = Path(args.output or smoke_folder("cars196_teacher_choice")) / "cars196_teacher_choice.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         data = few_per_class(data, out.parent, SMOKE_IMAGES_PER_MODEL)
         candidates = [(backbone, SMOKE_SIZE) for backbone, _ in CANDIDATES]

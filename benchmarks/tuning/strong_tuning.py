@@ -10,18 +10,26 @@ student alone costs:
     python -m benchmarks.tuning.strong_tuning v2_alone v2_relative ...   # named trials
     python -m benchmarks.tuning.strong_tuning --list                     # what exists
     python -m benchmarks.tuning.strong_tuning --render                   # plot from the JSON
+    python -m benchmarks.tuning.strong_tuning --smoke [TRIAL ...]        # 2 steps a trial on a few species, all in temp folders
 
 Results accumulate in ``benchmarks/results/cub100_strong_tuning.json`` (one entry per trial, with
 its config and its held-out R@1 per epoch); ``docs/strong_tuning_curves.png`` plots them. The trials are a
 record of what was tried, kept as overrides here; the recipes they chose are the benchmark's rows
 (``configs/cub100/strong/rows/``).
+
+``--smoke`` runs each named trial (by default ``SMOKE_TRIAL``, a distilled one) as it stands with the smoke's overrides
+last: 2 steps on 8 + 8 species of cub100 at 32 px (``benchmarks/common/smoke.py``'s sizes), its teacher and bank made
+first, at their usual paths under a temporary folder instead of ``runs/``, the teacher at 48 px. Its JSON and plot go
+to another temporary folder (or ``--out``); it never reads or writes ``runs/`` or ``benchmarks/results``.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -33,7 +41,8 @@ from embdistill.engine.persist.rundir import finished_with
 from embdistill.engine.train import run
 
 from benchmarks.common import RESULTS as RESULTS_DIR
-from benchmarks.common import ROOT
+from benchmarks.common import ROOT, SHARED, command, cub_subset, smoke_folder
+from benchmarks.common.smoke import IMAGES, LABELLED, SPECIES
 
 CONFIGS = ROOT / "configs" / "cub100" / "strong"
 RESULTS = RESULTS_DIR / "cub100_strong_tuning.json"
@@ -195,25 +204,52 @@ TRIALS: dict[str, tuple[str, list[str]]] = {
 }
 
 
-def trial_config(name: str) -> ExperimentConfig:
+SMOKE_TRIAL = "v2_relscaled10_bb1_p16"  # --smoke's default: a distilled trial behind a benchmark row (teacher, bank, plot)
+SMOKE_TEACHER_SIZE = 48  # as the strong tables' smoke
+
+
+@dataclass(frozen=True)
+class Smoke:
+    """``--smoke``: the trials' runs, teacher and banks at their usual relative paths under ``folder`` instead of the
+    working directory, on ``data`` (a few species of cub100), each run shrunk to 2 steps. Its overrides come after
+    a trial's own, so they win."""
+
+    folder: Path
+    data: Path
+
+    def teacher(self) -> list[str]:
+        return [f"output_dir={self.folder / 'runs' / 'strong_val'}", f"data.root={self.data}", *LABELLED,
+                f"data.image_size={SMOKE_TEACHER_SIZE}"]
+
+    def trial(self, name: str) -> list[str]:
+        bank = _bank_of(name)
+        teacher = [f"distill.teacher={self.folder / TEACHER}", f"distill.bank={self.folder / bank}",
+                   f"distill.teacher_image_size={SMOKE_TEACHER_SIZE}"] if bank else []
+        return [f"output_dir={self.folder / OUTPUT}", f"data.root={self.data}", *LABELLED, "train.epochs=1",
+                "eval.every_epochs=1", *teacher]
+
+
+def trial_config(name: str, smoke: Smoke | None = None) -> ExperimentConfig:
     student, overrides = TRIALS[name]
     return load_config(CONFIGS / student, [f"output_dir={OUTPUT}", f"name={name}", f"data.validation_classes={VALIDATION_CLASSES}",
-                                           "eval.every_epochs=1", *overrides])
+                                           "eval.every_epochs=1", *overrides, *(smoke.trial(name) if smoke else [])])
 
 
-def ensure_teacher_and_bank(trials: list[str]) -> None:
+def ensure_teacher_and_bank(trials: list[str], smoke: Smoke | None = None) -> None:
     """The trials' teacher (Lite0's ImageNet features, scored on the held-out species, no training) and the
     banks ``trials`` read over the 44 training species' views, made before any trial so no trial's time includes them."""
     banks = {_bank_of(t): t for t in trials if _bank_of(t)}
     needs = list(banks.values())
-    cfg = load_config(CONFIGS / "teacher.yaml", ["output_dir=runs/strong_val", f"data.validation_classes={VALIDATION_CLASSES}"])
-    if Path(cfg.run_dir) / "last.pt" != Path(TEACHER):
-        raise SystemExit(f"the teacher config writes {Path(cfg.run_dir) / 'last.pt'}, but the trials read {TEACHER}")
-    if not Path(TEACHER).is_file():
+    cfg = load_config(CONFIGS / "teacher.yaml", ["output_dir=runs/strong_val", f"data.validation_classes={VALIDATION_CLASSES}",
+                                                 *(smoke.teacher() if smoke else [])])
+    teacher = smoke.folder / TEACHER if smoke else Path(TEACHER)
+    if Path(cfg.run_dir) / "last.pt" != teacher:
+        raise SystemExit(f"the teacher config writes {Path(cfg.run_dir) / 'last.pt'}, but the trials read {teacher}")
+    if not teacher.is_file():
         run(cfg, progress=False)
     for trial in needs:  # one trial per bank: ImageNet-normalised students share one, the Keras student has its own
         started = time.perf_counter()
-        path, _ = fill_bank_for_config(trial_config(trial), progress=False)
+        path, _ = fill_bank_for_config(trial_config(trial, smoke), progress=False)
         print(f"[tuning] teacher bank {path} ready ({time.perf_counter() - started:.0f} s)", flush=True)
 
 
@@ -221,8 +257,8 @@ def _bank_of(trial: str) -> str | None:
     return next((o.split("=", 1)[1] for o in TRIALS[trial][1] if o.startswith("distill.bank=")), None)
 
 
-def run_trial(name: str) -> dict:
-    cfg = trial_config(name)
+def run_trial(name: str, smoke: Smoke | None = None) -> dict:
+    cfg = trial_config(name, smoke)
     summary = cfg.run_dir / "summary.yaml"
     if finished_with(cfg):
         print(f"[tuning] reusing {cfg.run_dir}")
@@ -255,8 +291,8 @@ def _curve_line(trial: dict) -> str:
     return f"best {trial['best_epochs']} epochs; held-out R@1 " + " ".join(f"{100 * p['recall@1']:.1f}" for p in trial["curve"])
 
 
-def load_results() -> dict:
-    return json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"trials": {}}
+def load_results(path: Path = RESULTS) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {"trials": {}}
 
 
 # The trials behind the benchmark's rows, drawn in colour; every other trial is a thin grey line behind them.
@@ -278,7 +314,7 @@ BENCHMARK_TRIALS = {
 }
 
 
-def plot(results: dict) -> None:
+def plot(results: dict, path: Path = PLOT) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -306,8 +342,8 @@ def plot(results: dict) -> None:
         ax.legend(fontsize=7, loc=legend_at)
     fig.suptitle("Held-out R@1 per epoch behind the benchmark's rows: alone (dashed) and distilled (solid)")
     fig.tight_layout()
-    PLOT.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(PLOT, dpi=110)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
 
 
 def main() -> None:
@@ -315,6 +351,10 @@ def main() -> None:
     parser.add_argument("trials", nargs="*", help=f"trial names: {', '.join(TRIALS)}")
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--render", action="store_true", help="only redraw the plot from the JSON")
+    parser.add_argument("--smoke", action="store_true", help=f"the trials (default: {SMOKE_TRIAL}) shrunk to 2 steps on a few "
+                                                             "species, their runs in a temporary folder")
+    parser.add_argument("--data", type=Path, default=SHARED / "data" / "cub100", help="--smoke: the CUB root it takes a few species of")
+    parser.add_argument("--out", type=Path, help="--smoke: the folder of its JSON and plot (default: a temporary one)")
     args = parser.parse_args()
     if args.render:
         results = load_results()
@@ -330,17 +370,30 @@ def main() -> None:
     unknown = [t for t in args.trials if t not in TRIALS]
     if unknown:
         sys.exit(f"unknown trial(s) {unknown}; --list shows them")
-    ensure_teacher_and_bank(args.trials)
-    results = load_results()
-    for name in args.trials:
+    if not args.smoke:
+        tune(args.trials, RESULTS, PLOT, "python -m benchmarks.tuning.strong_tuning TRIAL ...")
+        return
+    out = args.out or smoke_folder("strong_tuning")
+    with tempfile.TemporaryDirectory(prefix="strong_tuning_smoke_") as tmp:
+        smoke = Smoke(Path(tmp), cub_subset(args.data, Path(tmp), SPECIES, IMAGES))
+        tune(args.trials or [SMOKE_TRIAL], out / RESULTS.name, out / PLOT.name, command("benchmarks.tuning.strong_tuning"), smoke)
+    print(f"-> {out / RESULTS.name}, {out / PLOT.name}", flush=True)
+
+
+def tune(trials: list[str], results_path: Path, plot_path: Path, command_line: str, smoke: Smoke | None = None) -> None:
+    """Run ``trials`` (the teacher and banks first), each added to ``results_path`` when it ends; then the plot."""
+    ensure_teacher_and_bank(trials, smoke)
+    results = load_results(results_path)
+    for name in trials:
         started = time.perf_counter()
-        t = results["trials"][name] = run_trial(name)
+        t = results["trials"][name] = run_trial(name, smoke)
         t["wall_minutes"] = round((time.perf_counter() - started) / 60, 1)
         t["best_epochs"] = best_epochs(t["curve"])
-        results["command"] = "python -m benchmarks.tuning.strong_tuning TRIAL ..."
-        RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+        results["command"] = command_line
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        results_path.write_text(json.dumps(results, indent=1) + "\n")
         print(f"[tuning] {name}: {_curve_line(t)}", flush=True)
-    plot(results)
+    plot(results, plot_path)
 
 
 if __name__ == "__main__":
