@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
+import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -128,3 +132,19 @@ def embed(path: Path, batches: list[torch.Tensor], threads: int) -> np.ndarray:
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return np.concatenate([session.run(None, {name: b.numpy()})[0] for b in batches])
+
+
+def write_table(out: Path, rows: list[dict], markdown: Callable[[dict, list[dict]], str], command: str, checkpoint: str,
+                payload: dict, test: Any, **measured: Any) -> None:
+    """``out``.json and ``out``.md of an INT8 table: what ran (the command, the model of ``payload``, the ``test``
+    images, the script's own ``measured`` facts, ONNX Runtime's version, the date) and its ``rows``."""
+    import onnxruntime as ort
+
+    meta = {"command": command, "checkpoint": checkpoint, "backbone": payload["model_config"].get("backbone"),
+            "image_size": payload["image_size"], "embedding_dim": payload["model_config"].get("dim"),
+            "test_images": len(test), "test_classes": test.num_classes, **measured, "onnxruntime": ort.__version__,
+            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{out}.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+    Path(f"{out}.md").write_text(markdown(meta, rows))
+    print(f"-> {out}.md, {out}.json")

@@ -32,7 +32,6 @@ The child runs as ``python -m benchmarks.parity.int8_cpu_paths --child`` and imp
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import shlex
@@ -127,12 +126,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def measure(args: argparse.Namespace, command: str) -> int:
-    import onnxruntime as ort
     import torch
 
     from embdistill.deploy.quantize import parity_report
 
-    from benchmarks.common.int8 import export_int8, imagenet_student, test_inputs
+    from benchmarks.common.int8 import export_int8, imagenet_student, test_inputs, write_table
 
     table = variants()
     chosen = args.variants or list(table)
@@ -172,23 +170,8 @@ def measure(args: argparse.Namespace, command: str) -> int:
                       f"{row['fp32_map@r']:.1f} -> {row['int8_map@r']:.1f}, cosine {row['mean_cosine']:.4f} "
                       f"(min {row['min_cosine']:.4f})", flush=True)
 
-    meta = {
-        "command": command,
-        "checkpoint": args.checkpoint,
-        "backbone": payload["model_config"].get("backbone"),
-        "image_size": payload["image_size"],
-        "embedding_dim": payload["model_config"].get("dim"),
-        "test_images": len(test),
-        "test_classes": test.num_classes,
-        "calibration": models[1].quantization["calibration"],
-        "onnxruntime": ort.__version__,
-        "cpus": cpus,
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{args.out}.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
-    Path(f"{args.out}.md").write_text(markdown(meta, rows))
-    print(f"-> {args.out}.md, {args.out}.json")
+    write_table(args.out, rows, markdown, command, args.checkpoint, payload, test,
+                calibration=models[1].quantization["calibration"], cpus=cpus)
     return 0
 
 

@@ -20,7 +20,6 @@ temporary folder unless ``--out`` is given.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
@@ -30,14 +29,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
 from embdistill.checkpoints import embedder_from_checkpoint
 from embdistill.deploy.quantize import parity_report
 
 from benchmarks.common import RESULTS
-from benchmarks.common.int8 import VARIANTS, embed, export_int8, imagenet_student, smoke_args, test_inputs
+from benchmarks.common.int8 import VARIANTS, embed, export_int8, imagenet_student, smoke_args, test_inputs, write_table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,23 +90,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{row['int8_map@r']:.1f}, top-1 unchanged {100 * row['top1_unchanged']:.1f}%, cosine "
                   f"{row['mean_cosine']:.4f} (min {row['min_cosine']:.4f}), {row['int8_mb']:.2f} MB", flush=True)
 
-    meta = {
-        "command": command,
-        "checkpoint": label,
-        "backbone": payload["model_config"].get("backbone"),
-        "image_size": payload["image_size"],
-        "embedding_dim": payload["model_config"].get("dim"),
-        "test_images": len(test),
-        "test_classes": test.num_classes,
-        "fp32_onnx_vs_pytorch_max_abs_diff": fp32_vs_torch,
-        "onnxruntime": ort.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{args.out}.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
-    Path(f"{args.out}.md").write_text(markdown(meta, rows))
-    print(f"-> {args.out}.md, {args.out}.json")
+    write_table(args.out, rows, markdown, command, label, payload, test, fp32_onnx_vs_pytorch_max_abs_diff=fp32_vs_torch,
+                cpu=platform.processor() or platform.machine())
     return 0
 
 
