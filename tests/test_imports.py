@@ -236,3 +236,31 @@ def test_the_package_has_no_import_cycle() -> None:
     """Not even through a lazy import or the package ``__init__`` an import runs first."""
     cycles = import_cycles(with_parent_packages(import_graph()))
     assert cycles == [], "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+# --------------------------------------------------------------------------- the benchmarks and the folders
+
+BENCHMARKS = PACKAGE.parents[1] / "benchmarks"
+
+
+def test_no_benchmark_script_imports_another_and_the_package_has_no_cycle() -> None:
+    """What the scripts share is in benchmarks/common (benchmarks/README.md); a script is never imported by another."""
+    graph = import_graph(BENCHMARKS)
+    scripts = {m for m in graph if not m.startswith("benchmarks.common") and BENCHMARKS.joinpath(
+        *m.split(".")[1:]).with_suffix(".py").is_file()}
+    assert {"benchmarks.cub100_strong", "benchmarks.speed.bank_speed", "benchmarks.parity.int8_parity"} <= scripts
+    reaching = sorted(f"{m} -> {t}" for m in graph for t in graph[m] if t in scripts)
+    assert reaching == [], "benchmark scripts imported by another module: " + "; ".join(reaching)
+    cycles = import_cycles(with_parent_packages(graph))
+    assert cycles == [], "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_no_package_folder_holds_more_than_about_ten_modules() -> None:
+    """A newcomer reads a folder at a glance (issue #32): split one that grows past this by concern."""
+    crowded = {}
+    for root in (PACKAGE, BENCHMARKS):
+        for folder in [root, *(p for p in root.rglob("*") if p.is_dir() and (p / "__init__.py").is_file())]:
+            modules = [p.name for p in folder.glob("*.py") if p.name != "__init__.py"]
+            if len(modules) > 10:
+                crowded[str(folder.relative_to(PACKAGE.parents[1]))] = len(modules)
+    assert crowded == {}, f"folders of more than 10 modules: {crowded}"
