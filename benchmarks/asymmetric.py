@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from benchmarks.common import ROOT, SHARED, render_results, write_results
+from benchmarks.common import ROOT, SHARED, merged, ran_by, render_results, write_results
 from benchmarks.common import cell as _cell, pooled_std  # the benchmark tables' mean ± std cells and pooled std
 from benchmarks.common.smoke import distilled_on, tiny_demo
 
@@ -226,19 +226,11 @@ def _last_losses(run: Path) -> dict[str, float]:
     return last
 
 
-def _trial_commands(result: dict) -> list[str]:
-    """One line per command that ran trials (trials run a few at a time), with its date and its trials."""
-    ran: dict[tuple[str, str], list[str]] = {}
-    for t in result["trials"]:
-        ran.setdefault((t.get("command", result["command"]), t.get("date", result["date"])), []).append(t["trial"])
-    return [f"- `{command}` ({date}): {', '.join(trials)}" for (command, date), trials in sorted(ran.items(), key=lambda x: x[0][1])]
-
-
 def tuning_markdown(result: dict) -> str:
     lines = [
         "# One gallery, two networks: held-out trials (cub100, 14 held-out train species)",
         "",
-        *_trial_commands(result),
+        *ran_by(result, "trials", "trial"),
         "- machine: this project's 2-core CPU machine (no GPU); seed 0, one run a trial",
         f"- teacher: `{result['teacher']}`, R@1 {100 * result['teacher_recall@1']:.1f} on the same held-out images; every "
         "trial is the demo student's schedule (MobileNetV2 at 96 px, 8 epochs unless its name says 16ep)",
@@ -308,21 +300,6 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _merged(out: Path, result: dict) -> dict:
-    """``result``'s trials added to those already in ``out``.json (a trial run again replaces its entry), so
-    trials can be run a few at a time."""
-    import json
-
-    path = Path(f"{out}.json")
-    if not path.is_file():
-        return result
-    new = {t["trial"] for t in result["trials"]}
-    previous = json.loads(path.read_text())
-    kept = [{"command": previous["command"], "date": previous["date"], **t}  # a trial keeps the command that ran it
-            for t in previous["trials"] if t["trial"] not in new]
-    return {**result, "trials": sorted(kept + result["trials"], key=lambda t: t["trial"])}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
@@ -357,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                              "fills its bank)")
         out = args.out or ROOT / "benchmarks" / "results" / stem
         if args.tune:
-            write_results(out, _merged(out, tune(args, command.strip())), tuning_markdown)
+            write_results(out, merged(out, tune(args, command.strip()), "trials", "trial"), tuning_markdown)
         else:
             write_results(out, measure(args, command.strip()), markdown)
     return 0

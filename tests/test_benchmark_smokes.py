@@ -163,7 +163,9 @@ def test_label_free_smoke_distils_on_photos_without_labels_from_its_tiny_demo(tm
     _smoke("benchmarks.label_free", "--data", str(cub100), "--out", str(tmp_path / "label_free"))
     result = json.loads((tmp_path / "label_free.json").read_text())
     rows = {r["row"]: r for r in result["rows"]}
-    assert list(rows) == ["train_photos", "test_gallery", "labelled_by_agreement"]
+    assert list(rows) == ["train_photos", "test_gallery", "labelled_by_agreement", "labelled_relaxed"]
+    assert rows["labelled_relaxed"]["runs"][0]["epoch"] == 1 and not rows["labelled_relaxed"]["transductive"]
+    assert all(r["command"].startswith("python -m benchmarks.label_free --smoke") for r in rows.values())
     assert rows["test_gallery"]["transductive"] and not rows["train_photos"]["transductive"]
     assert rows["train_photos"]["photos"] == rows["test_gallery"]["photos"] == 64  # the tiny demo's 8 species x 8 images
     assert "knn_agreement@10" in rows["train_photos"]["runs"][0]["validation_curve"][0]

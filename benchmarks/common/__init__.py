@@ -118,6 +118,29 @@ def write_results(out: Path, result: dict[str, Any], markdown: Callable[[dict[st
     print(f"-> {out}.md", flush=True)
 
 
+def merged(out: Path, result: dict[str, Any], field: str, key: str, order: list[str] | None = None) -> dict[str, Any]:
+    """``result`` with the entries of ``out``.json's ``field`` that it did not run again (a table built a few rows or
+    trials at a time; an entry run again replaces its old one). Each kept entry keeps the command and date that made
+    it (the old result's, unless it records its own); entries sort by ``order`` of their ``key``, else by ``key``."""
+    path = Path(f"{out}.json")
+    if not path.is_file():
+        return result
+    previous = json.loads(path.read_text())
+    new = {entry[key] for entry in result[field]}
+    kept = [{"command": previous["command"], "date": previous["date"], **entry}
+            for entry in previous[field] if entry[key] not in new]
+    rank = (lambda e: order.index(e[key])) if order else (lambda e: e[key])
+    return {**result, field: sorted(kept + result[field], key=rank)}
+
+
+def ran_by(result: dict[str, Any], field: str, key: str) -> list[str]:
+    """One Markdown line per command that ran some of ``result[field]``, with its date and those entries' ``key``."""
+    ran: dict[tuple[str, str], list[str]] = {}
+    for entry in result[field]:
+        ran.setdefault((entry.get("command", result["command"]), entry.get("date", result["date"])), []).append(entry[key])
+    return [f"- `{command}` ({date}): {', '.join(names)}" for (command, date), names in sorted(ran.items(), key=lambda x: x[0][1])]
+
+
 def render_results(out: Path, markdown: Callable[[dict[str, Any]], str]) -> None:
     """``out``.md again from ``out``.json (a table's layout changed, not its figures)."""
     write_results(out, json.loads(Path(f"{out}.json").read_text()), markdown)
