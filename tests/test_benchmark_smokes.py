@@ -150,7 +150,7 @@ def test_asymmetric_smoke_scores_student_queries_on_its_tiny_demos_teacher_galle
         assert all(0 <= t[w]["asym_recall@1"] <= 1 for t in result["trials"] for w in ("best", "last"))
     else:  # the projected rows score against the teacher's gallery (fp32 and INT8); the relation-only one is refused
         rows = {r["row"]: r["runs"] for r in result["rows"]}
-        assert list(rows) == ["asymmetric_contrastive_by_asym", "asymmetric_contrastive", "absolute", "relative"]
+        assert list(rows) == ["asymmetric_contrastive_16ep_by_asym", "asymmetric_contrastive", "absolute", "relative"]
         assert all("int8_asym_recall@1" in rows[r][0] and rows[r][0]["pairing"] for r in list(rows)[:3])
         assert "512-d" in rows["relative"][0]["refused"] and "1280-d" in rows["relative"][0]["refused"]
     assert (tmp_path / "asym.md").read_text().startswith("# One gallery, two networks")

@@ -396,6 +396,21 @@ def test_a_run_chooses_its_epoch_by_its_queries_on_the_teachers_gallery(runs: Ru
     assert abs(scored["recall@1"] - chosen["asymmetric_recall@1"]) <= 1 / queries + 1e-9  # equal, but for a float near-tie
 
 
+def test_evaluate_scores_a_student_trained_on_the_teacher_terms_alone(runs: Runs, cub100: Path, tmp_path: Path) -> None:
+    """train.metric_weight 0 on labelled data: `evaluate` drops the distill section, and must not then read the run
+    as one with nothing to train (it did: a ConfigError on every such checkpoint)."""
+    small = {"data.root": runs.data, "data.validation_classes": 2, "train.classes_per_batch": 3, "train.images_per_class": 4,
+             "model.pretrained": KERAS_WEIGHTS, "model.freeze_batchnorm": True, "model.dim": 32, "train.metric_weight": 0}
+    cfg = load_config(CONFIG, tiny_overrides(tmp_path, cub100, "terms_only", **small)
+                      + [f"distill.teacher={runs.teacher / 'last.pt'}", "distill.terms=[{name: asymmetric_contrastive}]"])
+    run(cfg, progress=False)
+    own = evaluate_checkpoint(cfg.run_dir / "last.pt", split="test", progress=False, num_workers=0)
+    asym = evaluate_checkpoint(cfg.run_dir / "last.pt", split="test", gallery_model=runs.teacher / "last.pt",
+                               progress=False, num_workers=0)
+    assert 0 <= own["recall@1"] <= 1 and 0 <= asym["recall@1"] <= 1
+    assert asym["pairing"].startswith(f"student {cfg.run_dir / 'last.pt'} queries the gallery of its teacher")
+
+
 def test_choosing_by_the_teachers_gallery_needs_the_absolute_term(runs: Runs, cub100: Path, tmp_path: Path) -> None:
     from embdistill.config import ConfigError
 

@@ -172,9 +172,11 @@ def _evaluation_config(
         raise ConfigError(f"data.dataset: {data['dataset']!r} has no labels, so there is no retrieval to score; a "
                           "label-free run's score, knn_agreement on its held-out photos, is in its summary.yaml. To score "
                           "retrieval, pass a labelled set: --dataset folder --root PATH (one sub-folder per class)")
-    values["train"] = {**(values.get("train") or {}), "select": "last", "patience": 0}  # nothing is chosen here
+    # nothing is chosen or trained here: without the distill section, a run that trained on its teacher's terms
+    # alone (train.metric_weight 0) would read as a run with nothing to train
+    values["train"] = {**(values.get("train") or {}), "select": "last", "patience": 0, "metric_weight": 1.0}
     if is_label_free(trained_on):  # the run's label-free settings say nothing about a labelled set
-        values["train"].update(select_metric="recall@1", metric_weight=1.0, batch_size=None)
+        values["train"].update(select_metric="recall@1", batch_size=None)
         data["validation_classes"] = 0
         values["eval"] = {**(values.get("eval") or {}), "split": "auto"}
     values["data"] = data
