@@ -159,7 +159,7 @@ def _trains_into_teacher_space(cfg: ExperimentConfig) -> bool:
     from embdistill.losses.distill import DISTILL_LOSSES, AbsoluteTeacherLoss
 
     terms = cfg.distill.terms if cfg.distill else []
-    return any(issubclass(DISTILL_LOSSES[term.name], AbsoluteTeacherLoss) and term.weight > 0 for term in terms)
+    return any(issubclass(DISTILL_LOSSES.get(term.name, object), AbsoluteTeacherLoss) and term.weight > 0 for term in terms)
 
 
 def _check_label_free(cfg: ExperimentConfig) -> None:
