@@ -22,7 +22,7 @@ from embdistill.data.images import DecodedImageCache, ImageDataset
 from embdistill.data.transforms import IMAGENET, KERAS, Degrade, draw_box
 from embdistill.engine.batches.views import ViewCrop, ViewDataset, crop_seed, to_input
 
-from benchmarks import input_pipeline as bench
+from benchmarks.speed import input_pipeline as bench
 
 
 @pytest.fixture(scope="module")
