@@ -120,7 +120,7 @@ def test_choosing_needs_held_out_classes_and_evaluations():
     with pytest.raises(ConfigError, match=r"train.select_metric: 'recall@1' is not computed: eval.ks is \[2, 4\]"):
         load_config(None, ["train.select=best", "data.validation_classes=4", "eval.every_epochs=1", "eval.ks=[2, 4]"])
     with pytest.raises(ConfigError, match=r"train.select_metric: expected one of 'recall@1', 'map@r', "
-                                          r"'knn_agreement@10', got 'nmi'"):
+                                          r"'knn_agreement@10', 'asymmetric_recall@1', got 'nmi'"):
         load_config(None, ["train.select_metric=nmi"])
     with pytest.raises(ConfigError, match=r"train.select_metric: 'knn_agreement@10' compares .* no teacher"):
         load_config(None, ["train.select=best", "data.validation_classes=4", "eval.every_epochs=1",

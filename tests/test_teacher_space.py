@@ -390,6 +390,8 @@ def test_a_run_chooses_its_epoch_by_its_queries_on_the_teachers_gallery(runs: Ru
     chosen = max(curve, key=lambda e: e["asymmetric_recall@1"])  # the first of equal scores
     assert summary["selected"]["metric"] == "asymmetric_recall@1" and summary["epoch"] == chosen["epoch"]
     assert summary["selected"]["validation"] == chosen["asymmetric_recall@1"]
+    # scored again at the end (the run's split is the held-out one) with the chosen epoch's weights and projection
+    assert summary["split"] == "validation" and summary["asymmetric_recall@1"] == chosen["asymmetric_recall@1"]
     scored = evaluate_checkpoint(cfg.run_dir / "best.pt", split="validation", gallery_model=runs.teacher / "last.pt",
                                  progress=False, num_workers=0)
     queries = 2 * 8  # the held-out species' images

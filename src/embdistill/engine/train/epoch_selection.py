@@ -78,8 +78,9 @@ class Selection:
         """Whether the final score is of best.pt's weights rather than the last ones."""
         return self.rule == "best" and self.best_epoch is not None
 
-    def chosen_weights(self) -> dict[str, Any]:
-        return load_checkpoint(self.path)["model_state"]
+    def chosen_checkpoint(self) -> dict[str, Any]:
+        """best.pt: the chosen epoch's weights and, for a student in its teacher's space, that epoch's projection."""
+        return load_checkpoint(self.path)
 
     def summary(self, epochs_done: int) -> dict[str, Any]:
         """The epoch whose weights the final score is of, and (select: best) how it was chosen."""

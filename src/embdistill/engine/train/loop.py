@@ -11,6 +11,7 @@ only decides the order.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,19 +171,24 @@ class Training:
         return metrics
 
     @torch.no_grad()
-    def teacher_scores(self, embeddings: torch.Tensor, labels: torch.Tensor | np.ndarray) -> dict[str, float]:
+    def teacher_scores(self, embeddings: torch.Tensor, labels: torch.Tensor | np.ndarray,
+                       projection: torch.Tensor | None = None) -> dict[str, float]:
         """The select metric scored against the teacher's embeddings of the periodic split (none without them):
         ``knn_agreement@k``, or ``asymmetric_recall@1``, the student's embeddings taken into the teacher's space (by
-        the absolute term's projection as it is now) as queries on the teacher's, each query's own image left out."""
+        the absolute term's projection as it is now, or ``projection``: the chosen epoch's) as queries on the
+        teacher's, each query's own image left out."""
         if self.teacher_reference is None:
             return {}
         metric = self.cfg.train.select_metric
         if metric != ASYMMETRIC_RECALL:
             return {metric: knn_agreement(embeddings, self.teacher_reference, knn_agreement_k(metric))}
         assert self.teacher_space is not None  # config/rules.py: the metric needs the absolute term
-        projection = getattr(self.teacher_space.loss, "projection", None)
-        queries = embeddings if projection is None else embeddings.to(projection.weight)
-        queries, gallery = self.teacher_space.loss.in_teacher_space(queries, self.teacher_reference.to(queries))
+        term = self.teacher_space.loss
+        if projection is not None and term.projection is not None:  # a copy: the objective keeps its own state
+            term = copy.deepcopy(term)
+            term.projection.weight.copy_(projection)
+        queries = embeddings if term.projection is None else embeddings.to(term.projection.weight)
+        queries, gallery = term.in_teacher_space(queries, self.teacher_reference.to(queries))
         scores = retrieval_metrics(gallery, labels, query_embeddings=queries, query_labels=labels, paired=True,
                                    ks=(1,), map_at_r=False, r_precision=False)
         return {metric: scores["recall@1"]}
@@ -484,14 +490,17 @@ def _finish(t: Training, progress: bool) -> RunResult:
     if not world.is_main:  # rank 0 evaluates and writes the run directory; wait for its metrics
         return RunResult(run_dir, world.broadcast(None), run_checkpoint(run_dir))
     chosen = selection.summary(state.epoch)
+    projection = None  # the chosen epoch's own projection into the teacher's space, if any
     if selection.chose:
-        t.student.load_state_dict(selection.chosen_weights())
+        best = selection.chosen_checkpoint()
+        t.student.load_state_dict(best["model_state"])
+        projection = (best.get(TEACHER_SPACE) or {}).get("projection")
         t.log.write("selected", **chosen["selected"], epoch=chosen["epoch"])
     embeddings, eval_labels = embed_loader(t.student, t.test_loader, t.device, progress)
     # A label-free run has no classes to score retrieval by: its score is the teacher's neighbours it keeps.
     metrics = {} if t.label_free else retrieval_metrics(embeddings, eval_labels, ks=cfg.eval.ks)
     if t.test_loader is t.val_loader:  # the split the teacher's reference is of (its select metric compares with it)
-        metrics.update(t.teacher_scores(embeddings, eval_labels))
+        metrics.update(t.teacher_scores(embeddings, eval_labels, projection))
     t.log.write("eval", epoch=chosen["epoch"], split=t.splits.eval_name, **metrics)
     save_test_embeddings(run_dir, embeddings, eval_labels, t.splits.eval.paths, t.splits.eval.class_names)
     summary: dict[str, Any] = {
