@@ -148,3 +148,9 @@ def write_table(out: Path, rows: list[dict], markdown: Callable[[dict, list[dict
     Path(f"{out}.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
     Path(f"{out}.md").write_text(markdown(meta, rows))
     print(f"-> {out}.md, {out}.json")
+
+
+def render_table(out: Path, markdown: Callable[[dict, list[dict]], str]) -> None:
+    """``out``.md of an INT8 table again from its ``out``.json (the layout changed, not the figures)."""
+    result = json.loads(Path(f"{out}.json").read_text())
+    Path(f"{out}.md").write_text(markdown(result, result["rows"]))

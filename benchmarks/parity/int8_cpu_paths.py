@@ -113,9 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--render", action="store_true", help="no runs: --out.md again from --out.json")
     args = parser.parse_args(argv)
     if args.render:
-        out = args.out or RESULTS / "int8_cpu_paths"
-        result = json.loads(Path(f"{out}.json").read_text())
-        Path(f"{out}.md").write_text(markdown(result, result["rows"]))
+        from benchmarks.common.int8 import render_table
+
+        render_table(args.out or RESULTS / "int8_cpu_paths", markdown)
         return 0
     if args.smoke:
         from benchmarks.common.int8 import smoke_args  # not at the top: the --child under qemu must not import torch

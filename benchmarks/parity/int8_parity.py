@@ -20,7 +20,6 @@ temporary folder unless ``--out`` is given.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shlex
@@ -35,7 +34,7 @@ from embdistill.checkpoints import embedder_from_checkpoint
 from embdistill.deploy.quantize import parity_report
 
 from benchmarks.common import RESULTS
-from benchmarks.common.int8 import VARIANTS, embed, export_int8, imagenet_student, smoke_args, test_inputs, write_table
+from benchmarks.common.int8 import VARIANTS, embed, export_int8, imagenet_student, render_table, smoke_args, test_inputs, write_table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,9 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="2 settings, the ImageNet student on 32 images of 4 test species: a quick check")
     args = parser.parse_args(argv)
     if args.render:
-        out = args.out or RESULTS / "int8_parity"
-        result = json.loads(Path(f"{out}.json").read_text())
-        Path(f"{out}.md").write_text(markdown(result, result["rows"]))
+        render_table(args.out or RESULTS / "int8_parity", markdown)
         return 0
     if args.smoke:
         smoke_args(args, "int8_parity")
