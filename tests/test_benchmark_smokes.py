@@ -4,7 +4,7 @@ The renders are cheap (no model runs). The smokes run the scripts as ``python -m
 marked ``smoke`` (``pytest -m "not smoke"`` leaves them out); each writes only under ``tmp_path`` (and its runs in a
 temporary folder of its own), and the committed results stay as they were. Three smokes have their own modules, with
 closer checks: ``cars196`` (test_cars196_benchmark.py), ``gpu_paper_student`` (test_gpu_script.py) and
-``input_pipeline`` (test_input_pipeline.py). ``asymmetric``, ``label_free`` and ``speed.bank_speed``, built on
+``input_pipeline`` (test_input_pipeline.py). ``asymmetric``, ``label_free``, ``known_gallery`` and ``speed.bank_speed``, built on
 ``make demo``'s runs or the tuning's teacher and bank, make a tiny demo of their own (benchmarks/common/smoke.py);
 ``tuning.strong_tuning`` makes its own teacher and bank.
 """
@@ -49,6 +49,8 @@ RENDERED = {
     "asymmetric_cub100.md": _rendered_by("benchmarks.asymmetric"),
     "asymmetric_cub100_tuning.md": _rendered_by("benchmarks.asymmetric", "tuning_markdown"),
     "label_free_cub100.md": _rendered_by("benchmarks.label_free"),
+    "known_gallery_cub100.md": _rendered_by("benchmarks.known_gallery"),
+    "known_gallery_cub100_tuning.md": _rendered_by("benchmarks.known_gallery"),
 }
 # committed Markdown that no script renders from a JSON, and why (benchmarks/README.md says the same)
 NOT_RENDERED = {
@@ -171,6 +173,24 @@ def test_label_free_smoke_distils_on_photos_without_labels_from_its_tiny_demo(tm
     assert "knn_agreement@10" in rows["train_photos"]["runs"][0]["validation_curve"][0]
     assert set(result["demo"]) == {"student", "distilled", "teacher"}
     assert (tmp_path / "label_free.md").read_text().startswith("# Label-free distillation on birds")
+    assert _unchanged_results() == before
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("mode", [[], ["--tune"]], ids=["table", "tune"])
+def test_known_gallery_smoke_distils_on_the_gallery_and_queries_it_with_other_photos(tmp_path, cub100, mode):
+    before = _unchanged_results()
+    _smoke("benchmarks.known_gallery", *mode, "--data", str(cub100), "--out", str(tmp_path / "known"))
+    result = json.loads((tmp_path / "known.json").read_text())
+    assert result["split"] == ("train" if mode else "test") and result["command"].startswith("python -m benchmarks.known_gallery --smoke")
+    assert (result["gallery"], result["queries"], result["linked"]) == (32, 32, 32)  # every other photo of 8 species x 8
+    assert [r["row"] for r in result["rows"]] == ["asymmetric", "asymmetric_160", "mobilenet025", *(["asymmetric_b256", "asymmetric_t005", "mobilenet025_32ep"] if mode else [])]
+    for row in result["rows"]:
+        (run,) = row["runs"]
+        assert run["distilled_on_gallery"] == 32 and not run["transductive"]  # the run's photos are the gallery, no query
+        assert 0 <= run["own_recall@1"] <= 1 and 0 <= run["asym_recall@1"] <= 1
+        assert ("int8_asym_recall@1" in run) == (not mode)
+    assert (tmp_path / "known.md").read_text().startswith("# Known gallery: the student distils on the collection")
     assert _unchanged_results() == before
 
 

@@ -370,6 +370,76 @@ def test_evaluate_refuses_a_student_of_another_space_unless_asked(runs: Runs, ca
     assert 0.0 <= metrics["recall@1"] <= 1.0 and "--allow-other-space" in metrics["pairing"]
 
 
+def _embedded(payload: dict, items) -> np.ndarray:
+    model = embedder_from_checkpoint(payload).eval()
+    mean, std = payload["normalization"]
+    loader = eval_loader(items, payload["image_size"], Normalization(tuple(mean), tuple(std)), 64, num_workers=0)
+    with torch.no_grad():
+        return torch.cat([model(x).embedding for x, _, _ in loader]).numpy()
+
+
+def test_evaluate_with_a_gallery_folder_scores_the_other_images_against_it(runs: Runs, tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    """--gallery-images: the split's images linked in a folder are the gallery, the others its queries (never in
+    it), for one network and for a student's queries on its teacher's gallery; checked against brute force."""
+    items = load_dataset("cub200", runs.data, "test")
+    labels = np.asarray(items.labels)
+    in_gallery = np.zeros(len(items), dtype=bool)
+    for label in set(labels.tolist()):
+        in_gallery[np.flatnonzero(labels == label)[:3]] = True  # 3 of each species' 8 photos
+    folder = tmp_path / "gallery"
+    folder.mkdir()
+    for i in np.flatnonzero(in_gallery):
+        (folder / f"g{i:03d}.jpg").symlink_to(Path(items.paths[i]).resolve())
+    student = _embedded(load_checkpoint(runs.projected / "best.pt"), items)
+    in_space = _embedded(in_teacher_space(load_checkpoint(runs.projected / "best.pt"), "student"), items)
+    teacher = _embedded(load_checkpoint(runs.teacher / "last.pt"), items)
+    q, g = ~in_gallery, in_gallery
+
+    capsys.readouterr()
+    own = evaluate_checkpoint(runs.projected, split="test", gallery_images=folder, progress=False, num_workers=0)
+    ref = reference(student[g], labels[g], student[q], labels[q], ks=(1, 2, 4, 8))
+    assert_same({k: own[k] for k in ref}, ref)
+    assert (own["queries"], own["gallery"], own["distilled_on_gallery"]) == (40, 24, 0) and "transductive" not in own
+    assert capsys.readouterr().out.startswith(f"known gallery: the 24 test images in {folder} are the gallery, the "
+                                              f"other 40 query it; {runs.projected} distilled without labels on 0")
+    assert (runs.projected / "eval_cub200_test_gallery_images_gallery.json").is_file()
+
+    asym = evaluate_checkpoint(runs.projected, split="test", gallery_model=runs.teacher, gallery_images=folder,
+                               progress=False, num_workers=0)
+    ref = reference(teacher[g], labels[g], in_space[q], labels[q], ks=(1, 2, 4, 8))
+    assert_same({k: asym[k] for k in ref}, ref)
+    assert asym["pairing"].startswith(f"student {runs.projected} queries the gallery of its teacher")
+
+    capsys.readouterr()
+    assert main(["evaluate", str(runs.teacher), "--gallery-images", str(folder), "--no-progress", "--num-workers", "0"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out.split("\n", 1)[1])["recall@1"] == pytest.approx(reference(
+        teacher[g], labels[g], teacher[q], labels[q], ks=(1,))["recall@1"], abs=1e-12)
+
+
+def test_a_gallery_folder_must_hold_some_of_the_split_and_every_querys_class(runs: Runs, tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    items = load_dataset("cub200", runs.data, "test")
+    every, one_short = tmp_path / "every", tmp_path / "one_short"
+    for folder in (every, one_short):
+        folder.mkdir()
+    first = items.labels[0]
+    for i, path in enumerate(items.paths):
+        (every / f"{i:03d}.jpg").symlink_to(Path(path).resolve())
+        if i % 2 and items.labels[i] != first:  # no photo of the first species in the gallery
+            (one_short / f"{i:03d}.jpg").symlink_to(Path(path).resolve())
+    for folder, expected in ((every, f"--gallery-images {every} holds 64 of the 64 test images"),
+                             (one_short, f"--gallery-images {one_short} holds no test image of 1 classes that queries "
+                                         f"belong to (for example ['{items.class_names[first]}'])"),
+                             (tmp_path / "none", f"--gallery-images {tmp_path / 'none'}: no such folder")):
+        capsys.readouterr()
+        assert main(["evaluate", str(runs.teacher), "--gallery-images", str(folder), "--no-progress",
+                     "--num-workers", "0"]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith(f"embdistill evaluate: error: {expected}"), err
+
+
 # --------------------------------------------------------------------------- choosing the epoch for the teacher's gallery
 
 

@@ -80,12 +80,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         gallery_model=args.gallery_model,
         allow_other_space=args.allow_other_space,
+        gallery_images=args.gallery_images,
     )
     if args.gallery_model:
         print(metrics.pop("pairing"))
     print(json.dumps(metrics, indent=2))
     run_dir = Path(args.checkpoint)
-    if (run_dir / "config.yaml").is_file() and not args.gallery_model:  # a run directory: refresh its stats and grid too
+    if (run_dir / "config.yaml").is_file() and not (args.gallery_model or args.gallery_images):  # a run directory: refresh its stats and grid too
         from embdistill.report import write_run_report
 
         write_run_report(run_dir, progress=not args.no_progress)
@@ -135,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "querying the teacher's gallery)")
     p.add_argument("--allow-other-space", action="store_true",
                    help="with --gallery-model: score a checkpoint that was not trained into the gallery model's space")
+    p.add_argument("--gallery-images", metavar="FOLDER",
+                   help="the split's images in FOLDER (links count) are the gallery and the others query it, none of "
+                        "them in it: a collection a run distilled on without labels, searched with photos it never saw")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 

@@ -1,10 +1,15 @@
 """`embdistill evaluate`: score a saved embedder on a dataset split; with ``--gallery-model``, its queries against
-another network's gallery of the same images (a student's queries, its teacher's gallery)."""
+another network's gallery of the same images (a student's queries, its teacher's gallery); with ``--gallery-images``,
+the split's images in a folder are the gallery and the others its queries (a collection a run distilled on, searched
+with new photos)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any, Sequence
+
+import numpy as np
+import torch
 
 from embdistill.config import ConfigError, ExperimentConfig, from_dict, to_dict
 from embdistill.checkpoints import CheckpointError, checkpoint_fingerprint, embedder_from_checkpoint, load_checkpoint
@@ -31,6 +36,7 @@ def evaluate_checkpoint(
     progress: bool = True,
     gallery_model: str | Path | None = None,
     allow_other_space: bool = False,
+    gallery_images: str | Path | None = None,
 ) -> dict[str, Any]:
     """Exact retrieval metrics over every image of ``split``; written beside the checkpoint too.
 
@@ -41,6 +47,11 @@ def evaluate_checkpoint(
     declare the gallery model's space (absolute teacher term; its projection is applied) unless
     ``allow_other_space``. Each network sees the images at its own size and normalisation; only
     the queries are degraded (``degrade_*``), as a phone's photos would be.
+
+    ``gallery_images`` (a folder; links count as the images they point to): the known-collection protocol. The
+    split's images found there are the gallery, the others are the queries, and no query is in the gallery. A run
+    that distilled without labels on the gallery's photos (the collection a user will search) is scored on new
+    photos it never saw: its scores are not transductive, and the result counts the gallery images it distilled on.
     """
     payload = load_checkpoint(checkpoint)
     cfg = _evaluation_config(payload, dataset, root, batch_size, num_workers, degrade_resolution, degrade_jpeg_quality)
@@ -53,23 +64,46 @@ def evaluate_checkpoint(
     model.to(dev)
     evaluated = evaluation_set(cfg, model.normalization, split=split)
     items = evaluated.items
-    if gallery_model is None:
+    in_gallery = None if gallery_images is None else _gallery_mask(items, gallery_images, split)
+    pairing: dict[str, Any] = {}
+    if gallery_model is None and in_gallery is None:
         metrics = evaluate_embedder(model, evaluated.loader, dev, ks, progress)
-        pairing: dict[str, Any] = {}
     else:
-        metrics = _paired_metrics(model, evaluated, cfg, gallery_payload, split, dev, ks, progress)
-        pairing = {"query_model": str(Path(checkpoint)), "gallery_model": str(Path(gallery_model)), "pairing": note}
+        queries, labels = embed_loader(model, evaluated.loader, dev, progress)
+        gallery = queries
+        if gallery_model is not None:
+            gallery = _gallery_embeddings(evaluated, cfg, gallery_payload, split, dev, progress)
+            if queries.shape[1] != gallery.shape[1]:
+                raise CheckpointError(f"the query model embeds in {queries.shape[1]}-d, the gallery model in "
+                                      f"{gallery.shape[1]}-d")
+            pairing = {"query_model": str(Path(checkpoint)), "gallery_model": str(Path(gallery_model)), "pairing": note}
+        if in_gallery is None:  # every image queries the gallery network's embeddings of all the others
+            metrics = retrieval_metrics(gallery, labels, query_embeddings=queries, query_labels=labels, ks=ks,
+                                        paired=gallery_model is not None)
+        else:
+            mask = torch.from_numpy(in_gallery)
+            metrics = retrieval_metrics(gallery[mask], labels[in_gallery], query_embeddings=queries[~mask],
+                                        query_labels=labels[~in_gallery], ks=ks)
     result = {"dataset": dataset, "split": split, "images": len(items), "classes": items.num_classes, **pairing, **metrics}
-    seen = _distilled_on(payload, items.paths)
+    query_paths = list(items.paths) if in_gallery is None else [p for p, g in zip(items.paths, in_gallery) if not g]
+    seen = _distilled_on(payload, query_paths)
+    if in_gallery is not None:
+        known = _distilled_on(payload, [p for p, g in zip(items.paths, in_gallery) if g])
+        result.update(gallery_images=str(gallery_images), queries=len(query_paths),
+                      gallery=int(in_gallery.sum()), distilled_on_gallery=known)
+        print(f"known gallery: the {result['gallery']} {split} images in {gallery_images} are the gallery, the other "
+              f"{len(query_paths)} query it; {checkpoint} distilled without labels on {known} of the gallery's images "
+              f"and {seen} of the queries", flush=True)
     if seen:
-        print(f"transductive: {seen} of the {len(items)} scored images are among the photos {checkpoint} was distilled "
-              "on without labels: these scores are transductive", flush=True)
+        print(f"transductive: {seen} of the {len(query_paths)} scored images are among the photos {checkpoint} was "
+              "distilled on without labels: these scores are transductive", flush=True)
         result.update(transductive=True, transductive_test_images=seen)
     ckpt = Path(checkpoint)
     out_dir = ckpt if ckpt.is_dir() else ckpt.parent
     degraded = degrade_resolution or degrade_jpeg_quality
     suffix = f"_degraded{degrade_resolution or ''}q{degrade_jpeg_quality or ''}" if degraded else ""
     suffix = ("_gallery_" + _run_name(gallery_model) if gallery_model is not None else "") + suffix
+    suffix = (f"_gallery_images_{Path(gallery_images).name}" if gallery_images is not None else "") + suffix
     (out_dir / f"eval_{dataset}_{split}{suffix}.json").write_text(json.dumps(result, indent=2))
     return result
 
@@ -125,12 +159,11 @@ def _paired_payloads(
     return payload, gallery_payload, note
 
 
-def _paired_metrics(
-    model: Any, evaluated: Any, cfg: ExperimentConfig, gallery_payload: dict[str, Any], split: str, dev: Any,
-    ks: tuple[int, ...], progress: bool,
-) -> dict[str, float]:
-    """Query i: ``model``'s embedding of image i; the gallery: the gallery network's embeddings of the same images,
-    each at its own image size, resize and normalisation, never degraded (the server's clean copies)."""
+def _gallery_embeddings(
+    evaluated: Any, cfg: ExperimentConfig, gallery_payload: dict[str, Any], split: str, dev: Any, progress: bool,
+) -> torch.Tensor:
+    """The gallery network's embeddings of the query network's images, row for row, each network at its own image
+    size, resize and normalisation, never degraded (the server's clean copies)."""
     gallery_net = embedder_from_checkpoint(gallery_payload).to(dev)
     gallery_data = ((gallery_payload.get("config") or {}).get("data") or {})
     values = to_dict(cfg)
@@ -140,11 +173,29 @@ def _paired_metrics(
     gallery_set = evaluation_set(from_dict(values), gallery_net.normalization, split=split)
     if list(gallery_set.items.paths) != list(evaluated.items.paths):
         raise CheckpointError(f"the gallery model's {split} split is not the same images as the query model's")
-    queries, labels = embed_loader(model, evaluated.loader, dev, progress)
-    gallery, gallery_labels = embed_loader(gallery_net, gallery_set.loader, dev, progress)
-    if queries.shape[1] != gallery.shape[1]:
-        raise CheckpointError(f"the query model embeds in {queries.shape[1]}-d, the gallery model in {gallery.shape[1]}-d")
-    return retrieval_metrics(gallery, gallery_labels, query_embeddings=queries, query_labels=labels, ks=ks, paired=True)
+    return embed_loader(gallery_net, gallery_set.loader, dev, progress)[0]
+
+
+def _gallery_mask(items: Any, folder: str | Path, split: str) -> np.ndarray:
+    """Which of ``items`` are images in ``folder`` (compared resolved, so a link counts as its image); refused
+    unless the folder is a strict, non-empty part of the split holding an image of every query's class."""
+    from embdistill.data.errors import DatasetError
+    from embdistill.data.imagefiles import list_images
+
+    if not Path(folder).is_dir():
+        raise DatasetError(f"--gallery-images {folder}: no such folder")
+    photos = {p.resolve() for p in list_images(folder)}
+    mask = np.array([Path(p).resolve() in photos for p in items.paths], dtype=bool)
+    if not mask.any() or mask.all():
+        raise DatasetError(f"--gallery-images {folder} holds {int(mask.sum())} of the {len(mask)} {split} images: the "
+                           "gallery must be some of them and the queries the others")
+    labels = np.asarray(items.labels)
+    missing = sorted(set(labels[~mask].tolist()) - set(labels[mask].tolist()))
+    if missing:
+        names = [items.class_names[i] for i in missing[:5]]
+        raise DatasetError(f"--gallery-images {folder} holds no {split} image of {len(missing)} classes that queries "
+                           f"belong to (for example {names}): every query needs its class in the gallery")
+    return mask
 
 
 def _evaluation_config(
