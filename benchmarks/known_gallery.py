@@ -89,16 +89,15 @@ def int8_scores(run: Path, teacher: Path, data: Path, split: str, folder: Path, 
 
     from embdistill.checkpoints import checkpoint_normalization, embedder_from_checkpoint, load_checkpoint
     from embdistill.data import load_dataset
-    from embdistill.data.imagefiles import list_images
     from embdistill.deploy.export import export_checkpoint
     from embdistill.engine.batches.loaders import eval_loader
+    from embdistill.engine.scoring.command import gallery_mask
     from embdistill.engine.scoring.embed import embed_loader
     from embdistill.evaluation.metrics import retrieval_metrics
     from embdistill.search.encoder import load_encoder
 
     items = load_dataset("cub200", str(data), split)
-    photos = {p.resolve() for p in list_images(folder)}
-    in_gallery = np.array([Path(p).resolve() in photos for p in items.paths])
+    in_gallery = gallery_mask(items, folder, split)
     payload = load_checkpoint(run / "best.pt")
     exported = export_checkpoint(run / "best.pt", "onnx", workdir / f"{run.parent.name}_{run.name}.int8.onnx",
                                  quantize="int8", space="teacher")

@@ -64,7 +64,7 @@ def evaluate_checkpoint(
     model.to(dev)
     evaluated = evaluation_set(cfg, model.normalization, split=split)
     items = evaluated.items
-    in_gallery = None if gallery_images is None else _gallery_mask(items, gallery_images, split)
+    in_gallery = None if gallery_images is None else gallery_mask(items, gallery_images, split)
     pairing: dict[str, Any] = {}
     if gallery_model is None and in_gallery is None:
         metrics = evaluate_embedder(model, evaluated.loader, dev, ks, progress)
@@ -85,17 +85,21 @@ def evaluate_checkpoint(
             metrics = retrieval_metrics(gallery[mask], labels[in_gallery], query_embeddings=queries[~mask],
                                         query_labels=labels[~in_gallery], ks=ks)
     result = {"dataset": dataset, "split": split, "images": len(items), "classes": items.num_classes, **pairing, **metrics}
-    query_paths = list(items.paths) if in_gallery is None else [p for p, g in zip(items.paths, in_gallery) if not g]
-    seen = _distilled_on(payload, query_paths)
+    is_query = np.ones(len(items), dtype=bool) if in_gallery is None else ~in_gallery
+    distilled = _distilled_photos(payload)
+    was_distilled = np.zeros(len(items), dtype=bool)
+    if distilled:  # resolving every path costs a system call each: only for a run that distilled on photos
+        was_distilled[:] = [Path(p).resolve() in distilled for p in items.paths]
+    seen, queries_count = int((was_distilled & is_query).sum()), int(is_query.sum())
     if in_gallery is not None:
-        known = _distilled_on(payload, [p for p, g in zip(items.paths, in_gallery) if g])
-        result.update(gallery_images=str(gallery_images), queries=len(query_paths),
+        known = int((was_distilled & in_gallery).sum())
+        result.update(gallery_images=str(gallery_images), queries=queries_count,
                       gallery=int(in_gallery.sum()), distilled_on_gallery=known)
         print(f"known gallery: the {result['gallery']} {split} images in {gallery_images} are the gallery, the other "
-              f"{len(query_paths)} query it; {checkpoint} distilled without labels on {known} of the gallery's images "
+              f"{queries_count} query it; {checkpoint} distilled without labels on {known} of the gallery's images "
               f"and {seen} of the queries", flush=True)
     if seen:
-        print(f"transductive: {seen} of the {len(query_paths)} scored images are among the photos {checkpoint} was "
+        print(f"transductive: {seen} of the {queries_count} scored images are among the photos {checkpoint} was "
               "distilled on without labels: these scores are transductive", flush=True)
         result.update(transductive=True, transductive_test_images=seen)
     ckpt = Path(checkpoint)
@@ -108,19 +112,24 @@ def evaluate_checkpoint(
     return result
 
 
-def _distilled_on(payload: dict[str, Any], paths: Sequence[str | Path]) -> int:
-    """How many of ``paths`` the checkpoint's run distilled on without labels: a label-free run's photos
-    (``data.root``) or ``distill.semi_supervised.folder``, compared resolved (a link to an image counts), as
-    the trainer counts a semi-supervised folder's test images. Folders no longer there count none."""
+def _distilled_photos(payload: dict[str, Any]) -> set[Path]:
+    """The photos (resolved: a link to an image counts as the image) the checkpoint's run distilled on without
+    labels: a label-free run's photos (``data.root``) or ``distill.semi_supervised.folder``, as the trainer counts a
+    semi-supervised folder's test images. Folders no longer there hold none."""
     from embdistill.data.datasets import is_label_free
-    from embdistill.data.imagefiles import list_images
 
     values = payload.get("config") or {}
     data = values.get("data") or {}
     folders = [data.get("root")] if is_label_free(data.get("dataset", "")) else []
     folders.append(((values.get("distill") or {}).get("semi_supervised") or {}).get("folder"))
-    seen = {p.resolve() for folder in folders if folder and Path(folder).is_dir() for p in list_images(folder)}
-    return sum(Path(p).resolve() in seen for p in paths) if seen else 0
+    return set().union(*(_resolved_images(folder) for folder in folders if folder and Path(folder).is_dir()))
+
+
+def _resolved_images(folder: str | Path) -> set[Path]:
+    """Every image under ``folder``, resolved, so that a link and the image it points to compare equal."""
+    from embdistill.data.imagefiles import list_images
+
+    return {p.resolve() for p in list_images(folder)}
 
 
 def _run_name(checkpoint: str | Path) -> str:
@@ -176,15 +185,15 @@ def _gallery_embeddings(
     return embed_loader(gallery_net, gallery_set.loader, dev, progress)[0]
 
 
-def _gallery_mask(items: Any, folder: str | Path, split: str) -> np.ndarray:
-    """Which of ``items`` are images in ``folder`` (compared resolved, so a link counts as its image); refused
-    unless the folder is a strict, non-empty part of the split holding an image of every query's class."""
+def gallery_mask(items: Any, folder: str | Path, split: str) -> np.ndarray:
+    """Which of ``items`` (an ImageList of ``split``) are images in ``folder`` (compared resolved, so a link counts
+    as its image): the gallery of ``--gallery-images``, the others its queries. Refused unless the folder is a
+    strict, non-empty part of the split holding an image of every query's class."""
     from embdistill.data.errors import DatasetError
-    from embdistill.data.imagefiles import list_images
 
     if not Path(folder).is_dir():
         raise DatasetError(f"--gallery-images {folder}: no such folder")
-    photos = {p.resolve() for p in list_images(folder)}
+    photos = _resolved_images(folder)
     mask = np.array([Path(p).resolve() in photos for p in items.paths], dtype=bool)
     if not mask.any() or mask.all():
         raise DatasetError(f"--gallery-images {folder} holds {int(mask.sum())} of the {len(mask)} {split} images: the "
