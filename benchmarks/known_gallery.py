@@ -35,11 +35,15 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import yaml
 from benchmarks.common import ROOT, SHARED, cell, merged, pooled_std, ran_by, render_results, write_results
 from benchmarks.common.smoke import SMALL, tiny_demo
+
+if TYPE_CHECKING:
+    from embdistill.data import ImageList
 
 DEMO = ROOT / "runs" / "demo"  # `make demo`: the teacher
 # row -> (config, the student as the table names it)
@@ -83,34 +87,46 @@ def distill(config: str, run: Path, overrides: list[str], seed: int) -> Path:
     return run
 
 
-def int8_scores(run: Path, teacher: Path, data: Path, split: str, folder: Path, workdir: Path) -> dict[str, float]:
-    """The student's INT8 export (in the teacher's space, ONNX Runtime) querying the teacher's fp32 gallery."""
+def split_items(data: Path, split: str, folder: Path) -> tuple[ImageList, np.ndarray]:
+    """The CUB root's ``split`` and which of its images are the gallery (those linked in ``folder``)."""
+    from embdistill.data import load_dataset
+    from embdistill.engine.scoring.command import gallery_mask
+
+    items = load_dataset("cub200", str(data), split)
+    return items, gallery_mask(items, folder, split)
+
+
+def embedded(checkpoint: Path, items: ImageList, encoder: Callable[[Any], np.ndarray] | None = None) -> np.ndarray:
+    """``items`` embedded at the checkpoint's own size and normalisation: by its fp32 network, or by ``encoder``
+    (its ONNX export) when given."""
     import torch
 
     from embdistill.checkpoints import checkpoint_normalization, embedder_from_checkpoint, load_checkpoint
-    from embdistill.data import load_dataset
-    from embdistill.deploy.export import export_checkpoint
     from embdistill.engine.batches.loaders import eval_loader
-    from embdistill.engine.scoring.command import gallery_mask
     from embdistill.engine.scoring.embed import embed_loader
+
+    payload = load_checkpoint(checkpoint)
+    loader = eval_loader(items, payload["image_size"], checkpoint_normalization(payload), 128, num_workers=0,
+                         resize=payload["config"]["data"].get("resize", "crop"))
+    if encoder is not None:
+        return np.concatenate([encoder(images) for images, _, _ in loader])
+    return embed_loader(embedder_from_checkpoint(payload), loader, torch.device("cpu"), progress=False)[0].numpy()
+
+
+def int8_scores(run: Path, items: ImageList, in_gallery: np.ndarray, teacher_embeddings: np.ndarray,
+                workdir: Path) -> dict[str, float]:
+    """The student's INT8 export (in the teacher's space, ONNX Runtime) querying the teacher's fp32 gallery."""
+    import torch
+
+    from embdistill.deploy.export import export_checkpoint
     from embdistill.evaluation.metrics import retrieval_metrics
     from embdistill.search.encoder import load_encoder
 
-    items = load_dataset("cub200", str(data), split)
-    in_gallery = gallery_mask(items, folder, split)
-    payload = load_checkpoint(run / "best.pt")
     exported = export_checkpoint(run / "best.pt", "onnx", workdir / f"{run.parent.name}_{run.name}.int8.onnx",
                                  quantize="int8", space="teacher")
-    encoder = load_encoder(exported.path, threads=torch.get_num_threads())
-    resize = payload["config"]["data"].get("resize", "crop")
-    loader = eval_loader(items, payload["image_size"], checkpoint_normalization(payload), 128, num_workers=0, resize=resize)
-    queries = np.concatenate([encoder(images) for images, _, _ in loader])
-    teacher_payload = load_checkpoint(teacher)
-    net = embedder_from_checkpoint(teacher_payload)
-    loader = eval_loader(items, teacher_payload["image_size"], checkpoint_normalization(teacher_payload), 128,
-                         num_workers=0, resize=teacher_payload["config"]["data"].get("resize", "crop"))
-    gallery, labels = embed_loader(net, loader, torch.device("cpu"), progress=False)
-    return retrieval_metrics(gallery.numpy()[in_gallery], labels[in_gallery], query_embeddings=queries[~in_gallery],
+    queries = embedded(run / "best.pt", items, load_encoder(exported.path, threads=torch.get_num_threads()))
+    labels = np.asarray(items.labels)
+    return retrieval_metrics(teacher_embeddings[in_gallery], labels[in_gallery], query_embeddings=queries[~in_gallery],
                              query_labels=labels[~in_gallery], ks=(1,))
 
 
@@ -128,6 +144,9 @@ def measure(args: argparse.Namespace, command: str) -> dict:
                                    num_workers=0, progress=False, **extra)
 
     ceiling = scored(teacher)
+    if not args.tune:  # the INT8 queries' gallery: the teacher's fp32 embeddings, once for every run
+        items, in_gallery = split_items(args.data, split, folder)
+        teacher_embeddings = embedded(teacher, items)
     rows = []
     with tempfile.TemporaryDirectory(prefix="known_gallery_") as tmp:
         for row in args.rows:
@@ -149,7 +168,7 @@ def measure(args: argparse.Namespace, command: str) -> dict:
                           "asym_recall@1": asym["recall@1"], "asym_map@r": asym["map@r"],
                           "distilled_on_gallery": own["distilled_on_gallery"], "transductive": bool(own.get("transductive"))}
                 if not args.tune:
-                    int8 = int8_scores(run, teacher, args.data, split, folder, Path(tmp))
+                    int8 = int8_scores(run, items, in_gallery, teacher_embeddings, Path(tmp))
                     result["int8_asym_recall@1"] = int8["recall@1"]
                 runs.append(result)
                 print(f"[known_gallery] {row} seed {seed}: teacher {100 * ceiling['recall@1']:.1f}, own "
