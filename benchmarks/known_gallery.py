@@ -29,18 +29,17 @@ import argparse
 import datetime
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import yaml
 from benchmarks.common import ROOT, SHARED, cell, merged, pooled_std, ran_by, render_results, write_results
-from benchmarks.common.smoke import SMALL, tiny_demo
+from benchmarks.common.collection import distill, embedded, link_gallery, smoke_overrides, split_items
+from benchmarks.common.smoke import tiny_demo
 
 if TYPE_CHECKING:
     from embdistill.data import ImageList
@@ -59,58 +58,6 @@ TRIALS = {
     "asymmetric_t005": ("configs/cub100/known_gallery/trials/asymmetric_t005.yaml", "MobileNetV2 at 96 px, T 0.05"),
     "mobilenet025": ("configs/cub100/known_gallery/mobilenet025.yaml", "MobileNet-0.25 (ImageNet) at 160 px, 8 epochs"),
 }
-
-
-def link_gallery(data: Path, split: str, folder: Path) -> int:
-    """``folder``: links to every other photo (sorted by path) of each species of the CUB root's ``split``, in one
-    flat folder, no labels: the collection. The others are the queries. Returns how many it links."""
-    from embdistill.data import load_dataset
-
-    items = load_dataset("cub200", str(data), split)
-    by_class: dict[int, list[str]] = defaultdict(list)
-    for path, label in zip(items.paths, items.labels):
-        by_class[int(label)].append(str(path))
-    folder.mkdir(parents=True, exist_ok=True)
-    gallery = [path for label in sorted(by_class) for path in sorted(by_class[label])[::2]]
-    for i, path in enumerate(gallery):
-        link = folder / f"{i:05d}{Path(path).suffix.lower()}"
-        if not link.is_symlink():
-            link.symlink_to(Path(path).resolve())
-    return len(gallery)
-
-
-def distill(config: str, run: Path, overrides: list[str], seed: int) -> Path:
-    """``run`` (a run directory) trained from ``config`` at ``seed`` unless it finished."""
-    if not (run / "summary.yaml").is_file():
-        subprocess.run([sys.executable, "-m", "embdistill", "distill", "-c", config, "--no-progress",
-                        f"output_dir={run.parent}", f"name={run.name}", f"seed={seed}", *overrides], check=True, cwd=ROOT)
-    return run
-
-
-def split_items(data: Path, split: str, folder: Path) -> tuple[ImageList, np.ndarray]:
-    """The CUB root's ``split`` and which of its images are the gallery (those linked in ``folder``)."""
-    from embdistill.data import load_dataset
-    from embdistill.engine.scoring.command import gallery_mask
-
-    items = load_dataset("cub200", str(data), split)
-    return items, gallery_mask(items, folder, split)
-
-
-def embedded(checkpoint: Path, items: ImageList, encoder: Callable[[Any], np.ndarray] | None = None) -> np.ndarray:
-    """``items`` embedded at the checkpoint's own size and normalisation: by its fp32 network, or by ``encoder``
-    (its ONNX export) when given."""
-    import torch
-
-    from embdistill.checkpoints import checkpoint_normalization, embedder_from_checkpoint, load_checkpoint
-    from embdistill.engine.batches.loaders import eval_loader
-    from embdistill.engine.scoring.embed import embed_loader
-
-    payload = load_checkpoint(checkpoint)
-    loader = eval_loader(items, payload["image_size"], checkpoint_normalization(payload), 128, num_workers=0,
-                         resize=payload["config"]["data"].get("resize", "crop"))
-    if encoder is not None:
-        return np.concatenate([encoder(images) for images, _, _ in loader])
-    return embed_loader(embedder_from_checkpoint(payload), loader, torch.device("cpu"), progress=False)[0].numpy()
 
 
 def int8_scores(run: Path, items: ImageList, in_gallery: np.ndarray, teacher_embeddings: np.ndarray,
@@ -248,11 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{sorted(set(args.rows) & set(TRIALS))} are --tune trials")
     args.overrides = []
     with tempfile.TemporaryDirectory(prefix="known_gallery_smoke_") as smoke_dir:
-        if args.smoke:  # 8 photos a batch: half the tiny demo's 32 gallery photos held out (knn_agreement@10 needs 11); 64 px: MobileNet-0.25's INT8 export needs more than 32
+        if args.smoke:
             args.demo, args.data = tiny_demo(Path(smoke_dir), args.data)
-            args.overrides = [*SMALL, "data.image_size=64", "train.epochs=1", "train.batch_size=8", "model.pretrained=false",
-                              "data.validation_classes=0.5",
-                              f"distill.teacher={args.demo / 'teacher'}"]
+            args.overrides = smoke_overrides(args.demo)
             args.seeds, args.runs = args.seeds[:1], Path(smoke_dir) / "runs"
             args.out = args.out or Path(smoke_dir) / stem
         if not (args.demo / "teacher" / "last.pt").is_file():

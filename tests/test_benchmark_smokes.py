@@ -46,6 +46,8 @@ RENDERED = {
     "int8_parity_imagenet.md": _with_rows("benchmarks.parity.int8_parity"),
     "int8_cpu_paths.md": _with_rows("benchmarks.parity.int8_cpu_paths"),
     "int8_cpu_paths_precise84.md": _with_rows("benchmarks.parity.int8_cpu_paths"),
+    "int8_parity_bias_correction.md": _with_rows("benchmarks.parity.int8_parity"),
+    "int8_teacher_space_tuning.md": _rendered_by("benchmarks.parity.int8_teacher_space"),
     "asymmetric_cub100.md": _rendered_by("benchmarks.asymmetric"),
     "asymmetric_cub100_tuning.md": _rendered_by("benchmarks.asymmetric", "tuning_markdown"),
     "label_free_cub100.md": _rendered_by("benchmarks.label_free"),
@@ -192,6 +194,22 @@ def test_known_gallery_smoke_distils_on_the_gallery_and_queries_it_with_other_ph
         assert 0 <= run["own_recall@1"] <= 1 and 0 <= run["asym_recall@1"] <= 1
         assert ("int8_asym_recall@1" in run) == (not mode)
     assert (tmp_path / "known.md").read_text().startswith("# Known gallery: the student distils on the collection")
+    assert _unchanged_results() == before
+
+
+@pytest.mark.smoke
+def test_int8_teacher_space_smoke_scores_fp32_and_two_int8_settings_against_the_teachers_gallery(tmp_path, cub100):
+    from benchmarks.parity.int8_teacher_space import markdown
+
+    before = _unchanged_results()
+    _smoke("benchmarks.parity.int8_teacher_space", "--data", str(cub100), "--out", str(tmp_path / "ts"))
+    result = json.loads((tmp_path / "ts.json").read_text())
+    assert [r["setting"] for r in result["rows"]] == ["fp32", "default", "no bias correction"]
+    assert (result["gallery"], result["queries"]) == (32, 32)  # every other photo of the tiny demo's 8 train species
+    assert all(0 <= r["recall@1"] <= 100 and -1 <= r["cosine_min"] <= r["cosine_mean"] + 1e-6 <= 1 + 2e-6
+               for r in result["rows"])  # float32 sums: on a barely trained student the min can pass the mean by 1e-8
+    assert result["rows"][0]["cosine_mean"] == 1.0 and result["rows"][1]["export_seconds"] > 0
+    assert (tmp_path / "ts.md").read_text() == markdown(result)
     assert _unchanged_results() == before
 
 

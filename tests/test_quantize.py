@@ -123,7 +123,12 @@ def test_export_command_quantizes_and_bad_requests_name_the_problem(
     assert cli("export", student, "--quantize", "int8", "--calibration-images", "16", "--int8-weights", "int8-7bit",
                "-o", fast, "--no-verify") == 0
     record = json.loads(capsys.readouterr().out)["quantization"]
-    assert (record["weight_type"], record["reduce_range"]) == ("int8", True)
+    assert (record["weight_type"], record["reduce_range"]) == ("int8", True) and record["bias_correction"] is True
+    assert cli("export", student, "--quantize", "int8", "--calibration-images", "16", "--no-bias-correction",
+               "-o", tmp_path / "plain.onnx", "--no-verify") == 0
+    assert json.loads(capsys.readouterr().out)["quantization"]["bias_correction"] is False
+    assert cli("export", student, "--no-bias-correction") == 2
+    assert "--no-bias-correction only applies with --quantize" in capsys.readouterr().err
     assert cli("export", student, "--int8-weights", "int8") == 2
     assert "--int8-weights only applies with --quantize" in capsys.readouterr().err
     assert cli("export", student, "--format", "torchscript", "--quantize", "int8") == 2

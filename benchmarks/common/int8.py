@@ -33,7 +33,8 @@ TEACHER_SIZE, STUDENT_SIZE = 128, 96
 
 # name -> (settings, why it is in the table): int8_parity's rows, export_speed's --int8-variants
 VARIANTS = {
-    "default": (DEFAULT_SETTINGS, "`embdistill export --quantize int8`: QDQ, U8U8, per-channel, percentile 99.999, all int8"),
+    "default": (DEFAULT_SETTINGS, "`embdistill export --quantize int8`: QDQ, U8U8, per-channel, percentile 99.999, all int8, "
+                "biases corrected"),
     "U8S8": (DEFAULT_SETTINGS.with_(weight_type="int8"), "full-range int8 weights: saturates without VNNI (the default "
                                                          "before 2026-12-05, benchmarks/int8_cpu_paths.py)"),
     "U8S8 7-bit": (DEFAULT_SETTINGS.with_(weight_type="int8", reduce_range=True), "int8 weights in 7 bits (reduce_range): "
@@ -43,10 +44,13 @@ VARIANTS = {
     "percentile 99.99": (DEFAULT_SETTINGS.with_(percentile=99.99), "ranges clipped harder"),
     "S8S8 (first probe)": (DEFAULT_SETTINGS.with_(activation_type="int8", calibration_method="minmax"),
                            "signed activations, MinMax: quantize_static's defaults + per-channel, as the first probe ran"),
-    "QOperator": (DEFAULT_SETTINGS.with_(format="qoperator"), "QLinearConv etc. instead of Q/DQ pairs"),
+    "QOperator": (DEFAULT_SETTINGS.with_(format="qoperator", bias_correction=False), "QLinearConv etc. instead of Q/DQ "
+                                                                                   "pairs (no bias correction)"),
     "per-tensor weights": (DEFAULT_SETTINGS.with_(per_channel=False), "one scale per weight tensor"),
     "head kept fp32": (DEFAULT_SETTINGS.with_(keep_head_fp32=True), "pooling, linear head, normalisation in fp32"),
     "no pre-processing": (DEFAULT_SETTINGS.with_(preprocess=False), "without quant_pre_process"),
+    "no bias correction": (DEFAULT_SETTINGS.with_(bias_correction=False), "biases as quantized (the default before "
+                                                                           "2026-12-06)"),
 }
 
 # --smoke of int8_parity and int8_cpu_paths: two settings (the default, and the one that saturates without VNNI) for

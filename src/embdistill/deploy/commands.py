@@ -59,10 +59,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     from embdistill.deploy.export import export_checkpoint
 
     settings = None
-    for flag, value in (("--calibration-images", args.calibration_images), ("--int8-weights", args.int8_weights)):
+    for flag, value in (("--calibration-images", args.calibration_images), ("--int8-weights", args.int8_weights),
+                        ("--no-bias-correction", args.no_bias_correction or None)):
         if value is not None and not args.quantize:
             raise DeployError(f"{flag} only applies with --quantize int8")
-    if args.quantize and (args.calibration_images is not None or args.int8_weights is not None):
+    if args.quantize and (args.calibration_images is not None or args.int8_weights is not None or args.no_bias_correction):
         from embdistill.deploy.quantize import DEFAULT_SETTINGS, WEIGHT_CHOICES
 
         settings = DEFAULT_SETTINGS
@@ -70,6 +71,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             settings = settings.with_(images=args.calibration_images)
         if args.int8_weights is not None:
             settings = settings.with_(**WEIGHT_CHOICES[args.int8_weights])
+        if args.no_bias_correction:
+            settings = settings.with_(bias_correction=False)
     result = export_checkpoint(
         args.checkpoint, args.format, args.output, opset=args.opset, verify=not args.no_verify,
         quantize=args.quantize, calibration=args.calibration, quant_settings=settings, space=args.space,
@@ -164,6 +167,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="--quantize: the weights' type. uint8 (default): exact on every CPU, the most faithful, slower "
                         "than int8 on x86; int8-7bit: exact and about 2x faster on x86, less faithful; int8: full range, "
                         "for CPUs with VNNI or ARM only (x86 without VNNI saturates it)")
+    p.add_argument("--no-bias-correction", action="store_true",
+                   help="--quantize: keep the biases as quantized (default: each layer's mean INT8 error on the "
+                        "calibration images is removed from its bias, one pass over them per layer)")
     p.add_argument("--space", choices=EXPORT_SPACES, default="own",
                    help="teacher: a student distilled with the absolute teacher term, its output in the teacher's "
                         "embedding space (its learned projection applied), to query the teacher's galleries; "

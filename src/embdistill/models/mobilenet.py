@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
-from timm.layers import create_conv2d
 from torch import nn
+from torch.nn import functional as F
 
 from embdistill.data.transforms import KERAS
 from embdistill.models.backbone import Backbone
@@ -26,18 +26,35 @@ _V1_STAGES = OrderedDict(
 )
 
 
+class Conv2dSame(nn.Conv2d):
+    """A convolution with TensorFlow's "SAME" padding: asymmetric at stride 2 (0 before, 1 after at even sizes),
+    where PyTorch's symmetric padding 1 would shift every feature map by half a pixel.
+
+    timm's ``Conv2dSame`` computes the same pads in float arithmetic, which an ONNX export keeps as float
+    operations; INT8 quantization then put a pad of 1 through a uint8 step and cast 0.9995 to 0, shifting
+    every stride-2 layer (a teacher-space MobileNet-0.25 lost 8 R@1). Integer arithmetic exports as integer
+    operations, which quantization leaves alone.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads: list = []
+        for size, kernel, stride, dilation in zip(x.shape[:-3:-1], self.kernel_size[::-1], self.stride[::-1],
+                                                  self.dilation[::-1]):
+            total = ((size + stride - 1) // stride - 1) * stride + (kernel - 1) * dilation + 1 - size
+            total = total.clamp(min=0) if isinstance(total, torch.Tensor) else max(total, 0)
+            pads += [total // 2, total - total // 2]  # width's (left, right), then height's (top, bottom)
+        return F.conv2d(F.pad(x, pads), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
 def _conv_bn(cin: int, cout: int, kernel: int, stride: int, groups: int = 1) -> nn.Sequential:
     """Conv, BatchNorm, ReLU6 as TF-slim built MobileNetV1, so that its ImageNet weights compute what they did there.
 
-    TensorFlow's "SAME" padding pads stride-2 convolutions asymmetrically (0 before, 1 after at even sizes),
-    where PyTorch's symmetric padding 1 would shift every feature map by half a pixel; timm's ``padding="same"``
-    is TF's rule. BatchNorm's epsilon is Keras's 1e-3, not PyTorch's 1e-5.
+    Padding is TensorFlow's "SAME" (:class:`Conv2dSame` where it is asymmetric); BatchNorm's epsilon is Keras's
+    1e-3, not PyTorch's 1e-5.
     """
-    return nn.Sequential(
-        create_conv2d(cin, cout, kernel, stride=stride, padding="same", groups=groups, bias=False),
-        nn.BatchNorm2d(cout, eps=1e-3),
-        nn.ReLU6(inplace=True),
-    )
+    conv = (nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, groups=groups, bias=False) if stride == 1
+            else Conv2dSame(cin, cout, kernel, stride, groups=groups, bias=False))
+    return nn.Sequential(conv, nn.BatchNorm2d(cout, eps=1e-3), nn.ReLU6(inplace=True))
 
 
 def _scaled(channels: int, width: float) -> int:
