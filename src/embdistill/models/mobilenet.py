@@ -32,12 +32,12 @@ class Conv2dSame(nn.Conv2d):
 
     timm's ``Conv2dSame`` computes the same pads in float arithmetic, which an ONNX export keeps as float
     operations; INT8 quantization then put a pad of 1 through a uint8 step and cast 0.9995 to 0, shifting
-    every stride-2 layer (a teacher-space MobileNet-0.25 lost 8 R@1). Integer arithmetic exports as integer
-    operations, which quantization leaves alone.
+    every stride-2 layer (fixing it took a teacher-space MobileNet-0.25's INT8 R@1 from 56.1 to 60.2, fp32 64.0).
+    Integer arithmetic exports as integer operations, which quantization leaves alone.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pads: list = []
+        pads: list[int | torch.Tensor] = []
         for size, kernel, stride, dilation in zip(x.shape[:-3:-1], self.kernel_size[::-1], self.stride[::-1],
                                                   self.dilation[::-1]):
             total = ((size + stride - 1) // stride - 1) * stride + (kernel - 1) * dilation + 1 - size
@@ -49,8 +49,8 @@ class Conv2dSame(nn.Conv2d):
 def _conv_bn(cin: int, cout: int, kernel: int, stride: int, groups: int = 1) -> nn.Sequential:
     """Conv, BatchNorm, ReLU6 as TF-slim built MobileNetV1, so that its ImageNet weights compute what they did there.
 
-    Padding is TensorFlow's "SAME" (:class:`Conv2dSame` where it is asymmetric); BatchNorm's epsilon is Keras's
-    1e-3, not PyTorch's 1e-5.
+    Padding is TensorFlow's "SAME": symmetric at stride 1 (the kernels are odd), :class:`Conv2dSame` at stride 2;
+    BatchNorm's epsilon is Keras's 1e-3, not PyTorch's 1e-5.
     """
     conv = (nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, groups=groups, bias=False) if stride == 1
             else Conv2dSame(cin, cout, kernel, stride, groups=groups, bias=False))
