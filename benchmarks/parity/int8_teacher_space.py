@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import RESULTS, ROOT, SHARED, command, machine, render_results, repo_relative, write_results
+from benchmarks.common.collection import distill, embedded, link_gallery, smoke_overrides, split_items
 from benchmarks.common.int8 import VARIANTS
 from benchmarks.common.smoke import tiny_demo
-from benchmarks.common.collection import distill, embedded, link_gallery, smoke_overrides, split_items
 
 RUN = ROOT / "runs" / "known_gallery" / "tune" / "mobilenet025_32ep"
 FOLDER = ROOT / "runs" / "known_gallery" / "photos" / "gallery_train"

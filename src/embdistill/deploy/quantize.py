@@ -318,7 +318,7 @@ def quantize_onnx(
             )
         quantized = onnx.load(str(out))
         if settings.bias_correction:
-            correct_biases(onnx.load(str(source)), quantized, reader)
+            correct_biases(model, quantized, reader)  # model: the fp32 graph quantize_static read from source
     if props:
         onnx.helper.set_model_props(quantized, props)
     onnx.checker.check_model(quantized)
