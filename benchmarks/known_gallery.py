@@ -1,16 +1,17 @@
 """Known gallery: the student distils on the photos of the collection it will search; new photos query it
 (issues #30 and #31).
 
-    python -m benchmarks.known_gallery                # after `make demo` (its teacher)
-    python -m benchmarks.known_gallery --tune         # the rows and trials on the 58 training species
-    python -m benchmarks.known_gallery --smoke        # 2 steps a run, seed 0, on its own tiny demo, to a temporary folder
+    python -m benchmarks.known_gallery                      # birds, after `make demo` (its teacher)
+    python -m benchmarks.known_gallery --dataset cars196    # cars (fine-tunes its teacher first if missing, ~30 min)
+    python -m benchmarks.known_gallery --tune               # the rows and trials on the tuning classes
+    python -m benchmarks.known_gallery --smoke              # 2 steps a run, seed 0, on tiny data, in a temporary folder
 
-A user's collection has no class folders, and the server that embeds it has its photos. In each species of a split,
-every other photo (sorted by path) is the gallery, linked without labels into one flat folder; the other photos
-are the queries: new photos, never seen by the student. Each row (``ROWS``: a config a user can run with
-``embdistill distill``) distils the student on the gallery's photos alone (no labels; a quarter held out choose the
-epoch by knn_agreement@10), then four scores, each query against the gallery (``embdistill evaluate
---gallery-images``):
+A user's collection has no class folders, and the server that embeds it has its photos. In each class of a split
+(a bird species, a car model), every other photo (sorted by path) is the gallery, linked without labels into one flat
+folder; the other photos are the queries: new photos, never seen by the student. Each row (``Collection.rows``: a
+config a user can run with ``embdistill distill``) distils the student on the gallery's photos alone (no labels; a
+quarter held out choose the epoch by knn_agreement@10), then four scores, each query against the gallery
+(``embdistill evaluate --gallery-images``):
 
 - **teacher**: the teacher's queries on the teacher's gallery (no training: the ceiling);
 - **own**: the student's queries on the student's gallery (one network, as `search` with the student alone);
@@ -20,86 +21,142 @@ epoch by knn_agreement@10), then four scores, each query against the gallery (``
 
 The scores are not transductive: no query was distilled on; the gallery's photos were, as a user's collection
 would be (the table says so). Labels serve only to score. ``--tune`` runs the rows' configs and the trials
-(``TRIALS``) on the 58 training species (seed 0), where the settings are chosen; the rows run on the 42 test species. Writes
-``benchmarks/results/known_gallery_cub100{,_tuning}.{md,json}``.
+(``Collection.trials``) on training classes the teacher never trained on (seed 0), where the settings are chosen:
+birds' teacher is ImageNet features, so all 58 training species; cars' is fine-tuned on 74 of the 98 training
+models, so the 24 it held out. The rows run on the test classes. Writes
+``benchmarks/results/known_gallery_<dataset>{,_tuning}.{md,json}``.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import numpy as np
 import yaml
-from benchmarks.common import ROOT, SHARED, cell, merged, pooled_std, ran_by, render_results, write_results
-from benchmarks.common.collection import distill, embedded, link_gallery, smoke_overrides, split_items
-from benchmarks.common.smoke import tiny_demo
+from benchmarks.common import (ROOT, SHARED, cell, few_per_class, merged, pooled_std, ran_by, render_results,
+                               write_results)
+from benchmarks.common.collection import (asymmetric_recall, distill, embedded, exported_queries, last_classes,
+                                          link_gallery, smoke_overrides, split_items)
+from benchmarks.common.smoke import SMALL, tiny_demo
 
-if TYPE_CHECKING:
-    from embdistill.data import ImageList
+DEMO = ROOT / "runs" / "demo"  # `make demo`: the birds' teacher
 
-DEMO = ROOT / "runs" / "demo"  # `make demo`: the teacher
-# row -> (config, the student as the table names it)
-ROWS = {
-    "asymmetric": ("configs/cub100/known_gallery/asymmetric.yaml", "MobileNetV2 at 96 px (the demo's student)"),
-    "asymmetric_160": ("configs/cub100/known_gallery/asymmetric_160.yaml", "MobileNetV2 at 160 px"),
-    "mobilenet025_32ep": ("configs/cub100/known_gallery/mobilenet025_32ep.yaml",
-                          "MobileNet-0.25 (ImageNet) at 160 px, 32 epochs"),
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+    """The network that embeds the gallery, and how the table describes it."""
+
+    config: str | None  # run into --runs (its folder named as the file) when missing; None: `make demo`'s teacher
+    description: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """The classes one table scores, and how the table names them."""
+
+    split: str  # the dataset's split
+    words: str  # "42 test species, unseen in training"
+    held_out: int = 0  # > 0: only the split's last this many classes, which the teacher held out (never trained on)
+
+
+@dataclasses.dataclass(frozen=True)
+class Collection:
+    """A dataset the tables run on: the test table's classes and the tuning's, its teacher, its rows."""
+
+    reader: str  # embdistill's dataset reader
+    data: Path  # its default root
+    kind: str  # what one class is
+    tune: Part
+    test: Part
+    teacher: Teacher
+    rows: dict[str, tuple[str, str]]  # row -> (config, the student as the table names it)
+    trials: dict[str, tuple[str, str]]  # --tune only: settings tried on the tuning classes beside the rows'
+    runs: str = "known_gallery"  # runs/<this> by default
+
+
+COLLECTIONS = {
+    "cub100": Collection(
+        reader="cub200", data=SHARED / "data" / "cub100", kind="species",
+        tune=Part("train", "58 training species (where the settings were chosen)"),
+        test=Part("test", "42 test species, unseen in training"),
+        teacher=Teacher(None, "EfficientNet-Lite0's ImageNet features at 160 px, 1,280-d"),
+        rows={
+            "asymmetric": ("configs/cub100/known_gallery/asymmetric.yaml", "MobileNetV2 at 96 px (the demo's student)"),
+            "asymmetric_160": ("configs/cub100/known_gallery/asymmetric_160.yaml", "MobileNetV2 at 160 px"),
+            "mobilenet025_32ep": ("configs/cub100/known_gallery/mobilenet025_32ep.yaml",
+                                  "MobileNet-0.25 (ImageNet) at 160 px, 32 epochs"),
+        },
+        trials={
+            "asymmetric_b256": ("configs/cub100/known_gallery/trials/asymmetric_b256.yaml",
+                                "MobileNetV2 at 96 px, 256 a batch"),
+            "asymmetric_t005": ("configs/cub100/known_gallery/trials/asymmetric_t005.yaml",
+                                "MobileNetV2 at 96 px, T 0.05"),
+            "mobilenet025": ("configs/cub100/known_gallery/mobilenet025.yaml",
+                             "MobileNet-0.25 (ImageNet) at 160 px, 8 epochs"),
+        }),
+    # the teacher learnt 74 of the 98 training models: the settings are chosen on the other 24 (its held-out ones)
+    "cars196": Collection(
+        reader="cars196", data=SHARED / "data" / "cars196", kind="model",
+        tune=Part("train", "24 training models the teacher held out (it chose its epoch on them and never trained on "
+                  "them; where the settings were chosen)", held_out=24),
+        test=Part("test", "98 test models, unseen in training"),
+        teacher=Teacher("configs/cars196/known_gallery/teacher.yaml",
+                        "EfficientNet-Lite0 at 224 px, squashed, 1,280-d, fine-tuned with labels on 74 of the 98 "
+                        "training models (its epoch chosen on the other 24): `configs/cars196/known_gallery/teacher.yaml`"),
+        rows={
+            "mobilenet025_32ep": ("configs/cars196/known_gallery/mobilenet025_32ep.yaml",
+                                  "MobileNet-0.25 (ImageNet) at 160 px, 32 epochs"),
+            "asymmetric_160": ("configs/cars196/known_gallery/asymmetric_160.yaml", "MobileNetV2 at 160 px"),
+        },
+        trials={
+            "mobilenet025_224": ("configs/cars196/known_gallery/trials/mobilenet025_224.yaml",
+                                 "MobileNet-0.25 (ImageNet) at 224 px, 32 epochs"),
+            "mobilenet025_64ep": ("configs/cars196/known_gallery/trials/mobilenet025_64ep.yaml",
+                                  "MobileNet-0.25 (ImageNet) at 160 px, 64 epochs"),
+        }, runs="known_gallery_cars196"),
 }
-# --tune only: settings tried on the training species beside the rows'
-TRIALS = {
-    "asymmetric_b256": ("configs/cub100/known_gallery/trials/asymmetric_b256.yaml", "MobileNetV2 at 96 px, 256 a batch"),
-    "asymmetric_t005": ("configs/cub100/known_gallery/trials/asymmetric_t005.yaml", "MobileNetV2 at 96 px, T 0.05"),
-    "mobilenet025": ("configs/cub100/known_gallery/mobilenet025.yaml", "MobileNet-0.25 (ImageNet) at 160 px, 8 epochs"),
-}
-
-
-def int8_scores(run: Path, items: ImageList, in_gallery: np.ndarray, teacher_embeddings: np.ndarray,
-                workdir: Path) -> dict[str, float]:
-    """The student's INT8 export (in the teacher's space, ONNX Runtime) querying the teacher's fp32 gallery."""
-    import torch
-
-    from embdistill.deploy.export import export_checkpoint
-    from embdistill.evaluation.metrics import retrieval_metrics
-    from embdistill.search.encoder import load_encoder
-
-    exported = export_checkpoint(run / "best.pt", "onnx", workdir / f"{run.parent.name}_{run.name}.int8.onnx",
-                                 quantize="int8", space="teacher")
-    queries = embedded(run / "best.pt", items, load_encoder(exported.path, threads=torch.get_num_threads()))
-    labels = np.asarray(items.labels)
-    return retrieval_metrics(teacher_embeddings[in_gallery], labels[in_gallery], query_embeddings=queries[~in_gallery],
-                             query_labels=labels[~in_gallery], ks=(1,))
 
 
 def measure(args: argparse.Namespace, command: str) -> dict:
+    from embdistill.checkpoints import run_checkpoint
     from embdistill.config import load_config
     from embdistill.engine.scoring.command import evaluate_checkpoint
 
-    split = "train" if args.tune else "test"
-    folder = args.runs / "photos" / f"gallery_{split}"  # never a run's own folder: its outputs would become photos
-    count = link_gallery(args.data, split, folder)
-    teacher = args.demo / "teacher" / "last.pt"
+    collection = COLLECTIONS[args.dataset]
+    part = collection.tune if args.tune else collection.test
+    reader, data, split, tag = collection.reader, args.data, part.split, part.split
+    if part.held_out:  # the teacher's held-out classes, one folder each, read as a folder dataset
+        held = yaml.safe_load((args.teacher / "config.yaml").read_text())["data"]["validation_classes"]
+        if held != part.held_out:
+            raise SystemExit(f"{args.teacher} held out {held} training classes; the tuning expects {part.held_out}")
+        data = last_classes(args.data, reader, split, part.held_out, args.runs / f"{split}_held_out")
+        reader, split, tag = "folder", "all", f"{split}_held_out"
+    folder = args.runs / "photos" / f"gallery_{tag}"  # never a run's own folder: its outputs would become photos
+    count = link_gallery(data, split, folder, reader)
+    teacher = run_checkpoint(args.teacher)  # best.pt where the teacher chose an epoch
 
     def scored(checkpoint: Path, **extra: object) -> dict:
-        return evaluate_checkpoint(checkpoint, dataset="cub200", root=str(args.data), split=split, gallery_images=folder,
+        return evaluate_checkpoint(checkpoint, dataset=reader, root=str(data), split=split, gallery_images=folder,
                                    num_workers=0, progress=False, **extra)
 
     ceiling = scored(teacher)
     if not args.tune:  # the INT8 queries' gallery: the teacher's fp32 embeddings, once for every run
-        items, in_gallery = split_items(args.data, split, folder)
+        items, in_gallery = split_items(data, split, folder, reader)
         teacher_embeddings = embedded(teacher, items)
     rows = []
     with tempfile.TemporaryDirectory(prefix="known_gallery_") as tmp:
         for row in args.rows:
-            config, student = {**ROWS, **TRIALS}[row]
-            bank = Path(load_config(ROOT / config).distill.bank).name.replace("gallery_test", f"gallery_{split}")
-            overrides = [f"data.root={folder}", f"distill.bank={args.runs / 'photos' / bank}", *args.overrides]
+            config, student = {**collection.rows, **collection.trials}[row]
+            bank = Path(load_config(ROOT / config).distill.bank).name.replace("gallery_test", f"gallery_{tag}")
+            overrides = [f"data.root={folder}", f"distill.bank={args.runs / 'photos' / bank}",
+                         f"distill.teacher={args.teacher}", *args.overrides]
             runs = []
             for seed in args.seeds:
                 start = time.perf_counter()
@@ -115,8 +172,9 @@ def measure(args: argparse.Namespace, command: str) -> dict:
                           "asym_recall@1": asym["recall@1"], "asym_map@r": asym["map@r"],
                           "distilled_on_gallery": own["distilled_on_gallery"], "transductive": bool(own.get("transductive"))}
                 if not args.tune:
-                    int8 = int8_scores(run, items, in_gallery, teacher_embeddings, Path(tmp))
-                    result["int8_asym_recall@1"] = int8["recall@1"]
+                    int8 = exported_queries(run / "best.pt", items, Path(tmp) / f"{row}_{run.name}.int8.onnx",
+                                            quantize="int8")
+                    result["int8_asym_recall@1"] = asymmetric_recall(teacher_embeddings, int8, items, in_gallery)
                 runs.append(result)
                 print(f"[known_gallery] {row} seed {seed}: teacher {100 * ceiling['recall@1']:.1f}, own "
                       f"{100 * own['recall@1']:.1f}, asymmetric {100 * asym['recall@1']:.1f}"
@@ -125,25 +183,29 @@ def measure(args: argparse.Namespace, command: str) -> dict:
             rows.append({"row": row, "config": config, "student": student, "command": command,
                          "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "runs": runs})
     return {"command": command, "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "split": split, "teacher": str(teacher.parent), "teacher_recall@1": ceiling["recall@1"],
+            "dataset": args.dataset, "split": part.split, "teacher": str(teacher.parent),
+            "teacher_recall@1": ceiling["recall@1"],
             "teacher_map@r": ceiling["map@r"], "queries": ceiling["queries"], "gallery": ceiling["gallery"],
             "linked": count, "rows": rows}
 
 
 def markdown(result: dict) -> str:
+    dataset = result.get("dataset", "cub100")  # the first tables, birds only, do not say
+    collection = COLLECTIONS[dataset]
     tune = result["split"] == "train"
     teacher = 100 * result["teacher_recall@1"]
-    species = "58 training species (where the settings were chosen)" if tune else "42 test species, unseen in training"
+    part = collection.tune if tune else collection.test
     lines = [
-        f"# Known gallery: the student distils on the collection it will search (cub100{', tuning' if tune else ''})",
+        "# Known gallery: the student distils on the collection it will search "
+        f"({dataset}{', tuning' if tune else ''})",
         "",
         *ran_by(result, "rows", "row"),
         "- machine: this project's 2-core CPU machine (no GPU); mean ± std over the seeds each row lists",
-        f"- the {species}: in each species every other photo (sorted by path) is the gallery ({result['gallery']} "
+        f"- the {part.words}: in each {collection.kind} every other photo (sorted by path) is the gallery ({result['gallery']} "
         f"photos, linked without labels; the student distils on them, a quarter held out to choose the epoch by "
         f"knn_agreement@10), the other {result['queries']} photos query it and were never seen: the scores are not "
         "transductive",
-        f"- teacher: `{result['teacher']}` (EfficientNet-Lite0's ImageNet features at 160 px, 1,280-d): R@1 {teacher:.1f}, "
+        f"- teacher: `{result['teacher']}` ({collection.teacher.description}): R@1 {teacher:.1f}, "
         f"MAP@R {100 * result['teacher_map@r']:.1f}, its queries on its gallery",
         "- own = student queries, student gallery; asymmetric = student queries, teacher gallery; INT8 = the "
         "student's `export --space teacher --quantize int8` in ONNX Runtime against the same gallery; gain = "
@@ -169,39 +231,68 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def teacher_run(args: argparse.Namespace, teacher: Teacher, overrides: list[str]) -> Path:
+    """The teacher's run folder: `make demo`'s, or ``teacher.config`` run into ``--runs`` when missing."""
+    if teacher.config is None:
+        return args.demo / "teacher"
+    run = args.runs / Path(teacher.config).stem
+    if not (run / "summary.yaml").is_file():
+        subprocess.run([sys.executable, "-m", "embdistill", "train", "-c", teacher.config, "--no-progress",
+                        f"output_dir={args.runs}", f"name={run.name}", f"data.root={args.data}", *overrides],
+                       check=True, cwd=ROOT)
+    return run
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", nargs="+", choices=[*ROWS, *TRIALS], help="default: every row (--tune: and every trial)")
+    parser.add_argument("--dataset", choices=list(COLLECTIONS), default="cub100")
+    every = sorted({row for c in COLLECTIONS.values() for row in [*c.rows, *c.trials]})
+    parser.add_argument("--rows", nargs="+", choices=every,
+                        help="default: every row of the dataset (--tune: and every trial)")
     parser.add_argument("--seeds", type=int, nargs="+", help="default: 0 1 2 (--tune: 0)")
-    parser.add_argument("--tune", action="store_true", help="the rows on the 58 training species instead, seed 0")
-    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "known_gallery", help="where the runs go")
-    parser.add_argument("--out", type=Path, help="results path without suffix (default: benchmarks/results/known_gallery_cub100)")
+    parser.add_argument("--tune", action="store_true", help="the rows and trials on the tuning classes instead, seed 0")
+    parser.add_argument("--runs", type=Path, help="where the runs go (default: runs/known_gallery for cub100, "
+                        "runs/known_gallery_<dataset> for the others)")
+    parser.add_argument("--out", type=Path,
+                        help="results path without suffix (default: benchmarks/results/known_gallery_<dataset>)")
     parser.add_argument("--render", action="store_true",
                         help="only write the .md again from the .json (its paths made repository-relative)")
-    parser.add_argument("--demo", type=Path, default=DEMO, help="the `make demo` folder whose teacher the rows use")
-    parser.add_argument("--data", type=Path, default=SHARED / "data" / "cub100", help="the CUB root (cub100)")
+    parser.add_argument("--demo", type=Path, default=DEMO,
+                        help="cub100: the `make demo` folder whose teacher the rows use")
+    parser.add_argument("--data", type=Path, help="the dataset's root (default: ../shared/data/<dataset>)")
     parser.add_argument("--smoke", action="store_true",
-                        help="2 training steps a run, seed 0, on a tiny demo of its own, all in a temporary folder")
+                        help="2 training steps a run, seed 0, on tiny data and a teacher of its own, all in a "
+                        "temporary folder")
     args = parser.parse_args(argv)
-    stem = "known_gallery_cub100" + ("_tuning" if args.tune else "")
+    collection = COLLECTIONS[args.dataset]
+    stem = f"known_gallery_{args.dataset}" + ("_tuning" if args.tune else "")
     if args.render:
         render_results(args.out or ROOT / "benchmarks" / "results" / stem, markdown)
         return 0
     command = "python -m benchmarks.known_gallery " + " ".join(map(shlex.quote, argv if argv is not None else sys.argv[1:]))
     args.seeds = args.seeds or ([0] if args.tune or args.smoke else [0, 1, 2])
-    order = [*ROWS, *TRIALS] if args.tune else list(ROWS)
+    order = [*collection.rows, *collection.trials] if args.tune else list(collection.rows)
     args.rows = args.rows or order
-    if not args.tune and set(args.rows) & set(TRIALS):
-        parser.error(f"{sorted(set(args.rows) & set(TRIALS))} are --tune trials")
-    args.overrides = []
+    if set(args.rows) - set(order):
+        parser.error(f"{sorted(set(args.rows) - set(order))} are not {args.dataset} "
+                     + ("trials or rows" if args.tune else "rows (--tune trials are not)"))
+    args.runs = args.runs or ROOT / "runs" / collection.runs
+    args.data = args.data or collection.data
+    args.overrides, teacher_overrides = [], []
     with tempfile.TemporaryDirectory(prefix="known_gallery_smoke_") as smoke_dir:
         if args.smoke:
-            args.demo, args.data = tiny_demo(Path(smoke_dir), args.data)
-            args.overrides = smoke_overrides(args.demo)
-            args.seeds, args.runs = args.seeds[:1], Path(smoke_dir) / "runs"
-            args.out = args.out or Path(smoke_dir) / stem
-        if not (args.demo / "teacher" / "last.pt").is_file():
-            raise SystemExit(f"{args.demo / 'teacher'} is missing: run `make demo` first")
+            args.runs, args.out = Path(smoke_dir) / "runs", args.out or Path(smoke_dir) / stem
+            if collection.teacher.config is None:
+                args.demo, args.data = tiny_demo(Path(smoke_dir), args.data)
+            else:  # 2 photos of every class: the gallery holds one of each, the queries the other
+                args.data = few_per_class(args.data, Path(smoke_dir), 2)
+                teacher_overrides = [*SMALL, "data.image_size=64", "train.epochs=0"]  # no fine-tuning: a smoke
+            args.seeds = args.seeds[:1]
+        args.teacher = teacher_run(args, collection.teacher, teacher_overrides)
+        if not (args.teacher / "last.pt").is_file():
+            raise SystemExit(f"{args.teacher} is missing: run `make demo` first")
+        if args.smoke:
+            args.overrides = smoke_overrides(args.teacher)
         out = args.out or ROOT / "benchmarks" / "results" / stem
         write_results(out, merged(out, measure(args, command.strip()), "rows", "row", order), markdown)
     return 0

@@ -11,10 +11,11 @@ import torch
 
 from embdistill.data import load_dataset
 from embdistill.checkpoints import load_checkpoint
-from embdistill.deploy.export import export_checkpoint, read_onnx_metadata
+from embdistill.deploy.export import export_checkpoint, read_onnx_metadata, read_quantization_record
 from embdistill.deploy.choices import DeployError
 from embdistill.config import ModelConfig
-from embdistill.deploy.quantize import DEFAULT_SETTINGS, calibration_images, head_nodes, parity_report
+from embdistill.deploy.quantize import (DEFAULT_SETTINGS, ImageCalibrationReader, calibration_images, even_batch_size,
+                                        head_nodes, parity_report)
 from embdistill.search import load_encoder
 from test_deploy import CUB100, cli, image_batch, write_checkpoint
 
@@ -164,3 +165,16 @@ def test_an_older_u8s8_file_loads_with_exact_kernels_and_one_warning_on_a_cpu_wi
     assert len(caught) == 1 and str(old) in str(caught[0].message)
     # the exact U8U8 kernels give what a CPU with VNNI gives (here: this one), up to requantization rounding
     assert float((encoder(x) * native).sum(axis=1).min()) > 0.999
+
+
+def test_a_calibration_count_no_batch_divides_calibrates_on_every_image(student: Path, tmp_path: Path) -> None:
+    """onnxruntime's percentile calibrator stacks the outputs of every batch: a short last batch crashed the export
+    (10 images in batches of 4). The batches are evened out instead, and no image is left out."""
+    assert [even_batch_size(n, 16) for n in (64, 18, 17, 5)] == [16, 9, 1, 5]
+    int8 = export_checkpoint(student, "onnx", tmp_path / "odd.int8.onnx", quantize="int8", verify=False,
+                             quant_settings=DEFAULT_SETTINGS.with_(images=10, batch_size=4)).path
+    assert read_quantization_record(int8)["images"] == 10
+    paths = load_dataset("cub200", CUB100, "train").paths[:10]
+    reader = ImageCalibrationReader(paths, "image", read_onnx_metadata(int8), batch_size=4)
+    shapes = [batch["image"].shape for batch in iter(reader.get_next, None)]
+    assert shapes == [(2, 3, SIZE, SIZE)] * 5

@@ -1,6 +1,7 @@
 """A collection a student distils on and is searched in (benchmarks.known_gallery, benchmarks.parity.int8_teacher_space):
-every other photo of each species of a CUB split linked, without labels, into one folder (the gallery), the other
-photos the queries; runs distilled on it, and its images embedded by a checkpoint or its export."""
+every other photo of each class of a split (CUB's species, Cars-196's models) linked, without labels, into one folder
+(the gallery), the other photos the queries; runs distilled on it, and its images embedded by a checkpoint or its
+export."""
 from __future__ import annotations
 
 import subprocess
@@ -19,19 +20,21 @@ if TYPE_CHECKING:
     from embdistill.data import ImageList
 
 
-def smoke_overrides(demo: Path) -> list[str]:
-    """``--smoke``'s runs on the tiny demo (``demo``: its folder): 8 photos a batch, half the 32 gallery photos held
-    out (knn_agreement@10 needs 11), 64 px (MobileNet-0.25's INT8 export needs more than 32), one epoch."""
+def smoke_overrides(teacher: Path) -> list[str]:
+    """``--smoke``'s runs on a tiny collection, taught by ``teacher`` (a run folder): 8 photos a batch, half the
+    gallery's photos held out (knn_agreement@10 needs 11), 64 px (MobileNet-0.25's INT8 export needs more than 32),
+    one epoch."""
     return [*SMALL, "data.image_size=64", "train.epochs=1", "train.batch_size=8", "model.pretrained=false",
-            "data.validation_classes=0.5", f"distill.teacher={demo / 'teacher'}"]
+            "data.validation_classes=0.5", f"distill.teacher={teacher}"]
 
 
-def link_gallery(data: Path, split: str, folder: Path) -> int:
-    """``folder``: links to every other photo (sorted by path) of each species of the CUB root's ``split``, in one
-    flat folder, no labels: the collection. The others are the queries. Returns how many it links."""
+def link_gallery(data: Path, split: str, folder: Path, reader: str = "cub200") -> int:
+    """``folder``: links to every other photo (sorted by path) of each class of ``split`` of ``data`` (read by the
+    dataset reader ``reader``), in one flat folder, no labels: the collection. The others are the queries. Returns how
+    many it links."""
     from embdistill.data import load_dataset
 
-    items = load_dataset("cub200", str(data), split)
+    items = load_dataset(reader, str(data), split)
     by_class: dict[int, list[str]] = defaultdict(list)
     for path, label in zip(items.paths, items.labels):
         by_class[int(label)].append(str(path))
@@ -44,6 +47,26 @@ def link_gallery(data: Path, split: str, folder: Path) -> int:
     return len(gallery)
 
 
+def last_classes(data: Path, reader: str, split: str, count: int, out: Path) -> Path:
+    """``out``: links to the folders of the last ``count`` classes of ``split`` of ``data`` (read by ``reader``, one
+    folder per class), for the "folder" reader (its split "all"): the training classes a teacher held out to choose
+    its epoch (``data.validation_classes`` holds out the last ones)."""
+    from embdistill.data import load_dataset
+
+    items = load_dataset(reader, str(data), split)
+    chosen = set(sorted(set(map(int, items.labels)))[-count:])
+    folders = sorted({Path(path).parent for path, label in zip(items.paths, items.labels) if int(label) in chosen})
+    if len(folders) != len(chosen):
+        raise ValueError(f"{data} ({reader}, {split}): the last {count} classes lie in {len(folders)} folders; "
+                         "expected one folder per class")
+    out.mkdir(parents=True, exist_ok=True)
+    for class_folder in folders:
+        link = out / class_folder.name
+        if not link.is_symlink():
+            link.symlink_to(class_folder.resolve())
+    return out
+
+
 def distill(config: str, run: Path, overrides: list[str], seed: int) -> Path:
     """``run`` (a run directory) trained from ``config`` at ``seed`` unless it finished."""
     if not (run / "summary.yaml").is_file():
@@ -52,12 +75,12 @@ def distill(config: str, run: Path, overrides: list[str], seed: int) -> Path:
     return run
 
 
-def split_items(data: Path, split: str, folder: Path) -> tuple[ImageList, np.ndarray]:
-    """The CUB root's ``split`` and which of its images are the gallery (those linked in ``folder``)."""
+def split_items(data: Path, split: str, folder: Path, reader: str = "cub200") -> tuple[ImageList, np.ndarray]:
+    """``split`` of ``data`` (read by ``reader``) and which of its images are the gallery (the ones ``folder`` links)."""
     from embdistill.data import load_dataset
     from embdistill.engine.scoring.command import gallery_mask
 
-    items = load_dataset("cub200", str(data), split)
+    items = load_dataset(reader, str(data), split)
     return items, gallery_mask(items, folder, split)
 
 
@@ -76,3 +99,25 @@ def embedded(checkpoint: Path, items: ImageList, encoder: Callable[[Any], np.nda
     if encoder is not None:
         return np.concatenate([encoder(images) for images, _, _ in loader])
     return embed_loader(embedder_from_checkpoint(payload), loader, torch.device("cpu"), progress=False)[0].numpy()
+
+
+def exported_queries(checkpoint: Path, items: ImageList, path: Path, **export: Any) -> np.ndarray:
+    """``items`` embedded in ONNX Runtime by the checkpoint's export into its teacher's space, written to ``path``
+    (``export``: more of ``export_checkpoint``'s arguments, such as ``quantize="int8"``)."""
+    import torch
+
+    from embdistill.deploy.export import export_checkpoint
+    from embdistill.search.encoder import load_encoder
+
+    exported = export_checkpoint(checkpoint, "onnx", path, space="teacher", **export)
+    return embedded(checkpoint, items, load_encoder(exported.path, threads=torch.get_num_threads()))
+
+
+def asymmetric_recall(gallery: np.ndarray, queries: np.ndarray, items: ImageList, in_gallery: np.ndarray) -> float:
+    """R@1 of the queries' embeddings of the images not in the gallery against the gallery's embeddings of those
+    that are (both arrays: every image of ``items``, in order)."""
+    from embdistill.evaluation.metrics import retrieval_metrics
+
+    labels = np.asarray(items.labels)
+    return retrieval_metrics(gallery[in_gallery], labels[in_gallery], query_embeddings=queries[~in_gallery],
+                             query_labels=labels[~in_gallery], ks=(1,))["recall@1"]

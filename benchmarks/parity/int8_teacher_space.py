@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import RESULTS, ROOT, SHARED, command, machine, render_results, repo_relative, write_results
-from benchmarks.common.collection import distill, embedded, link_gallery, smoke_overrides, split_items
+from benchmarks.common.collection import (asymmetric_recall, distill, embedded, exported_queries, link_gallery,
+                                          smoke_overrides, split_items)
 from benchmarks.common.int8 import VARIANTS
 from benchmarks.common.smoke import tiny_demo
 
@@ -34,23 +35,19 @@ def measure(args: argparse.Namespace) -> dict:
     import torch
 
     from embdistill.deploy.export import export_checkpoint
-    from embdistill.evaluation.metrics import retrieval_metrics
     from embdistill.search.encoder import load_encoder
 
     items, in_gallery = split_items(args.data, "train", args.gallery)
-    labels = np.asarray(items.labels)
     teacher = embedded(args.teacher, items)
 
     def asymmetric(queries: np.ndarray) -> float:
-        return 100 * retrieval_metrics(teacher[in_gallery], labels[in_gallery], query_embeddings=queries[~in_gallery],
-                                       query_labels=labels[~in_gallery], ks=(1,))["recall@1"]
+        return 100 * asymmetric_recall(teacher, queries, items, in_gallery)
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="int8_teacher_space_") as tmp:
-        fp32 = export_checkpoint(args.run / "best.pt", "onnx", Path(tmp) / "fp32.onnx", space="teacher")
-        reference = embedded(args.run / "best.pt", items, load_encoder(fp32.path, threads=torch.get_num_threads()))
+        reference = exported_queries(args.run / "best.pt", items, Path(tmp) / "fp32.onnx")
         rows.append({"setting": "fp32", "recall@1": asymmetric(reference), "cosine_mean": 1.0, "cosine_min": 1.0,
-                     "mb": fp32.path.stat().st_size / 1e6, "export_seconds": None, "why": "the fp32 ONNX export"})
+                     "mb": (Path(tmp) / "fp32.onnx").stat().st_size / 1e6, "export_seconds": None, "why": "the fp32 ONNX export"})
         for name in args.variants:
             settings, why = VARIANTS[name]
             path, start = Path(tmp) / "int8.onnx", time.perf_counter()
@@ -114,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
             args.gallery = Path(tmp) / "photos" / "gallery_train"
             link_gallery(args.data, "train", args.gallery)
             overrides = [f"data.root={args.gallery}", f"distill.bank={Path(tmp) / 'photos' / 'gallery.bank'}",
-                         *smoke_overrides(demo)]
+                         *smoke_overrides(demo / "teacher")]
             args.run = distill(CONFIG, Path(tmp) / "runs" / "mobilenet025_32ep", overrides, 0)
             args.teacher, args.variants = demo / "teacher" / "last.pt", args.variants[:2]
             write_results(args.out or Path(tmp) / "int8_teacher_space_tuning", measure(args), markdown)

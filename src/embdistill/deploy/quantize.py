@@ -42,6 +42,7 @@ __all__ = [
     "ImageCalibrationReader",
     "QuantSettings",
     "calibration_images",
+    "even_batch_size",
     "head_nodes",
     "parity_report",
     "precise_session_config",
@@ -176,13 +177,22 @@ def calibration_images(
     return chosen, f"{len(chosen)} of {len(train)} training images of {dataset} at {root}"
 
 
+def even_batch_size(count: int, batch_size: int) -> int:
+    """The largest batch of at most ``batch_size`` that splits ``count`` images into equal batches: onnxruntime's
+    histogram calibrators (percentile, entropy) stack every batch's outputs into one array and fail on a short last
+    batch, and dropping its images would calibrate on fewer than asked."""
+    return max(size for size in range(1, min(count, batch_size) + 1) if count % size == 0)
+
+
 class ImageCalibrationReader:
-    """onnxruntime's CalibrationDataReader over image files: batches preprocessed as the metadata says."""
+    """onnxruntime's CalibrationDataReader over image files: batches preprocessed as the metadata says, all of one
+    size (:func:`even_batch_size`)."""
 
     def __init__(self, paths: Sequence[Path], input_name: str, meta: Any, batch_size: int = 16) -> None:
         from embdistill.data.transforms import eval_transform
 
-        self.paths, self.input_name, self.batch_size = list(paths), input_name, batch_size
+        self.paths, self.input_name = list(paths), input_name
+        self.batch_size = even_batch_size(len(self.paths), batch_size) if self.paths else batch_size
         self.transform = eval_transform(meta)
         self._batches: Iterator[dict[str, np.ndarray]] | None = None
 
