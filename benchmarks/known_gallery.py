@@ -23,7 +23,9 @@ The scores are not transductive: no query was distilled on; the gallery's photos
 would be (the table says so). Labels serve only to score. ``--tune`` runs the rows' configs and the trials
 (``Collection.trials``) on training classes the teacher never trained on (seed 0), where the settings are chosen:
 birds' teacher is ImageNet features, so all 58 training species; cars' is fine-tuned on 74 of the 98 training
-models, so the 24 it held out. The rows run on the test classes. Writes
+models, so the 24 it held out. The rows run on the test classes. A row with ``Recipe.training_photos`` distils on the
+training split's photos too (the tuning: only the classes the teacher trained on), labels never read, linked beside
+the gallery's. Writes
 ``benchmarks/results/known_gallery_<dataset>{,_tuning}.{md,json}``.
 """
 from __future__ import annotations
@@ -43,7 +45,7 @@ import yaml
 from benchmarks.common import (ROOT, SHARED, cell, few_per_class, merged, pooled_std, ran_by, render_results,
                                write_results)
 from benchmarks.common.collection import (asymmetric_recall, distill, embedded, exported_queries, last_classes,
-                                          link_gallery, smoke_overrides, split_items)
+                                          link_gallery, link_photos, smoke_overrides, split_items, training_photos)
 from benchmarks.common.smoke import SMALL, tiny_demo
 
 DEMO = ROOT / "runs" / "demo"  # `make demo`: the birds' teacher
@@ -67,6 +69,15 @@ class Part:
 
 
 @dataclasses.dataclass(frozen=True)
+class Recipe:
+    """One row of a table: a config a user can run with ``embdistill distill``."""
+
+    config: str
+    student: str  # as the table names it
+    training_photos: bool = False  # distil on the training classes' photos beside the gallery's (labels never read)
+
+
+@dataclasses.dataclass(frozen=True)
 class Collection:
     """A dataset the tables run on: the test table's classes and the tuning's, its teacher, its rows."""
 
@@ -76,8 +87,8 @@ class Collection:
     tune: Part
     test: Part
     teacher: Teacher
-    rows: dict[str, tuple[str, str]]  # row -> (config, the student as the table names it)
-    trials: dict[str, tuple[str, str]]  # --tune only: settings tried on the tuning classes beside the rows'
+    rows: dict[str, Recipe]
+    trials: dict[str, Recipe]  # --tune only: settings tried on the tuning classes beside the rows'
     runs: str = "known_gallery"  # runs/<this> by default
 
 
@@ -88,18 +99,19 @@ COLLECTIONS = {
         test=Part("test", "42 test species, unseen in training"),
         teacher=Teacher(None, "EfficientNet-Lite0's ImageNet features at 160 px, 1,280-d"),
         rows={
-            "asymmetric": ("configs/cub100/known_gallery/asymmetric.yaml", "MobileNetV2 at 96 px (the demo's student)"),
-            "asymmetric_160": ("configs/cub100/known_gallery/asymmetric_160.yaml", "MobileNetV2 at 160 px"),
-            "mobilenet025_32ep": ("configs/cub100/known_gallery/mobilenet025_32ep.yaml",
-                                  "MobileNet-0.25 (ImageNet) at 160 px, 32 epochs"),
+            "asymmetric": Recipe("configs/cub100/known_gallery/asymmetric.yaml",
+                                 "MobileNetV2 at 96 px (the demo's student)"),
+            "asymmetric_160": Recipe("configs/cub100/known_gallery/asymmetric_160.yaml", "MobileNetV2 at 160 px"),
+            "mobilenet025_32ep": Recipe("configs/cub100/known_gallery/mobilenet025_32ep.yaml",
+                                        "MobileNet-0.25 (ImageNet) at 160 px, 32 epochs"),
         },
         trials={
-            "asymmetric_b256": ("configs/cub100/known_gallery/trials/asymmetric_b256.yaml",
-                                "MobileNetV2 at 96 px, 256 a batch"),
-            "asymmetric_t005": ("configs/cub100/known_gallery/trials/asymmetric_t005.yaml",
-                                "MobileNetV2 at 96 px, T 0.05"),
-            "mobilenet025": ("configs/cub100/known_gallery/mobilenet025.yaml",
-                             "MobileNet-0.25 (ImageNet) at 160 px, 8 epochs"),
+            "asymmetric_b256": Recipe("configs/cub100/known_gallery/trials/asymmetric_b256.yaml",
+                                      "MobileNetV2 at 96 px, 256 a batch"),
+            "asymmetric_t005": Recipe("configs/cub100/known_gallery/trials/asymmetric_t005.yaml",
+                                      "MobileNetV2 at 96 px, T 0.05"),
+            "mobilenet025": Recipe("configs/cub100/known_gallery/mobilenet025.yaml",
+                                   "MobileNet-0.25 (ImageNet) at 160 px, 8 epochs"),
         }),
     # the teacher learnt 74 of the 98 training models: the settings are chosen on the other 24 (its held-out ones)
     "cars196": Collection(
@@ -111,15 +123,22 @@ COLLECTIONS = {
                         "EfficientNet-Lite0 at 224 px, squashed, 1,280-d, fine-tuned with labels on 74 of the 98 "
                         "training models (its epoch chosen on the other 24): `configs/cars196/known_gallery/teacher.yaml`"),
         rows={
-            "mobilenet025_32ep": ("configs/cars196/known_gallery/mobilenet025_32ep.yaml",
-                                  "MobileNet-0.25 (ImageNet) at 160 px, 32 epochs"),
-            "asymmetric_160": ("configs/cars196/known_gallery/asymmetric_160.yaml", "MobileNetV2 at 160 px"),
+            "mobilenet025_32ep": Recipe("configs/cars196/known_gallery/mobilenet025_32ep.yaml",
+                                        "MobileNet-0.25 (ImageNet) at 160 px, 32 epochs"),
+            "asymmetric_160": Recipe("configs/cars196/known_gallery/asymmetric_160.yaml", "MobileNetV2 at 160 px"),
+            "mobilenet025_views8": Recipe("configs/cars196/known_gallery/mobilenet025_views8.yaml",
+                                          "MobileNet-0.25 (ImageNet) at 160 px, 32 epochs, 8 banked views"),
         },
         trials={
-            "mobilenet025_224": ("configs/cars196/known_gallery/trials/mobilenet025_224.yaml",
-                                 "MobileNet-0.25 (ImageNet) at 224 px, 32 epochs"),
-            "mobilenet025_64ep": ("configs/cars196/known_gallery/trials/mobilenet025_64ep.yaml",
-                                  "MobileNet-0.25 (ImageNet) at 160 px, 64 epochs"),
+            "mobilenet025_224": Recipe("configs/cars196/known_gallery/trials/mobilenet025_224.yaml",
+                                       "MobileNet-0.25 (ImageNet) at 224 px, 32 epochs"),
+            "mobilenet025_64ep": Recipe("configs/cars196/known_gallery/trials/mobilenet025_64ep.yaml",
+                                        "MobileNet-0.25 (ImageNet) at 160 px, 64 epochs"),
+            "mobilenet025_memory": Recipe("configs/cars196/known_gallery/trials/mobilenet025_memory.yaml",
+                                          "MobileNet-0.25 (ImageNet) at 160 px, 32 epochs, memory 1,024, soft target"),
+            "mobilenet025_training": Recipe("configs/cars196/known_gallery/trials/mobilenet025_training.yaml",
+                                            "MobileNet-0.25 (ImageNet) at 160 px, 8 epochs, with the training photos",
+                                            training_photos=True),
         }, runs="known_gallery_cars196"),
 }
 
@@ -153,9 +172,16 @@ def measure(args: argparse.Namespace, command: str) -> dict:
     rows = []
     with tempfile.TemporaryDirectory(prefix="known_gallery_") as tmp:
         for row in args.rows:
-            config, student = {**collection.rows, **collection.trials}[row]
+            spec = {**collection.rows, **collection.trials}[row]
+            config, student, photos, beside = spec.config, spec.student, folder, 0
             bank = Path(load_config(ROOT / config).distill.bank).name.replace("gallery_test", f"gallery_{tag}")
-            overrides = [f"data.root={folder}", f"distill.bank={args.runs / 'photos' / bank}",
+            if spec.training_photos and part.split == "train" and not part.held_out:
+                raise SystemExit(f"{row}: the tuning classes are the training classes; no other training photos")
+            if spec.training_photos:  # the gallery beside the photos of the classes the teacher trained on
+                photos = args.runs / "photos" / f"gallery_{tag}_with_training"
+                link_gallery(data, split, photos / "gallery", reader)
+                beside = link_photos(training_photos(args.data, collection.reader, part.held_out), photos / "training")
+            overrides = [f"data.root={photos}", f"distill.bank={args.runs / 'photos' / bank}",
                          f"distill.teacher={args.teacher}", *args.overrides]
             runs = []
             for seed in args.seeds:
@@ -181,6 +207,7 @@ def measure(args: argparse.Namespace, command: str) -> dict:
                       + (f", INT8 {100 * result['int8_asym_recall@1']:.1f}" if "int8_asym_recall@1" in result else "")
                       + f" ({time.perf_counter() - start:.0f} s)", flush=True)
             rows.append({"row": row, "config": config, "student": student, "command": command,
+                         **({"training_photos": beside} if beside else {}),
                          "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "runs": runs})
     return {"command": command, "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "dataset": args.dataset, "split": part.split, "teacher": str(teacher.parent),
@@ -207,6 +234,10 @@ def markdown(result: dict) -> str:
         "transductive",
         f"- teacher: `{result['teacher']}` ({collection.teacher.description}): R@1 {teacher:.1f}, "
         f"MAP@R {100 * result['teacher_map@r']:.1f}, its queries on its gallery",
+        *[f"- {row['row']} also distils on the {row['training_photos']} photos of the training {collection.kind}s"
+          + (" the teacher trained on" if part.held_out and tune else "")
+          + ", in a folder of their own beside the gallery's (their labels never read)"
+          for row in result["rows"] if row.get("training_photos")],
         "- own = student queries, student gallery; asymmetric = student queries, teacher gallery; INT8 = the "
         "student's `export --space teacher --quantize int8` in ONNX Runtime against the same gallery; gain = "
         "asymmetric − own, with the pooled std of the two; below teacher = teacher − own",

@@ -201,25 +201,39 @@ def test_known_gallery_smoke_distils_on_the_gallery_and_queries_it_with_other_ph
     assert _unchanged_results() == before
 
 
-@pytest.mark.smoke
-def test_known_gallery_smoke_on_cars_trains_its_teacher_and_links_one_photo_of_each_model(tmp_path):
+def _cars_known_gallery(tmp_path, *args: str) -> tuple[dict, str]:
+    """``benchmarks.known_gallery --dataset cars196 --smoke`` with ``args``: its result and its table."""
     cars = SHARED / "data" / "cars196"
     if not cars.is_dir():
         pytest.skip(f"the Cars-196 folders are not at {cars}")
     before = _unchanged_results()
-    _smoke("benchmarks.known_gallery", "--dataset", "cars196", "--rows", "mobilenet025_32ep", "--out",
-           str(tmp_path / "known"))
-    result = json.loads((tmp_path / "known.json").read_text())
+    _smoke("benchmarks.known_gallery", "--dataset", "cars196", *args, "--out", str(tmp_path / "known"))
+    assert _unchanged_results() == before
+    return json.loads((tmp_path / "known.json").read_text()), (tmp_path / "known.md").read_text()
+
+
+@pytest.mark.smoke
+def test_known_gallery_smoke_on_cars_trains_its_teacher_and_links_one_photo_of_each_model(tmp_path):
+    result, markdown = _cars_known_gallery(tmp_path, "--rows", "mobilenet025_32ep")
     assert result["dataset"] == "cars196" and result["split"] == "test"
     assert (result["gallery"], result["queries"], result["linked"]) == (98, 98, 98)  # 2 photos of each test model
     assert result["teacher"].endswith("runs/teacher")  # configs/cars196/known_gallery/teacher.yaml, run by the script
     ((run,),) = [row["runs"] for row in result["rows"]]
     assert run["distilled_on_gallery"] == 98 and not run["transductive"]
     assert 0 <= run["int8_asym_recall@1"] <= 1
-    markdown = (tmp_path / "known.md").read_text()
     assert markdown.startswith("# Known gallery: the student distils on the collection it will search (cars196)")
     assert "the 98 test models, unseen in training: in each model every other photo" in markdown
-    assert _unchanged_results() == before
+
+
+@pytest.mark.smoke
+def test_known_gallery_smoke_on_cars_tunes_beside_the_photos_the_teacher_trained_on(tmp_path):
+    result, markdown = _cars_known_gallery(tmp_path, "--tune", "--rows", "mobilenet025_training")
+    assert result["split"] == "train" and (result["gallery"], result["queries"]) == (24, 24)  # the 24 held out
+    ((row,),) = [result["rows"]]
+    assert row["training_photos"] == 74 * 2  # 2 photos of each model the teacher trained on, none of the 24
+    (run,) = row["runs"]
+    assert run["distilled_on_gallery"] == 24 and not run["transductive"]
+    assert "also distils on the 148 photos of the training models the teacher trained on" in markdown
 
 
 @pytest.mark.smoke

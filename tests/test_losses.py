@@ -365,6 +365,41 @@ def test_asymmetric_contrastive_by_hand() -> None:
         AsymmetricContrastiveLoss(temperature=0)
 
 
+def test_asymmetric_contrastive_memory_is_a_queue_of_the_teachers_embeddings() -> None:
+    """With memory 1 the last image the teacher embedded joins the next batch's candidates: the first batch of
+    one image has nothing to rank against (loss 0), the second ranks its own image (logit 1) above the remembered
+    one (logit 0), log(1 + e^-1), and the queue keeps only the newest. A pass without gradients leaves it alone."""
+    x, y = torch.tensor([[1.0, 0.0]], dtype=torch.float64), torch.tensor([[0.0, 1.0]], dtype=torch.float64)
+    loss = AsymmetricContrastiveLoss(temperature=1.0, memory=1)
+    assert loss(x, x).item() == pytest.approx(0.0, abs=1e-12)
+    assert loss(y, y).item() == pytest.approx(math.log1p(math.exp(-1)), rel=1e-12)
+    assert torch.equal(loss.queue, y)
+    with torch.no_grad():
+        assert loss(x, x).item() == pytest.approx(math.log1p(math.exp(-1)), rel=1e-12)
+    assert torch.equal(loss.queue, y)
+    assert AsymmetricContrastiveLoss(temperature=1.0)(y, y).item() == pytest.approx(0.0, abs=1e-12)  # no memory
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="memory"):
+            AsymmetricContrastiveLoss(memory=bad)
+
+
+def test_asymmetric_contrastive_teacher_temperature_targets_the_teachers_ranking() -> None:
+    """Two orthogonal images, the student on the teacher's axes, both temperatures 1: each row's target is the
+    teacher's softmax(1, 0) = (p, 1 - p) with p = e / (1 + e), and the student's is the same, so the loss is its
+    entropy -(p log p + (1 - p) log(1 - p)). A tiny teacher temperature gives back the one-hot loss."""
+    eye = torch.eye(2, dtype=torch.float64)
+    p = math.e / (1 + math.e)
+    entropy = -(p * math.log(p) + (1 - p) * math.log(1 - p))
+    soft = AsymmetricContrastiveLoss(temperature=1.0, teacher_temperature=1.0)
+    assert soft(eye, eye).item() == pytest.approx(entropy, rel=1e-12)
+    student = torch.nn.functional.normalize(torch.tensor([[1.0, 0.5], [0.2, 1.0]], dtype=torch.float64), dim=1)
+    hard = AsymmetricContrastiveLoss(temperature=0.5)(student, eye).item()
+    sharp = AsymmetricContrastiveLoss(temperature=0.5, teacher_temperature=1e-3)(student, eye).item()
+    assert sharp == pytest.approx(hard, rel=1e-9)
+    with pytest.raises(ValueError, match="teacher_temperature"):
+        AsymmetricContrastiveLoss(teacher_temperature=0.0)
+
+
 def test_asymmetric_contrastive_projects_like_the_absolute_term() -> None:
     """Sizes that differ go through the same learned projection as the absolute term (then L2), so the
     checkpoint records the teacher's space the same way."""

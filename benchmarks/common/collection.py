@@ -38,13 +38,28 @@ def link_gallery(data: Path, split: str, folder: Path, reader: str = "cub200") -
     by_class: dict[int, list[str]] = defaultdict(list)
     for path, label in zip(items.paths, items.labels):
         by_class[int(label)].append(str(path))
+    return link_photos([path for label in sorted(by_class) for path in sorted(by_class[label])[::2]], folder)
+
+
+def link_photos(paths: list[str], folder: Path) -> int:
+    """``folder``: a link to each of ``paths``, numbered in their order, no labels. Returns how many."""
     folder.mkdir(parents=True, exist_ok=True)
-    gallery = [path for label in sorted(by_class) for path in sorted(by_class[label])[::2]]
-    for i, path in enumerate(gallery):
+    for i, path in enumerate(paths):
         link = folder / f"{i:05d}{Path(path).suffix.lower()}"
         if not link.is_symlink():
             link.symlink_to(Path(path).resolve())
-    return len(gallery)
+    return len(paths)
+
+
+def training_photos(data: Path, reader: str, held_out: int) -> list[str]:
+    """The photos of the training split of ``data`` (read by ``reader``) but its last ``held_out`` classes: the ones a
+    teacher that held those out trained on (all of them when ``held_out`` is 0), sorted by path."""
+    from embdistill.data import load_dataset
+
+    items = load_dataset(reader, str(data), "train")
+    classes = sorted(set(map(int, items.labels)))
+    kept = set(classes[:-held_out] if held_out else classes)
+    return sorted(str(path) for path, label in zip(items.paths, items.labels) if int(label) in kept)
 
 
 def last_classes(data: Path, reader: str, split: str, count: int, out: Path) -> Path:

@@ -193,24 +193,50 @@ class AsymmetricContrastiveLoss(AbsoluteTeacherLoss):
     no labels. Like the absolute term it places the student in the teacher's space (through the same learned
     projection when the sizes differ), so its checkpoint records that space. ``temperature``: how sharply the
     other images are pushed away (small: only the nearest ones count).
+
+    ``memory`` > 0 adds the teacher's embeddings of the last ``memory`` images of earlier batches to the candidates
+    (a first-in first-out queue; the teacher is frozen, so they never go stale, unlike a student's memory, XBM,
+    Wang et al. CVPR 2020): each query is ranked against a gallery of the teacher's, not just 63 other photos.
+    ``teacher_temperature`` replaces the one-hot target with the teacher's own ranking of the candidates,
+    softmax_j(<t_i, t_j> / teacher_temperature): the student's similarities to the teacher's embeddings must
+    follow the teacher's, so that photos of its class are not pushed away (the contextual similarity distillation
+    of Wu et al., CVPR 2022, for asymmetric retrieval). A memory holds images the same photo may be among
+    (another view, an earlier epoch): use a teacher temperature with it. The queue is not in the checkpoint: a
+    resumed run fills it again.
     """
 
     batch_level = True
 
     def __init__(self, student_dim: int | None = None, teacher_dim: int | None = None, project: bool = True,
-                 temperature: float = 0.1) -> None:
+                 temperature: float = 0.1, memory: int = 0, teacher_temperature: float | None = None) -> None:
         super().__init__(student_dim, teacher_dim, project)
-        if not (math.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"temperature: expected a value > 0, got {temperature!r}")
+        for key, value in (("temperature", temperature), ("teacher_temperature", teacher_temperature)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{key}: expected a value > 0, got {value!r}")
+        if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
+            raise ValueError(f"memory: expected a whole number of teacher embeddings >= 0, got {memory!r}")
         self.temperature = temperature
+        self.memory = memory
+        self.teacher_temperature = teacher_temperature
+        self.queue: Tensor | None = None  # the teacher's embeddings of earlier batches, newest first
 
     def forward(self, student: Tensor | EmbedderOutput, teacher: Tensor | EmbedderOutput) -> Tensor:
         s, t = self.in_teacher_space(student, teacher)
-        logits = s @ F.normalize(t, dim=1).T / self.temperature
-        return F.cross_entropy(logits, torch.arange(s.shape[0], device=s.device))
+        t = F.normalize(t, dim=1)
+        candidates = t if self.queue is None else torch.cat([t, self.queue.to(t)])
+        logits = s @ candidates.T / self.temperature
+        if self.teacher_temperature is None:
+            loss = F.cross_entropy(logits, torch.arange(s.shape[0], device=s.device))
+        else:
+            target = F.softmax(t @ candidates.T / self.teacher_temperature, dim=1)
+            loss = -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+        if self.memory and torch.is_grad_enabled():
+            self.queue = candidates[:self.memory].detach()
+        return loss
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, {super().extra_repr()}"
+        extra = "".join(f", {k}={getattr(self, k)}" for k in ("memory", "teacher_temperature") if getattr(self, k))
+        return f"temperature={self.temperature}{extra}, {super().extra_repr()}"
 
 
 class RelativeTeacherLoss(DistillationLoss):
