@@ -155,7 +155,7 @@ def measure(args: argparse.Namespace, command: str) -> dict:
         held = yaml.safe_load((args.teacher / "config.yaml").read_text())["data"]["validation_classes"]
         if held != part.held_out:
             raise SystemExit(f"{args.teacher} held out {held} training classes; the tuning expects {part.held_out}")
-        data = last_classes(args.data, reader, split, part.held_out, args.runs / f"{split}_held_out")
+        data = last_classes(args.data, reader, part.held_out, args.runs / f"{split}_held_out")
         reader, split, tag = "folder", "all", f"{split}_held_out"
     folder = args.runs / "photos" / f"gallery_{tag}"  # never a run's own folder: its outputs would become photos
     count = link_gallery(data, split, folder, reader)

@@ -51,28 +51,31 @@ def link_photos(paths: list[str], folder: Path) -> int:
     return len(paths)
 
 
+def _training_split(data: Path, reader: str, held_out: int) -> tuple[ImageList, ImageList | None]:
+    """The training split of ``data`` (read by ``reader``) carved as a run with ``data.validation_classes:
+    held_out`` carves it (``engine.batches.load_splits``): the classes it trains on, and the ones it holds out."""
+    from embdistill.config.sections import DataConfig
+    from embdistill.engine.batches.loaders import load_splits
+
+    splits = load_splits(DataConfig(dataset=reader, root=str(data), validation_classes=held_out), scored="validation")
+    return splits.train, splits.validation
+
+
 def training_photos(data: Path, reader: str, held_out: int) -> list[str]:
-    """The photos of the training split of ``data`` (read by ``reader``) but its last ``held_out`` classes: the ones a
-    teacher that held those out trained on (all of them when ``held_out`` is 0), sorted by path."""
-    from embdistill.data import load_dataset
-
-    items = load_dataset(reader, str(data), "train")
-    classes = sorted(set(map(int, items.labels)))
-    kept = set(classes[:-held_out] if held_out else classes)
-    return sorted(str(path) for path, label in zip(items.paths, items.labels) if int(label) in kept)
+    """The photos a teacher that held out ``held_out`` training classes of ``data`` trained on (all the training
+    split's when 0), sorted by path."""
+    return sorted(map(str, _training_split(data, reader, held_out)[0].paths))
 
 
-def last_classes(data: Path, reader: str, split: str, count: int, out: Path) -> Path:
-    """``out``: links to the folders of the last ``count`` classes of ``split`` of ``data`` (read by ``reader``, one
-    folder per class), for the "folder" reader (its split "all"): the training classes a teacher held out to choose
-    its epoch (``data.validation_classes`` holds out the last ones)."""
-    from embdistill.data import load_dataset
-
-    items = load_dataset(reader, str(data), split)
-    chosen = set(sorted(set(map(int, items.labels)))[-count:])
-    folders = sorted({Path(path).parent for path, label in zip(items.paths, items.labels) if int(label) in chosen})
-    if len(folders) != len(chosen):
-        raise ValueError(f"{data} ({reader}, {split}): the last {count} classes lie in {len(folders)} folders; "
+def last_classes(data: Path, reader: str, count: int, out: Path) -> Path:
+    """``out``: links to the folders of the last ``count`` training classes of ``data`` (read by ``reader``, one
+    folder per class), for the "folder" reader (its split "all"): the classes a teacher held out to choose its epoch
+    (``data.validation_classes``), carved as the trainer carves them."""
+    held = _training_split(data, reader, count)[1]
+    assert held is not None  # count > 0
+    folders = sorted({Path(path).parent for path in held.paths})
+    if len(folders) != held.num_classes:
+        raise ValueError(f"{data} ({reader}, train): the last {count} classes lie in {len(folders)} folders; "
                          "expected one folder per class")
     out.mkdir(parents=True, exist_ok=True)
     for class_folder in folders:
