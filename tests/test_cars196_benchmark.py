@@ -66,7 +66,8 @@ def test_smoke_runs_every_row_choosing_its_epoch_on_24_held_out_models(tmp_path)
     assert v2_relative["config"]["train"]["backbone_lr_mult"] == 1.0
     assert v2_relative["config"]["distill"]["terms"][0]["weight"] == 10.0
     paper = next(r for r in result["rows"] if r["student"] == "MobileNetV2 (ImageNet)" and r["method"] == "relative_paper_lambda")
-    assert paper["config"]["distill"]["terms"] == [{"name": "relative", "weight": 0.1, "args": {"reduction": "frobenius"}}]
+    assert paper["config"]["distill"]["terms"] == [{"name": "relative", "weight": 0.1, "args": {"reduction": "frobenius"},
+                                                    "until_epoch": None}]
     assert paper["config"]["train"] == v2_relative["config"]["train"]
     keras_alone = next(r for r in result["rows"] if r["student"] == "MobileNet-0.25 (ImageNet)" and r["method"] == "alone")
     assert keras_alone["config"]["train"]["classes_per_batch"] == 16 and keras_alone["config"]["train"]["metric_loss"] == "multi_similarity"

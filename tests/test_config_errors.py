@@ -99,6 +99,7 @@ def test_every_fixed_choice_key_refuses_a_wrong_value(tmp_path, capsys, key, cho
     ("distill.terms=[{name: relaxed_contrastive, args: {sigma: 0}}]", "distill.terms[0].args", ("sigma", "> 0", "got 0")),
     ("distill.terms=[{name: relaxed_contrastive, args: {delta: wide}}]", "distill.terms[0].args.delta", ("float", "'wide'")),
     ("distill.terms=[{name: pkt, args: {eps: 0.1}}]", "distill.terms[0].args.eps", ("pkt", "(none)")),
+    ("distill.terms=[{name: relative, until_epoch: 0}]", "distill.terms[0].until_epoch", (">= 1", "got 0")),
     ("distill.teacher_backbone=resnet19", "distill.teacher_backbone", ("'resnet19'",)),
     ("distill.teacher_image_size=32", "distill.teacher_image_size", ("32",)),
     ("distill.semi_supervised.hide_label_fraction=1.5", "distill.semi_supervised.hide_label_fraction", ("1.5",)),

@@ -774,3 +774,29 @@ def test_objective_weighs_metric_and_terms(metric_weight: float) -> None:
         other = Objective(metric, terms, gather, metric_weight=metric_weight)(*args)
         assert other.keys() == parts.keys()
         assert all(torch.equal(other[k], parts[k]) for k in parts)
+
+
+def test_objective_drops_a_term_after_its_until_epoch_but_still_logs_it() -> None:
+    # The same 3-4-5 case: absolute trains epochs 0 and 1 (until_epoch 2), relative every epoch.
+    from embdistill.losses.objective import Objective
+
+    metric = BatchHardTripletLoss(margin=0.5)
+    terms = {"relative": (2.0, RelativeTeacherLoss()), "absolute": (3.0, AbsoluteTeacherLoss())}
+    labels = torch.tensor([0, 0, 1])
+    objective = Objective(metric, terms, until_epoch={"absolute": 2})
+    expected_metric = metric(RIGHT, labels).item()
+    for epoch, absolute_on in [(0, True), (1, True), (2, False), (5, False)]:
+        objective.set_epoch(epoch)
+        student = RIGHT.clone().requires_grad_(True)
+        parts = objective(student, labels, 2 * RIGHT)
+        assert parts["absolute"].item() == pytest.approx(7 / 3)  # logged either way
+        total = expected_metric + 2.0 * 10 / math.sqrt(6) + (3.0 * 7 / 3 if absolute_on else 0.0)
+        assert parts["loss"].item() == pytest.approx(total), epoch
+        assert parts["absolute"].requires_grad is absolute_on, epoch
+        parts["loss"].backward()  # an ended term adds no gradient: the total's is the other parts'
+        if not absolute_on:
+            reference = RIGHT.clone().requires_grad_(True)
+            (metric(reference, labels) + 2.0 * terms["relative"][1](reference, 2 * RIGHT)).backward()
+            assert torch.allclose(student.grad, reference.grad)
+    with pytest.raises(ValueError, match=r"until_epoch names no term: \['rkd'\]"):
+        Objective(metric, terms, until_epoch={"rkd": 3})

@@ -93,6 +93,18 @@ def test_every_distillation_term_trains_and_is_logged(tmp_path, cub100, teacher_
         assert record["loss"] == pytest.approx(expected, abs=1e-4)
 
 
+def test_a_term_with_until_epoch_trains_its_epochs_and_is_only_logged_after(tmp_path, cub100, teacher_ckpt, capsys):
+    cfg = _distill(tmp_path, cub100, teacher_ckpt, "until", "[{name: relative, weight: 2.0, until_epoch: 1}, {name: absolute}]",
+                   **{"train.epochs": 2})
+    result = run(cfg, progress=False)
+    assert "distillation term relative (λ=2.0, the first 1 epochs)" in capsys.readouterr().out
+    steps = [r for r in read_log(result.run_dir) if r["kind"] == "step"]
+    assert [r["epoch"] for r in steps] == [0, 0, 1, 1]
+    for record in steps:
+        relative = 2.0 * record["relative"] if record["epoch"] == 0 else 0.0  # logged in both epochs, trained in the first
+        assert record["relative"] > 0 and record["loss"] == pytest.approx(record["metric"] + relative + record["absolute"], abs=1e-4)
+
+
 def test_absolute_teacher_with_different_sizes_learns_a_projection(tmp_path, cub100, teacher_ckpt):
     cfg = _distill(tmp_path, cub100, teacher_ckpt, "projected", "[{name: absolute}]", **{"model.dim": 32})
     result = run(cfg, progress=False)

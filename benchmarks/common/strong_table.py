@@ -29,10 +29,11 @@ from benchmarks.common import KEYS, RESULTS, cell, machine, pooled_std, repo_rel
 from benchmarks.common import command as command_line
 from benchmarks.common.runs import Row, run_cached
 
-# Each run trains on the train classes less the held-out ones, scores those after every epoch, keeps the best
-# epoch's weights (R@1), stops after 4 epochs without a better one, and scores the test classes once.
-# A row's YAML holds the same values, so that it runs as the table runs it.
-CHOOSE = ("eval.split=test", "train.select=best", "train.select_metric=recall@1", "eval.every_epochs=1", "train.patience=4")
+# Each run trains on the train classes less the held-out ones, keeps the weights of the epoch with the best held-out
+# R@1, and scores the test classes once. How often it scores the held-out classes and how many readings without a
+# better one stop it (every epoch and 4 in the 10-epoch rows) are the row's own, in its YAML. A row's YAML holds
+# these values too, so that it runs as the table runs it.
+CHOOSE = ("eval.split=test", "train.select=best", "train.select_metric=recall@1")
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def _smoke(args: argparse.Namespace) -> list[str]:
 
 
 def _student_overrides(args: argparse.Namespace, student: Student) -> list[str]:
-    held_out = [f"data.validation_classes={student.validation_classes}", *CHOOSE] if student.validation_classes else []
+    held_out = [f"data.validation_classes={student.validation_classes}"] if student.validation_classes else []
     return [*(["data.image_size=32"] if args.smoke else []), *held_out]
 
 
@@ -168,7 +169,8 @@ class Table:
             row = Row(s.name, m)
             rows.append(row)
             for seed in args.seeds if m.seeds == "all" else args.seeds[:1]:
-                o = [*base, *_student_overrides(args, s), f"seed={seed}", f"name={row_id(s, m)}/seed{seed}"]
+                o = [*base, *_student_overrides(args, s), *(CHOOSE if s.validation_classes else ()), f"seed={seed}",
+                     f"name={row_id(s, m)}/seed{seed}"]
                 if self.distilled(s, m):
                     o += distill[s.name]  # the teacher and bank of this run: the terms are the row's
                 o += _smoke(args)  # last, so that it also shortens the rows' own schedules
@@ -221,7 +223,9 @@ class Table:
                 print(f"[bench] dropping the row {r['student']} / {r['method']} of {previous_path}: no such row in STUDENTS", flush=True)
         rows = sorted(kept + result["rows"], key=lambda r: order.index((r["student"], r["method"])))
         banks = {**previous.get("banks", {main_bank: previous.get("bank")}), **result["banks"]}  # an older JSON had one bank
-        students = {**previous.get("students", {}), **result.get("students", {})}
+        # A student's network figures stay those measured with its first rows: a later --rows run, perhaps on another
+        # day's machine, adds rows, not a second throughput for the same network.
+        students = {**result.get("students", {}), **previous.get("students", {})}
         return {**result, "rows": rows, "banks": banks, "bank": banks.get(main_bank), "students": students}
 
     # ------------------------------------------------------------------------- the table

@@ -57,6 +57,7 @@ REL_SCALED = {"name": "relative", "weight": 1.0, "args": {"reduction": "mean", "
 ABS = {"name": "absolute", "weight": 1.0}
 RKD = ({"name": "rkd_distance", "weight": 25.0}, {"name": "rkd_angle", "weight": 50.0})  # Park et al.'s weights
 DARKRANK = {"name": "darkrank", "weight": 1.0, "args": {"method": "listnet"}}
+RELAXED = {"name": "relaxed_contrastive", "weight": 1.0, "args": {"sigma": 1.0, "delta": 1.0}}  # Kim et al.'s, as theirs
 BB1 = "train.backbone_lr_mult=1.0"  # "_bb1" trials: the backbone at the head's rate, not the paper's 0.1x
 P16 = ("train.classes_per_batch=16", "train.images_per_class=4")  # "_p16" trials: 16 species x 4 images a batch
 
@@ -194,6 +195,18 @@ TRIALS: dict[str, tuple[str, list[str]]] = {
     # a step costs a sixth of a 224-px step, so R@1 against length to 30 epochs, every 2.
     "p96_alone_e30": (P, [*P96_E30]),
     "p96_relscaled10_e30": (P, [*P96_E30, *_keras(_w(REL_SCALED, 10.0))]),
+    # Issue #30: the relaxed contrastive loss (Kim et al. 2021, the paper's sigma 1 and delta 1), 30 epochs: beside the
+    # metric loss, and alone (train.metric_weight=0: the loss reads no labels, though the P x K batches are still drawn
+    # by species; the label-free rows draw random batches instead).
+    "p_relaxed_ms_e30": (P, [*P_E30, *_keras(RELAXED)]),
+    "p_relaxed_only_e30": (P, [*P_E30, "train.metric_weight=0", *_keras(RELAXED)]),
+    # At λ 1 the relaxed term is about 20 and multi-similarity about 0.8, so p_relaxed_ms_e30 is nearly the relaxed term
+    # alone: λ 0.05 brings the two to the same size.
+    "p_relaxed005_ms_e30": (P, [*P_E30, *_keras(_w(RELAXED, 0.05))]),
+    # The teacher's terms lead in the first 6-9 epochs, then level off below the student alone: the relaxed term for the
+    # first 9 epochs only (`until_epoch`, early-stopped distillation after Cho & Hariharan, ICCV 2019), then the metric
+    # loss alone to 30.
+    "p_relaxed_until9_ms_e30": (P, [*P_E30, *_keras({**RELAXED, "until_epoch": 9})]),
     # `make demo` (configs/cub100/demo/): the strong benchmark's MobileNetV2 recipe, cut to fit about 15 minutes with
     # its teacher bank: fewer views (2) and a smaller teacher input (160 px: held-out R@1 90.7 against 93.1 at 224, at
     # 40% of the cost, benchmarks/results/resolution_ceiling.json). Its student alone is v2_alone_p16.

@@ -116,6 +116,9 @@ class DistillTermConfig:
     name: str  # a name in losses/distill.py DISTILL_LOSSES: absolute | relative | rkd_distance | rkd_angle | darkrank | relaxed_contrastive | pkt | hint | attention
     weight: float = field(default=1.0, metadata=at_least(0))  # lambda
     args: dict[str, Any] = field(default_factory=dict)
+    # The term trains the first N epochs and is off after (still logged; None: every epoch). Cho & Hariharan (ICCV
+    # 2019): stopping distillation early can help a student far smaller than its teacher.
+    until_epoch: int | None = field(default=None, metadata=at_least(1))
 
 
 @dataclass

@@ -28,7 +28,8 @@ class Objective(nn.Module):
     """
 
     def __init__(self, metric: nn.Module, terms: dict[str, tuple[float, DistillationLoss]] | None = None,
-                 gather: Callable[[Tensor], Tensor] | None = None, metric_weight: float = 1.0) -> None:
+                 gather: Callable[[Tensor], Tensor] | None = None, metric_weight: float = 1.0,
+                 until_epoch: dict[str, int] | None = None) -> None:
         super().__init__()
         self.metric = metric
         self.metric_weight = metric_weight
@@ -36,6 +37,19 @@ class Objective(nn.Module):
         terms = terms or {}
         self.weights = {name: weight for name, (weight, _) in terms.items()}
         self.terms = nn.ModuleDict({name: loss for name, (_, loss) in terms.items()})
+        unknown = sorted(set(until_epoch or {}) - set(self.terms))
+        if unknown:
+            raise ValueError(f"until_epoch names no term: {unknown} (terms: {sorted(self.terms)})")
+        self.until_epoch = dict(until_epoch or {})  # name -> the epochs it trains; off from then on
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The 0-based epoch about to train: terms past their ``until_epoch`` leave the total (and the gradients)."""
+        self.epoch = epoch
+
+    def active(self, name: str) -> bool:
+        until = self.until_epoch.get(name)
+        return until is None or self.epoch < until
 
     @property
     def student_layers(self) -> tuple[str, ...]:
@@ -69,9 +83,12 @@ class Objective(nn.Module):
         if self.terms and teacher is None:
             raise ValueError("distillation terms are configured but no teacher output was given")
         for name, term in self.terms.items():
-            value = term(student, teacher) if term.batch_level else term(local_student, local_teacher)
+            on = self.active(name)
+            with torch.set_grad_enabled(on and torch.is_grad_enabled()):  # an ended term is still logged, not trained
+                value = term(student, teacher) if term.batch_level else term(local_student, local_teacher)
             parts[name] = value
-            total = total + self.weights[name] * value
+            if on:
+                total = total + self.weights[name] * value
         return {"loss": total, **parts}
 
 

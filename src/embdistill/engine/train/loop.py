@@ -366,7 +366,9 @@ def _start(t: Training, progress: bool) -> None:
           + f"; device {t.device}"
           + (f" x {t.world.size} processes" if t.world.distributed else ""))
     for name, term in t.objective.terms.items():
-        t.say(f"distillation term {name} (λ={t.objective.weights[name]}): {term.describe()}")
+        until = t.objective.until_epoch.get(name)
+        t.say(f"distillation term {name} (λ={t.objective.weights[name]}{f', the first {until} epochs' if until else ''}): "
+              f"{term.describe()}")
     if t.resume_from is not None:
         t.state.load_state_dict(t.resume_from)
         t.selection.load_state_dict(t.resume_from.get("selection"), t.resume_from)
@@ -391,6 +393,7 @@ def _train_loop(t: Training, progress: bool) -> None:
             if t.selection.stopped:  # stopped early (train.patience) before an interruption
                 break
             t.sampler.set_epoch(epoch)
+            objective.set_epoch(epoch)
             view = epoch % distill.cache_views if teach is not None and distill.cache_teacher else epoch
             t.views.set_view(view)
             if unlabelled_stream is not None:

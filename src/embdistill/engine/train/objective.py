@@ -38,4 +38,6 @@ def build_objective(cfg: ExperimentConfig, student: Embedder, teacher: Embedder 
             terms[key] = (term.weight, build_distill_loss(term.name, student, teacher, **term.args))
         except ValueError as err:
             raise ConfigError(f"distill.terms[{i}] ({term.name}): {err}") from err
-    return Objective(metric, terms, gather, cfg.train.metric_weight)
+    terms_cfg = cfg.distill.terms if cfg.distill else []
+    until = {key: term.until_epoch for key, term in zip(terms, terms_cfg) if term.until_epoch is not None}
+    return Objective(metric, terms, gather, cfg.train.metric_weight, until)
