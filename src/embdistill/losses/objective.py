@@ -25,6 +25,9 @@ class Objective(nn.Module):
     engine/compute/distributed.py) gives the metric loss and the batch-level terms the
     global batch's embeddings and labels; per-image terms, which need no other
     images, stay on the local batch and its feature maps.
+
+    ``until_epoch`` (term name -> N) trains a term in epochs 0..N-1 only; the loop's
+    ``set_epoch`` says which epoch runs. An ended term is still computed and reported.
     """
 
     def __init__(self, metric: nn.Module, terms: dict[str, tuple[float, DistillationLoss]] | None = None,
