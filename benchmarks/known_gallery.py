@@ -179,7 +179,7 @@ def measure(args: argparse.Namespace, command: str) -> dict:
                 raise SystemExit(f"{row}: the tuning classes are the training classes; no other training photos")
             if spec.training_photos:  # the gallery beside the photos of the classes the teacher trained on
                 photos = args.runs / "photos" / f"gallery_{tag}_with_training"
-                link_gallery(data, split, photos / "gallery", reader)
+                link_photos(sorted(map(str, folder.iterdir())), photos / "gallery")  # the gallery's links, again
                 beside = link_photos(training_photos(args.data, collection.reader, part.held_out), photos / "training")
             overrides = [f"data.root={photos}", f"distill.bank={args.runs / 'photos' / bank}",
                          f"distill.teacher={args.teacher}", *args.overrides]

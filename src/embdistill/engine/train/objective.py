@@ -30,14 +30,15 @@ def build_objective(cfg: ExperimentConfig, student: Embedder, teacher: Embedder 
     except ValueError as err:  # a value the loss refuses, e.g. a margin out of range
         raise ConfigError(f"train.metric_loss ({cfg.train.metric_loss}): {err}") from err
     terms: dict[str, tuple[float, DistillationLoss]] = {}
+    until: dict[str, int] = {}
     for i, term in enumerate(cfg.distill.terms if cfg.distill else []):
         if teacher is None:
             raise ValueError("distill.terms need a teacher network")
         key = term.name if term.name not in terms else f"{term.name}_{len(terms)}"
+        if term.until_epoch is not None:
+            until[key] = term.until_epoch
         try:  # names and argument types were checked with the config; what depends on the networks is checked here
             terms[key] = (term.weight, build_distill_loss(term.name, student, teacher, **term.args))
         except ValueError as err:
             raise ConfigError(f"distill.terms[{i}] ({term.name}): {err}") from err
-    terms_cfg = cfg.distill.terms if cfg.distill else []
-    until = {key: term.until_epoch for key, term in zip(terms, terms_cfg) if term.until_epoch is not None}
     return Objective(metric, terms, gather, cfg.train.metric_weight, until)
