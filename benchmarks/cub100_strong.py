@@ -65,7 +65,7 @@ STUDENTS = (
         Method("relative", "+ relative teacher", "one"),
         Method("relative_scaled", "+ relative teacher, scale-free", "all"),
         Method("rkd", "+ RKD distance & angle", "one"),
-        Method("alone_long", "metric loss alone, 30 epochs", "one"),
+        Method("alone_long", "metric loss alone, 30 epochs", "all"),
     ), bank_tag="_keras", validation_classes=14),
     Student("MobileNet-0.25 (scratch)", "mobilenet025.yaml", (
         Method("alone", "metric loss alone", "all"),

@@ -8,10 +8,10 @@
 
 A user's collection has no class folders, and the server that embeds it has its photos. In each class of a split
 (a bird species, a car model), every other photo (sorted by path) is the gallery, linked without labels into one flat
-folder; the other photos are the queries: new photos, never seen by the student. Each row (``Collection.rows``: a
-config a user can run with ``embdistill distill``) distils the student on the gallery's photos alone (no labels; a
-quarter held out choose the epoch by knn_agreement@10), then four scores, each query against the gallery
-(``embdistill evaluate --gallery-images``):
+folder; the other photos are the queries: new photos, never seen by the student. Each row (``Collection.rows`` in
+``benchmarks/common/collection.py``: a config a user can run with ``embdistill distill``) distils the student on
+the gallery's photos alone (no labels; a quarter held out choose the epoch by knn_agreement@10), then four scores,
+each query against the gallery (``embdistill evaluate --gallery-images``):
 
 - **teacher**: the teacher's queries on the teacher's gallery (no training: the ceiling);
 - **own**: the student's queries on the student's gallery (one network, as `search` with the student alone);
@@ -21,7 +21,8 @@ quarter held out choose the epoch by knn_agreement@10), then four scores, each q
 
 The scores are not transductive: no query was distilled on; the gallery's photos were, as a user's collection
 would be (the table says so). Labels serve only to score. ``--tune`` runs the rows' configs and the trials
-(``Collection.trials``) on training classes the teacher never trained on (seed 0), where the settings are chosen:
+(``Collection.trials``) on training classes the teacher never trained on (seed 0 unless ``--seeds``; runs under
+``--runs``/tune/<row>/seed<n>), where the settings are chosen:
 birds' teacher is ImageNet features, so all 58 training species; cars' is fine-tuned on 74 of the 98 training
 models, so the 24 it held out. The rows run on the test classes. A row with ``Recipe.training_photos`` distils on the
 training split's photos too (the tuning: only the classes the teacher trained on), labels never read, linked beside
@@ -31,117 +32,21 @@ the gallery's. Writes
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
-from benchmarks.common import (ROOT, SHARED, cell, few_per_class, merged, pooled_std, ran_by, render_results,
+from benchmarks.common import (ROOT, cell, few_per_class, merged, pooled_std, ran_by, render_results,
                                write_results)
-from benchmarks.common.collection import (asymmetric_recall, distill, embedded, exported_queries, last_classes,
-                                          link_gallery, link_photos, smoke_overrides, split_items, training_photos)
+from benchmarks.common.collection import (COLLECTIONS, DEMO, asymmetric_recall, distill, embedded, exported_queries,
+                                          link_photos, run_dir, scored_photos, smoke_overrides, split_items,
+                                          teacher_run, training_photos)
 from benchmarks.common.smoke import SMALL, tiny_demo
-
-DEMO = ROOT / "runs" / "demo"  # `make demo`: the birds' teacher
-
-
-@dataclasses.dataclass(frozen=True)
-class Teacher:
-    """The network that embeds the gallery, and how the table describes it."""
-
-    config: str | None  # run into --runs (its folder named as the file) when missing; None: `make demo`'s teacher
-    description: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Part:
-    """The classes one table scores, and how the table names them."""
-
-    split: str  # the dataset's split
-    words: str  # "42 test species, unseen in training"
-    held_out: int = 0  # > 0: only the split's last this many classes, which the teacher held out (never trained on)
-
-
-@dataclasses.dataclass(frozen=True)
-class Recipe:
-    """One row of a table: a config a user can run with ``embdistill distill``."""
-
-    config: str
-    student: str  # as the table names it
-    training_photos: bool = False  # distil on the training classes' photos beside the gallery's (labels never read)
-
-
-@dataclasses.dataclass(frozen=True)
-class Collection:
-    """A dataset the tables run on: the test table's classes and the tuning's, its teacher, its rows."""
-
-    reader: str  # embdistill's dataset reader
-    data: Path  # its default root
-    kind: str  # what one class is
-    tune: Part
-    test: Part
-    teacher: Teacher
-    rows: dict[str, Recipe]
-    trials: dict[str, Recipe]  # --tune only: settings tried on the tuning classes beside the rows'
-    runs: str = "known_gallery"  # runs/<this> by default
-
-
-COLLECTIONS = {
-    "cub100": Collection(
-        reader="cub200", data=SHARED / "data" / "cub100", kind="species",
-        tune=Part("train", "58 training species (where the settings were chosen)"),
-        test=Part("test", "42 test species, unseen in training"),
-        teacher=Teacher(None, "EfficientNet-Lite0's ImageNet features at 160 px, 1,280-d"),
-        rows={
-            "asymmetric": Recipe("configs/cub100/known_gallery/asymmetric.yaml",
-                                 "MobileNetV2 at 96 px (the demo's student)"),
-            "asymmetric_160": Recipe("configs/cub100/known_gallery/asymmetric_160.yaml", "MobileNetV2 at 160 px"),
-            "mobilenet025_32ep": Recipe("configs/cub100/known_gallery/mobilenet025_32ep.yaml",
-                                        "MobileNet-0.25 (ImageNet) at 160 px, 32 epochs"),
-        },
-        trials={
-            "asymmetric_b256": Recipe("configs/cub100/known_gallery/trials/asymmetric_b256.yaml",
-                                      "MobileNetV2 at 96 px, 256 a batch"),
-            "asymmetric_t005": Recipe("configs/cub100/known_gallery/trials/asymmetric_t005.yaml",
-                                      "MobileNetV2 at 96 px, T 0.05"),
-            "mobilenet025": Recipe("configs/cub100/known_gallery/mobilenet025.yaml",
-                                   "MobileNet-0.25 (ImageNet) at 160 px, 8 epochs"),
-        }),
-    # the teacher learnt 74 of the 98 training models: the settings are chosen on the other 24 (its held-out ones)
-    "cars196": Collection(
-        reader="cars196", data=SHARED / "data" / "cars196", kind="model",
-        tune=Part("train", "24 training models the teacher held out (it chose its epoch on them and never trained on "
-                  "them; where the settings were chosen)", held_out=24),
-        test=Part("test", "98 test models, unseen in training"),
-        teacher=Teacher("configs/cars196/known_gallery/teacher.yaml",
-                        "EfficientNet-Lite0 at 224 px, squashed, 1,280-d, fine-tuned with labels on 74 of the 98 "
-                        "training models (its epoch chosen on the other 24): `configs/cars196/known_gallery/teacher.yaml`"),
-        rows={
-            "mobilenet025_32ep": Recipe("configs/cars196/known_gallery/mobilenet025_32ep.yaml",
-                                        "MobileNet-0.25 (ImageNet) at 160 px, 32 epochs"),
-            "asymmetric_160": Recipe("configs/cars196/known_gallery/asymmetric_160.yaml", "MobileNetV2 at 160 px"),
-            "mobilenet025_views8": Recipe("configs/cars196/known_gallery/mobilenet025_views8.yaml",
-                                          "MobileNet-0.25 (ImageNet) at 160 px, 32 epochs, 8 banked views"),
-        },
-        trials={
-            "mobilenet025_224": Recipe("configs/cars196/known_gallery/trials/mobilenet025_224.yaml",
-                                       "MobileNet-0.25 (ImageNet) at 224 px, 32 epochs"),
-            "mobilenet025_64ep": Recipe("configs/cars196/known_gallery/trials/mobilenet025_64ep.yaml",
-                                        "MobileNet-0.25 (ImageNet) at 160 px, 64 epochs"),
-            "mobilenet025_memory": Recipe("configs/cars196/known_gallery/trials/mobilenet025_memory.yaml",
-                                          "MobileNet-0.25 (ImageNet) at 160 px, 32 epochs, memory 1,024, soft target"),
-            "mobilenet025_training": Recipe("configs/cars196/known_gallery/trials/mobilenet025_training.yaml",
-                                            "MobileNet-0.25 (ImageNet) at 160 px, 8 epochs, with the training photos",
-                                            training_photos=True),
-        }, runs="known_gallery_cars196"),
-}
-
 
 def measure(args: argparse.Namespace, command: str) -> dict:
     from embdistill.checkpoints import run_checkpoint
@@ -149,16 +54,9 @@ def measure(args: argparse.Namespace, command: str) -> dict:
     from embdistill.engine.scoring.command import evaluate_checkpoint
 
     collection = COLLECTIONS[args.dataset]
-    part = collection.tune if args.tune else collection.test
-    reader, data, split, tag = collection.reader, args.data, part.split, part.split
-    if part.held_out:  # the teacher's held-out classes, one folder each, read as a folder dataset
-        held = yaml.safe_load((args.teacher / "config.yaml").read_text())["data"]["validation_classes"]
-        if held != part.held_out:
-            raise SystemExit(f"{args.teacher} held out {held} training classes; the tuning expects {part.held_out}")
-        data = last_classes(args.data, reader, part.held_out, args.runs / f"{split}_held_out")
-        reader, split, tag = "folder", "all", f"{split}_held_out"
-    folder = args.runs / "photos" / f"gallery_{tag}"  # never a run's own folder: its outputs would become photos
-    count = link_gallery(data, split, folder, reader)
+    scoring = scored_photos(args)
+    reader, data, split, tag, folder, part = (scoring.reader, scoring.data, scoring.split, scoring.tag,
+                                              scoring.folder, scoring.part)
     teacher = run_checkpoint(args.teacher)  # best.pt where the teacher chose an epoch
 
     def scored(checkpoint: Path, **extra: object) -> dict:
@@ -186,8 +84,7 @@ def measure(args: argparse.Namespace, command: str) -> dict:
             runs = []
             for seed in args.seeds:
                 start = time.perf_counter()
-                run = distill(config, args.runs / ("tune" if args.tune else row) / (row if args.tune else f"seed{seed}"),
-                              overrides, seed)
+                run = distill(config, run_dir(args, row, seed), overrides, seed)
                 summary = yaml.safe_load((run / "summary.yaml").read_text())
                 own = scored(run / "best.pt")
                 asym = scored(run / "best.pt", gallery_model=teacher)
@@ -213,7 +110,7 @@ def measure(args: argparse.Namespace, command: str) -> dict:
             "dataset": args.dataset, "split": part.split, "teacher": str(teacher.parent),
             "teacher_recall@1": ceiling["recall@1"],
             "teacher_map@r": ceiling["map@r"], "queries": ceiling["queries"], "gallery": ceiling["gallery"],
-            "linked": count, "rows": rows}
+            "linked": scoring.linked, "rows": rows}
 
 
 def markdown(result: dict) -> str:
@@ -262,18 +159,6 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def teacher_run(args: argparse.Namespace, teacher: Teacher, overrides: list[str]) -> Path:
-    """The teacher's run folder: `make demo`'s, or ``teacher.config`` run into ``--runs`` when missing."""
-    if teacher.config is None:
-        return args.demo / "teacher"
-    run = args.runs / Path(teacher.config).stem
-    if not (run / "summary.yaml").is_file():
-        subprocess.run([sys.executable, "-m", "embdistill", "train", "-c", teacher.config, "--no-progress",
-                        f"output_dir={args.runs}", f"name={run.name}", f"data.root={args.data}", *overrides],
-                       check=True, cwd=ROOT)
-    return run
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=list(COLLECTIONS), default="cub100")
@@ -281,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", nargs="+", choices=every,
                         help="default: every row of the dataset (--tune: and every trial)")
     parser.add_argument("--seeds", type=int, nargs="+", help="default: 0 1 2 (--tune: 0)")
-    parser.add_argument("--tune", action="store_true", help="the rows and trials on the tuning classes instead, seed 0")
+    parser.add_argument("--tune", action="store_true", help="the rows and trials on the tuning classes instead (default seed 0)")
     parser.add_argument("--runs", type=Path, help="where the runs go (default: runs/known_gallery for cub100, "
                         "runs/known_gallery_<dataset> for the others)")
     parser.add_argument("--out", type=Path,

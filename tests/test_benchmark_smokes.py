@@ -55,6 +55,8 @@ RENDERED = {
     "known_gallery_cub100_tuning.md": _rendered_by("benchmarks.known_gallery"),
     "known_gallery_cars196.md": _rendered_by("benchmarks.known_gallery"),
     "known_gallery_cars196_tuning.md": _rendered_by("benchmarks.known_gallery"),
+    "gallery_density_cars196.md": _rendered_by("benchmarks.gallery_density"),
+    "gallery_density_cars196_tuning.md": _rendered_by("benchmarks.gallery_density"),
 }
 # committed Markdown that no script renders from a JSON, and why (benchmarks/README.md says the same)
 NOT_RENDERED = {

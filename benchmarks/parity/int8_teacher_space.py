@@ -25,7 +25,7 @@ from benchmarks.common.collection import (asymmetric_recall, distill, embedded, 
 from benchmarks.common.int8 import VARIANTS
 from benchmarks.common.smoke import tiny_demo
 
-RUN = ROOT / "runs" / "known_gallery" / "tune" / "mobilenet025_32ep"
+RUN = ROOT / "runs" / "known_gallery" / "tune" / "mobilenet025_32ep" / "seed0"
 FOLDER = ROOT / "runs" / "known_gallery" / "photos" / "gallery_train"
 CONFIG = "configs/cub100/known_gallery/mobilenet025_32ep.yaml"  # the run's, for --smoke
 CHOSEN = ("default", "no bias correction", "MinMax calibration", "head kept fp32", "U8S8 7-bit")
