@@ -248,6 +248,9 @@ COLLECTIONS = {
             "asymmetric_160_training_12ep": Recipe(
                 "configs/cars196/known_gallery/trials/asymmetric_160_training_12ep.yaml",
                 "MobileNetV2 at 160 px, 12 epochs, with the training photos", training_photos=True),
+            "asymmetric_224_training": Recipe("configs/cars196/known_gallery/trials/asymmetric_224_training.yaml",
+                                              "MobileNetV2 at 224 px, 8 epochs, with the training photos",
+                                              training_photos=True),
         }, runs="known_gallery_cars196"),
 }
 
