@@ -24,18 +24,8 @@ from pathlib import Path
 
 import numpy as np
 from benchmarks.common import ROOT, cell, write_results
-from benchmarks.common.collection import COLLECTIONS, embedded, run_dir, scored_photos, split_items, teacher_run
-
-
-def recall_at_1(gallery: np.ndarray, queries: np.ndarray, labels: np.ndarray, in_gallery: np.ndarray,
-                classes: np.ndarray) -> float:
-    """R@1 of the queries of ``classes`` against the gallery photos of ``classes`` (arrays over every photo)."""
-    from embdistill.evaluation.metrics import retrieval_metrics
-
-    kept = np.isin(labels, classes)
-    g, q = kept & in_gallery, kept & ~in_gallery
-    return retrieval_metrics(gallery[g], labels[g], query_embeddings=queries[q], query_labels=labels[q], ks=(1,),
-                             map_at_r=False, r_precision=False)["recall@1"]
+from benchmarks.common.collection import (COLLECTIONS, DEMO, asymmetric_recall, embedded, run_dir, scored_photos,
+                                          split_items, teacher_folder)
 
 
 def class_sets(classes: np.ndarray, draws: int) -> dict[int, list[np.ndarray]]:
@@ -54,7 +44,8 @@ def measure(args: argparse.Namespace, command: str) -> dict:
     labels = np.asarray(items.labels)
     sets = class_sets(np.unique(labels), args.draws)
     teacher = embedded(run_checkpoint(args.teacher), items)
-    ceiling = {m: [recall_at_1(teacher, teacher, labels, in_gallery, c) for c in chosen] for m, chosen in sets.items()}
+    ceiling = {m: [asymmetric_recall(teacher, teacher, items, in_gallery, c) for c in chosen]
+               for m, chosen in sets.items()}
     rows = []
     for row in args.rows:
         runs = []
@@ -65,9 +56,9 @@ def measure(args: argparse.Namespace, command: str) -> dict:
                                  f"{' --tune' if args.tune else ''} --rows {row} --seeds {seed}` first")
             own, asym = embedded(best, items), embedded(best, items, space="teacher")
             runs.append({"seed": seed, "run_dir": str(best.parent), "by_classes": {
-                str(m): {"own_recall@1": statistics.fmean(recall_at_1(own, own, labels, in_gallery, c)
+                str(m): {"own_recall@1": statistics.fmean(asymmetric_recall(own, own, items, in_gallery, c)
                                                           for c in chosen),
-                         "asym_recall@1": statistics.fmean(recall_at_1(teacher, asym, labels, in_gallery, c)
+                         "asym_recall@1": statistics.fmean(asymmetric_recall(teacher, asym, items, in_gallery, c)
                                                            for c in chosen)}
                 for m, chosen in sets.items()}})
             print(f"[gallery_density] {row} seed {seed}: " + ", ".join(
@@ -120,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draws", type=int, default=50, help="random class sets per gallery size")
     parser.add_argument("--runs", type=Path, help="benchmarks.known_gallery's --runs (default: its own)")
     parser.add_argument("--data", type=Path, help="the dataset's root (default: ../shared/data/<dataset>)")
-    parser.add_argument("--demo", type=Path, default=ROOT / "runs" / "demo", help="cub100: `make demo`'s folder")
+    parser.add_argument("--demo", type=Path, default=DEMO, help="cub100: `make demo`'s folder")
     parser.add_argument("--out", type=Path, help="results path without suffix")
     args = parser.parse_args(argv)
     collection = COLLECTIONS[args.dataset]
@@ -129,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{unknown} are not {args.dataset} rows or trials of benchmarks.known_gallery: {sorted(known)}")
     args.runs = args.runs or ROOT / "runs" / collection.runs
     args.data = args.data or collection.data
-    args.teacher = teacher_run(args, collection.teacher, []) if collection.teacher.config is None else (
-        args.runs / Path(collection.teacher.config).stem)
+    args.teacher = teacher_folder(args, collection.teacher)
     if not (args.teacher / "summary.yaml").is_file():
         raise SystemExit(f"{args.teacher} is missing: `python -m benchmarks.known_gallery --dataset {args.dataset}` "
                          "trains it")

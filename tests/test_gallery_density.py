@@ -1,9 +1,12 @@
-"""benchmarks.gallery_density's pieces: R@1 on a subset of classes against brute force, and its class sets."""
+"""benchmarks.gallery_density's pieces: R@1 on a subset of classes (``asymmetric_recall``'s ``classes``) against
+brute force, and its class sets."""
 from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.gallery_density import class_sets, recall_at_1
+from benchmarks.common.collection import asymmetric_recall
+from benchmarks.gallery_density import class_sets
+from embdistill.data import ImageList
 
 
 def test_recall_at_1_on_a_subset_of_classes_equals_brute_force():
@@ -15,14 +18,17 @@ def test_recall_at_1_on_a_subset_of_classes_equals_brute_force():
     gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     classes = np.array([1, 4, 5])
+    items = ImageList([f"{i}.jpg" for i in range(48)], labels, [str(c) for c in range(6)], "toy")
     hits = []
     for q in np.flatnonzero(np.isin(labels, classes) & ~in_gallery):
         candidates = np.flatnonzero(np.isin(labels, classes) & in_gallery)
         nearest = candidates[np.argmax(gallery[candidates] @ queries[q])]
         hits.append(labels[nearest] == labels[q])
     assert 0 < np.mean(hits) < 1  # neither trivial nor hopeless: the subset matters
-    assert recall_at_1(gallery, queries, labels, in_gallery, classes) == np.mean(hits)
-    assert recall_at_1(gallery, queries, labels, in_gallery, np.arange(6)) != np.mean(hits)
+    assert asymmetric_recall(gallery, queries, items, in_gallery, classes) == np.mean(hits)
+    assert asymmetric_recall(gallery, queries, items, in_gallery, np.arange(6)) != np.mean(hits)
+    assert asymmetric_recall(gallery, queries, items, in_gallery) == asymmetric_recall(
+        gallery, queries, items, in_gallery, np.arange(6))  # no classes: all of them
 
 
 def test_class_sets_are_an_eighth_a_quarter_a_half_and_all_the_same_each_call():

@@ -139,14 +139,18 @@ def exported_queries(checkpoint: Path, items: ImageList, path: Path, **export: A
     return embedded(checkpoint, items, load_encoder(exported.path, threads=torch.get_num_threads()))
 
 
-def asymmetric_recall(gallery: np.ndarray, queries: np.ndarray, items: ImageList, in_gallery: np.ndarray) -> float:
+def asymmetric_recall(gallery: np.ndarray, queries: np.ndarray, items: ImageList, in_gallery: np.ndarray,
+                      classes: np.ndarray | None = None) -> float:
     """R@1 of the queries' embeddings of the images not in the gallery against the gallery's embeddings of those
-    that are (both arrays: every image of ``items``, in order)."""
+    that are (both arrays: every image of ``items``, in order; the same array twice scores one network). With
+    ``classes``, only their images: a smaller gallery."""
     from embdistill.evaluation.metrics import retrieval_metrics
 
     labels = np.asarray(items.labels)
-    return retrieval_metrics(gallery[in_gallery], labels[in_gallery], query_embeddings=queries[~in_gallery],
-                             query_labels=labels[~in_gallery], ks=(1,))["recall@1"]
+    kept = np.ones(len(labels), bool) if classes is None else np.isin(labels, classes)
+    g, q = kept & in_gallery, kept & ~in_gallery
+    return retrieval_metrics(gallery[g], labels[g], query_embeddings=queries[q], query_labels=labels[q], ks=(1,),
+                             map_at_r=False, r_precision=False)["recall@1"]
 
 
 DEMO = ROOT / "runs" / "demo"  # `make demo`: the birds' teacher
@@ -288,12 +292,15 @@ def run_dir(args: argparse.Namespace, row: str, seed: int) -> Path:
     return args.runs / ("tune" if args.tune else "") / row / f"seed{seed}"
 
 
+def teacher_folder(args: argparse.Namespace, teacher: Teacher) -> Path:
+    """The teacher's run folder: `make demo`'s, or ``teacher.config``'s under ``--runs``."""
+    return args.demo / "teacher" if teacher.config is None else args.runs / Path(teacher.config).stem
+
+
 def teacher_run(args: argparse.Namespace, teacher: Teacher, overrides: list[str]) -> Path:
-    """The teacher's run folder: `make demo`'s, or ``teacher.config`` run into ``--runs`` when missing."""
-    if teacher.config is None:
-        return args.demo / "teacher"
-    run = args.runs / Path(teacher.config).stem
-    if not (run / "summary.yaml").is_file():
+    """``teacher_folder``, ``teacher.config`` run into it first when missing."""
+    run = teacher_folder(args, teacher)
+    if teacher.config is not None and not (run / "summary.yaml").is_file():
         subprocess.run([sys.executable, "-m", "embdistill", "train", "-c", teacher.config, "--no-progress",
                         f"output_dir={args.runs}", f"name={run.name}", f"data.root={args.data}", *overrides],
                        check=True, cwd=ROOT)
