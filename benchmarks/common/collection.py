@@ -233,6 +233,9 @@ COLLECTIONS = {
             "asymmetric_160": Recipe("configs/cars196/known_gallery/asymmetric_160.yaml", "MobileNetV2 at 160 px"),
             "mobilenet025_views8": Recipe("configs/cars196/known_gallery/mobilenet025_views8.yaml",
                                           "MobileNet-0.25 (ImageNet) at 160 px, 32 epochs, 8 banked views"),
+            "asymmetric_224_training": Recipe("configs/cars196/known_gallery/asymmetric_224_training.yaml",
+                                              "MobileNetV2 at 224 px, 8 epochs, with the training photos",
+                                              training_photos=True),
         },
         trials={
             "mobilenet025_224": Recipe("configs/cars196/known_gallery/trials/mobilenet025_224.yaml",
@@ -252,9 +255,6 @@ COLLECTIONS = {
             "asymmetric_160_training_12ep": Recipe(
                 "configs/cars196/known_gallery/trials/asymmetric_160_training_12ep.yaml",
                 "MobileNetV2 at 160 px, 12 epochs, with the training photos", training_photos=True),
-            "asymmetric_224_training": Recipe("configs/cars196/known_gallery/trials/asymmetric_224_training.yaml",
-                                              "MobileNetV2 at 224 px, 8 epochs, with the training photos",
-                                              training_photos=True),
         }, runs="known_gallery_cars196"),
 }
 
