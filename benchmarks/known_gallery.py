@@ -26,30 +26,73 @@ would be (the table says so). Labels serve only to score. ``--tune`` runs the ro
 birds' teacher is ImageNet features, so all 58 training species; cars' is fine-tuned on 74 of the 98 training
 models, so the 24 it held out. The rows run on the test classes. A row with ``Recipe.training_photos`` distils on the
 training split's photos too (the tuning: only the classes the teacher trained on), labels never read, linked beside
-the gallery's. Writes
-``benchmarks/results/known_gallery_<dataset>{,_tuning}.{md,json}``.
+the gallery's. A run that kept every epoch (``train.keep_epochs``) is also scored epoch by epoch, own R@1 beside
+the knn_agreement@10 it chose by: labels choose nothing, they measure how far the label-free choice fell from the
+best epoch. Each run's scores are kept beside its checkpoints (``SCORES``) and read back while its checkpoints, the
+teacher and the photos are the same ones (``--rescore`` scores again), so a row run again with more seeds scores only
+the new ones. Writes ``benchmarks/results/known_gallery_<dataset>{,_tuning}.{md,json}``.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import functools
+import json
 import shlex
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import yaml
-from benchmarks.common import (ROOT, cell, few_per_class, merged, pooled_std, ran_by, render_results,
+from benchmarks.common import (ROOT, cell, few_per_class, merged, pooled_std, ran_by, render_results, spearman,
                                write_results)
 from benchmarks.common.collection import (COLLECTIONS, DEMO, asymmetric_recall, distill, embedded, exported_queries,
                                           link_photos, run_dir, scored_photos, smoke_overrides, split_items,
                                           teacher_run, training_photos)
 from benchmarks.common.smoke import SMALL, tiny_demo
+from embdistill.atomic import write_atomic
+
+SCORES = "known_gallery_scores.json"  # a run's scores, beside its checkpoints
+CEILING = ("recall@1", "map@r", "queries", "gallery")  # the teacher's scores the table reads
+
+
+def _stamp(path: Path) -> list:
+    """What tells one file from its rewrite: its path, size and modification time."""
+    stat = path.stat()
+    return [str(path), stat.st_size, stat.st_mtime_ns]
+
+
+def cached(path: Path, key: dict, score: Callable[[], dict], rescore: bool = False) -> dict:
+    """``score()``, kept in ``path`` under ``key`` (what was scored, as ``_stamp``s and settings), read back instead
+    while the key is the same."""
+    if not rescore and path.is_file():
+        kept = json.loads(path.read_text())
+        if kept["key"] == key:
+            return kept["scores"]
+    scores = score()
+    write_atomic(path, json.dumps({"key": key, "scores": scores}, indent=1).encode())
+    return scores
+
+
+def epoch_curve(run: Path, summary: dict, scored: Callable[[Path], dict]) -> list[dict]:
+    """Each epoch ``run`` kept (``train.keep_epochs``) scored as its chosen one is, beside the knn_agreement@10 it
+    chose by (None where the run did not score that epoch)."""
+    from embdistill.checkpoints import EPOCHS
+
+    agreement = {point["epoch"]: point.get("knn_agreement@10") for point in summary.get("validation_curve", [])}
+    curve = []
+    for path in sorted((run / EPOCHS).glob("epoch_*.pt")):
+        epoch, own = int(path.stem.removeprefix("epoch_")), scored(path)
+        curve.append({"epoch": epoch, "own_recall@1": own["recall@1"], "own_map@r": own["map@r"],
+                      "knn_agreement@10": agreement.get(epoch)})
+    return curve
 
 def measure(args: argparse.Namespace, command: str) -> dict:
-    from embdistill.checkpoints import run_checkpoint
+    from embdistill.checkpoints import EPOCHS, run_checkpoint
     from embdistill.config import load_config
     from embdistill.engine.scoring.command import evaluate_checkpoint
 
@@ -63,10 +106,17 @@ def measure(args: argparse.Namespace, command: str) -> dict:
         return evaluate_checkpoint(checkpoint, dataset=reader, root=str(data), split=split, gallery_images=folder,
                                    num_workers=0, progress=False, **extra)
 
-    ceiling = scored(teacher)
-    if not args.tune:  # the INT8 queries' gallery: the teacher's fp32 embeddings, once for every run
+    photos_key = {"photos": [reader, str(data), split], "gallery": [str(folder), scoring.linked]}
+    ceiling = cached(args.teacher / f"known_gallery_scores_{tag}.json", {"teacher": _stamp(teacher), **photos_key},
+                     lambda: {k: v for k, v in scored(teacher).items() if k in CEILING}, args.rescore)
+    if not args.tune:
         items, in_gallery = split_items(data, split, folder, reader)
-        teacher_embeddings = embedded(teacher, items)
+
+    @functools.cache
+    def teacher_embeddings() -> np.ndarray:
+        """The INT8 queries' gallery: the teacher's fp32 embeddings, once for every run that is scored."""
+        return embedded(teacher, items)
+
     rows = []
     with tempfile.TemporaryDirectory(prefix="known_gallery_") as tmp:
         for row in args.rows:
@@ -86,21 +136,31 @@ def measure(args: argparse.Namespace, command: str) -> dict:
                 start = time.perf_counter()
                 run = distill(config, run_dir(args, row, seed), overrides, seed)
                 summary = yaml.safe_load((run / "summary.yaml").read_text())
-                own = scored(run / "best.pt")
-                asym = scored(run / "best.pt", gallery_model=teacher)
+
+                def score() -> dict:
+                    own = scored(run / "best.pt")
+                    asym = scored(run / "best.pt", gallery_model=teacher)
+                    scores = {"own_recall@1": own["recall@1"], "own_map@r": own["map@r"],
+                              "asym_recall@1": asym["recall@1"], "asym_map@r": asym["map@r"],
+                              "distilled_on_gallery": own["distilled_on_gallery"],
+                              "transductive": bool(own.get("transductive"))}
+                    if not args.tune:
+                        int8 = exported_queries(run / "best.pt", items, Path(tmp) / f"{row}_{run.name}.int8.onnx",
+                                                quantize="int8")
+                        scores["int8_asym_recall@1"] = asymmetric_recall(teacher_embeddings(), int8, items, in_gallery)
+                    if (run / EPOCHS).is_dir():
+                        scores["epoch_curve"] = epoch_curve(run, summary, scored)
+                    return scores
+
+                key = {"best": _stamp(run / "best.pt"), "teacher": _stamp(teacher), **photos_key, "int8": not args.tune,
+                       "epochs": [_stamp(p) for p in sorted((run / EPOCHS).glob("epoch_*.pt"))]}
                 result = {"seed": seed, "run_dir": str(run), "epoch": summary.get("epoch"),
                           "train_seconds": summary.get("train_seconds"),
                           "selected_agreement": summary.get("selected", {}).get("validation"),
-                          "own_recall@1": own["recall@1"], "own_map@r": own["map@r"],
-                          "asym_recall@1": asym["recall@1"], "asym_map@r": asym["map@r"],
-                          "distilled_on_gallery": own["distilled_on_gallery"], "transductive": bool(own.get("transductive"))}
-                if not args.tune:
-                    int8 = exported_queries(run / "best.pt", items, Path(tmp) / f"{row}_{run.name}.int8.onnx",
-                                            quantize="int8")
-                    result["int8_asym_recall@1"] = asymmetric_recall(teacher_embeddings, int8, items, in_gallery)
+                          **cached(run / SCORES, key, score, args.rescore)}
                 runs.append(result)
                 print(f"[known_gallery] {row} seed {seed}: teacher {100 * ceiling['recall@1']:.1f}, own "
-                      f"{100 * own['recall@1']:.1f}, asymmetric {100 * asym['recall@1']:.1f}"
+                      f"{100 * result['own_recall@1']:.1f}, asymmetric {100 * result['asym_recall@1']:.1f}"
                       + (f", INT8 {100 * result['int8_asym_recall@1']:.1f}" if "int8_asym_recall@1" in result else "")
                       + f" ({time.perf_counter() - start:.0f} s)", flush=True)
             rows.append({"row": row, "config": config, "student": student, "command": command,
@@ -156,7 +216,35 @@ def markdown(result: dict) -> str:
             + f" | {cell(int8) if int8 else '—'} | {cell([100 * r['own_map@r'] for r in runs])} | "
             f"{cell([100 * r['asym_map@r'] for r in runs])} | {', '.join(str(r['epoch']) for r in runs)} | "
             f"{', '.join(str(r['train_seconds']) for r in runs)} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + epoch_choice(result)) + "\n"
+
+
+def epoch_choice(result: dict) -> list[str]:
+    """The runs that kept every epoch: the epoch knn_agreement@10 chose against the best one by own R@1."""
+    kept = [(row["row"], run) for row in result["rows"] for run in row["runs"] if run.get("epoch_curve")]
+    if not kept:
+        return []
+    lines = ["", "## Does knn_agreement@10 choose the best epoch?", "",
+             "Runs that kept every epoch (`train.keep_epochs`), each epoch scored as the table scores the chosen one "
+             "(own R@1, its queries on its gallery). These labelled scores chose nothing: the run chose by "
+             "knn_agreement@10 on its held-out photos, without labels.", "",
+             "| row | seed | chosen epoch | its R@1 | best epoch | its R@1 | short of the best | Spearman (R@1, agreement) "
+             "| own R@1 by epoch | knn_agreement@10 by epoch |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row, run in kept:
+        curve = run["epoch_curve"]
+        r1 = {point["epoch"]: 100 * point["own_recall@1"] for point in curve}
+        best = max(r1, key=lambda epoch: (r1[epoch], -epoch))  # the earlier epoch on a tie
+        agree = [(point["own_recall@1"], point["knn_agreement@10"]) for point in curve
+                 if point["knn_agreement@10"] is not None]
+        rho = spearman(*map(list, zip(*agree))) if len(agree) > 2 else None
+        agreement = ["—" if point["knn_agreement@10"] is None else f"{point['knn_agreement@10']:.3f}" for point in curve]
+        lines.append(
+            f"| {row} | {run['seed']} | {run['epoch']} | {r1[run['epoch']]:.1f} | {best} | {r1[best]:.1f} | "
+            f"{r1[best] - r1[run['epoch']]:.1f} | {'—' if rho is None else f'{rho:.2f}'} | "
+            f"{', '.join(f'{r1[e]:.1f}' for e in sorted(r1))} | "
+            f"{', '.join(agreement)} |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--demo", type=Path, default=DEMO,
                         help="cub100: the `make demo` folder whose teacher the rows use")
     parser.add_argument("--data", type=Path, help="the dataset's root (default: ../shared/data/<dataset>)")
+    parser.add_argument("--rescore", action="store_true",
+                        help="score every run again, even where its kept scores (%s) are of the same files" % SCORES)
     parser.add_argument("--smoke", action="store_true",
                         help="2 training steps a run, seed 0, on tiny data and a teacher of its own, all in a "
                         "temporary folder")
@@ -208,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.teacher / "last.pt").is_file():
             raise SystemExit(f"{args.teacher} is missing: run `make demo` first")
         if args.smoke:
-            args.overrides = smoke_overrides(args.teacher)
+            args.overrides = [*smoke_overrides(args.teacher), "train.keep_epochs=true"]  # and its epoch table
         out = args.out or ROOT / "benchmarks" / "results" / stem
         write_results(out, merged(out, measure(args, command.strip()), "rows", "row", order), markdown)
     return 0

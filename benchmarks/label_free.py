@@ -35,7 +35,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from benchmarks.common import ROOT, SHARED, cell, merged, ran_by, render_results, write_results
+from benchmarks.common import ROOT, SHARED, cell, merged, ran_by, render_results, spearman, write_results
 from benchmarks.common.smoke import SMALL, distilled_on, tiny_demo
 
 DEMO = ROOT / "runs" / "demo"  # `make demo`: the teacher, the student alone, the relative teacher with labels
@@ -80,13 +80,6 @@ def distill(config: str, out: Path, overrides: list[str], seed: int = 0) -> Path
         subprocess.run([sys.executable, "-m", "embdistill", "distill", "-c", config, "--no-progress",
                         f"output_dir={out}", *overrides], check=True, cwd=ROOT)
     return run
-
-
-def spearman(a: list[float], b: list[float]) -> float:
-    """Spearman's rank correlation (ties take their average rank)."""
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(a, b).statistic)
 
 
 def measure(args: argparse.Namespace, command: str) -> dict:

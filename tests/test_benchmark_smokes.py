@@ -199,7 +199,13 @@ def test_known_gallery_smoke_distils_on_the_gallery_and_queries_it_with_other_ph
         assert run["distilled_on_gallery"] == 32 and not run["transductive"]  # the run's photos are the gallery, no query
         assert 0 <= run["own_recall@1"] <= 1 and 0 <= run["asym_recall@1"] <= 1
         assert ("int8_asym_recall@1" in run) == (not mode)
-    assert (tmp_path / "known.md").read_text().startswith("# Known gallery: the student distils on the collection")
+        # train.keep_epochs: the one epoch, scored from its own file, is the chosen one scored from best.pt
+        (point,) = run["epoch_curve"]
+        assert point["epoch"] == run["epoch"] == 1 and point["own_recall@1"] == run["own_recall@1"]
+        assert point["knn_agreement@10"] == run["selected_agreement"]
+    markdown = (tmp_path / "known.md").read_text()
+    assert markdown.startswith("# Known gallery: the student distils on the collection")
+    assert "## Does knn_agreement@10 choose the best epoch?" in markdown
     assert _unchanged_results() == before
 
 

@@ -65,3 +65,48 @@ def test_a_row_chosen_again_is_measured_against_the_student_alone_chosen_again()
     del rows[1]
     with pytest.raises(SystemExit, match="alone_cars are baselines of other rows but are not in the table"):
         bench.markdown(result(rows))
+
+
+def test_a_runs_kept_scores_are_read_back_until_what_they_scored_changes(tmp_path):
+    from benchmarks.known_gallery import _stamp, cached
+
+    checkpoint, path = tmp_path / "best.pt", tmp_path / "scores.json"
+    checkpoint.write_bytes(b"epoch 4")
+    calls = []
+
+    def score() -> dict:
+        calls.append(len(calls))
+        return {"own_recall@1": 0.5 + len(calls) / 10}
+
+    first = cached(path, {"best": _stamp(checkpoint)}, score)
+    assert cached(path, {"best": _stamp(checkpoint)}, score) == first == {"own_recall@1": 0.6} and len(calls) == 1
+    assert cached(path, {"best": _stamp(checkpoint)}, score, rescore=True) == {"own_recall@1": 0.7}
+    checkpoint.write_bytes(b"epoch 5, rewritten")  # another size: other weights, scored again
+    assert cached(path, {"best": _stamp(checkpoint)}, score) == {"own_recall@1": 0.8} and len(calls) == 3
+    assert cached(path, {"best": _stamp(checkpoint), "int8": True}, score) == {"own_recall@1": 0.9}
+
+
+def test_the_epoch_choice_table_sets_the_chosen_epoch_against_the_best_by_r1():
+    from benchmarks.known_gallery import epoch_choice
+
+    r1 = {1: 0.50, 2: 0.55, 3: 0.57, 4: 0.57, 5: 0.56}
+    agreement = {1: 0.30, 2: 0.33, 3: 0.34, 4: 0.36, 5: 0.35}
+    curve = [{"epoch": e, "own_recall@1": r1[e], "own_map@r": 0.1, "knn_agreement@10": agreement[e]} for e in r1]
+    result = {"rows": [{"row": "kept", "runs": [{"seed": 2, "epoch": 4, "epoch_curve": curve}]},
+                       {"row": "not_kept", "runs": [{"seed": 0, "epoch": 3}]}]}
+    lines = epoch_choice(result)
+    assert lines[1] == "## Does knn_agreement@10 choose the best epoch?"
+    (row,) = [line for line in lines if line.startswith("| kept")]
+    # Epochs 3 and 4 tie at 57.0: the earlier is the best, and the chosen 4th falls 0.0 short of it.
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:7] == ["kept", "2", "4", "57.0", "3", "57.0", "0.0"]
+    # R@1 ranks (1, 2, 4.5, 4.5, 3), agreement ranks (1, 2, 3, 5, 4): Pearson of the ranks
+    a, b = [1, 2, 4.5, 4.5, 3], [1, 2, 3, 5, 4]
+    ma, mb = sum(a) / 5, sum(b) / 5
+    cov = sum((x - ma) * (y - mb) for x, y in zip(a, b))
+    rho = cov / (sum((x - ma) ** 2 for x in a) * sum((y - mb) ** 2 for y in b)) ** 0.5
+    assert cells[7] == f"{rho:.2f}"
+    assert cells[8] == "50.0, 55.0, 57.0, 57.0, 56.0" and cells[9] == "0.300, 0.330, 0.340, 0.360, 0.350"
+    assert not any(line.startswith("| not_kept") for line in lines)
+    assert epoch_choice({"rows": [{"row": "not_kept", "runs": [{"seed": 0, "epoch": 3}]}]}) == []
+

@@ -417,7 +417,7 @@ def test_the_keys_a_resume_may_change_are_declared_on_their_fields() -> None:
 
     assert RESUME_MAY_CHANGE == {
         "name", "output_dir", "device", "threads", "data.root", "data.num_workers", "data.cache_images",
-        "train.log_every", "train.checkpoint_every", "train.nan_policy", "train.collapse_spread",
+        "train.log_every", "train.checkpoint_every", "train.keep_epochs", "train.nan_policy", "train.collapse_spread",
         "eval.batch_size", "eval.every_epochs",
     }
     assert REUSE_MAY_CHANGE == RESUME_MAY_CHANGE - {"data.root"}  # a moved dataset may be resumed, not reused

@@ -198,7 +198,8 @@ def chosen(tmp_path_factory, cub100, small_cub):
     """A choosing run (SCRIPT: best at epoch 2, stopped after 4 of 6), its evaluations recorded."""
     with pytest.MonkeyPatch.context() as monkeypatch:
         _scripted(monkeypatch)
-        cfg = _config(tmp_path_factory.mktemp("chosen"), cub100, small_cub, "chosen", **CHOOSING)
+        cfg = _config(tmp_path_factory.mktemp("chosen"), cub100, small_cub, "chosen", **CHOOSING,
+                      **{"train.keep_epochs": True})
         calls = _record_evaluations(monkeypatch, cfg)
         result = run(cfg, progress=False)
     return result, calls
@@ -215,6 +216,12 @@ def test_the_test_classes_are_scored_once_at_the_end_on_the_chosen_weights(chose
     assert last["epoch"] == 4 and best["epoch"] == 2 and best["selected"] == {"metric": "recall@1", "value": 0.5, "epoch": 2}
     assert "optimizer" not in best  # weights and what rebuilds them; resuming reads last.pt
     assert not _same_weights(best["model_state"], last["model_state"])
+    # train.keep_epochs: every epoch's weights as best.pt holds them, to score any epoch afterwards.
+    kept = sorted(p.name for p in (run_dir / "epochs").iterdir())
+    assert kept == ["epoch_001.pt", "epoch_002.pt", "epoch_003.pt", "epoch_004.pt"]
+    epoch_2, epoch_4 = load_checkpoint(run_dir / "epochs" / kept[1]), load_checkpoint(run_dir / "epochs" / kept[3])
+    assert epoch_2["epoch"] == 2 and _same_weights(epoch_2["model_state"], best["model_state"]) and "optimizer" not in epoch_2
+    assert epoch_4["epoch"] == 4 and _same_weights(epoch_4["model_state"], last["model_state"])
     # The held-out classes were scored after every epoch, the test classes once: last, after every step,
     # on best.pt's weights. No test score existed while anything was being chosen.
     assert [(c["fn"], c["split"]) for c in calls] == [("evaluate_embedder", "validation")] * 4 + [("embed_loader", "test")]

@@ -164,3 +164,10 @@ def pooled_std(a: list[float], b: list[float]) -> float | None:
     if len(a) < 2 or len(b) < 2:
         return None
     return math.sqrt((statistics.variance(a) + statistics.variance(b)) / 2)
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman's rank correlation (ties take their average rank)."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)

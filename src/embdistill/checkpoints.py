@@ -19,6 +19,7 @@ from embdistill.models.embedder import Embedder, create_embedder
 
 
 BEST = "best.pt"  # the epoch chosen on held-out classes (train.select: best; engine/train/epoch_selection.py)
+EPOCHS = "epochs"  # every epoch's weights, epochs/epoch_001.pt... (train.keep_epochs)
 
 
 class CheckpointError(ValueError):

@@ -97,6 +97,9 @@ class TrainConfig:
     collapse_spread: float = field(default=COLLAPSE_SPREAD, metadata=at_least(0) | may_change("resume", "reuse"))  # warn when an epoch's mean batch embedding spread falls below this
     nan_policy: NanPolicy = field(default="stop", metadata=may_change("resume", "reuse"))  # skip: skipped batches are counted in summary.yaml
     checkpoint_every: int = field(default=0, metadata=at_least(0) | may_change("resume", "reuse"))  # also checkpoint every N steps mid-epoch (0: only at epoch ends)
+    # Also keep every epoch's weights as RUN_DIR/epochs/epoch_NNN.pt (as best.pt holds them): to score any epoch
+    # afterwards, e.g. how far a label-free epoch choice falls from the best epoch on labelled classes.
+    keep_epochs: bool = field(default=False, metadata=may_change("resume", "reuse"))
     gather_global_batch: bool = True  # multi-process: batch-level losses see every process's images (exact)
     precision: Precision = "auto"  # student forward under autocast; auto: bf16 on CUDA
     channels_last: bool | Literal["auto"] = "auto"  # auto: on for CUDA

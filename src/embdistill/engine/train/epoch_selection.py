@@ -17,11 +17,16 @@ from typing import Any
 from embdistill.config import ExperimentConfig
 from embdistill.checkpoints import BEST, CheckpointError, load_checkpoint, save_checkpoint
 
-__all__ = ["BEST", "Selection"]
+__all__ = ["BEST", "Selection", "weights"]
 
 # Checkpoint entries best.pt keeps: enough to rebuild and score the embedder, nothing to resume with.
 _WEIGHTS = ("model_config", "model_state", "normalization", "image_size", "config", "epoch", "step",
             "teacher_space")  # the space an absolute teacher term trained it into, its projection of the same step
+
+
+def weights(payload: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a checkpoint payload that rebuild and score the embedder (best.pt's, train.keep_epochs')."""
+    return {k: payload[k] for k in _WEIGHTS if k in payload}
 
 
 class Selection:
@@ -70,7 +75,7 @@ class Selection:
     def save_best(self, payload: dict[str, Any]) -> None:
         """Write ``best.pt`` from a checkpoint payload of the best epoch (written after its last.pt: see load_state_dict)."""
         if self.writes:
-            save_checkpoint(self.path, {**{k: payload[k] for k in _WEIGHTS if k in payload},
+            save_checkpoint(self.path, {**weights(payload),
                                         "selected": {"metric": self.metric, "value": self.best, "epoch": self.best_epoch}})
 
     @property

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from embdistill.checkpoints import checkpoint_fingerprint, run_checkpoint, save_checkpoint
+from embdistill.checkpoints import EPOCHS, checkpoint_fingerprint, run_checkpoint, save_checkpoint
 from embdistill.config import ExperimentConfig, to_dict
 from embdistill.data.datasets import is_label_free
 from embdistill.data.images import DecodedImageCache
@@ -54,7 +54,7 @@ from embdistill.engine.persist.test_embeddings import save_test_embeddings
 from embdistill.engine.scoring.embed import embed_loader, evaluate_embedder
 from embdistill.engine.teacher.bank import bank_for_run
 from embdistill.engine.teacher.frozen import FrozenTeacher, TeacherCache, load_teacher
-from embdistill.engine.train.epoch_selection import Selection
+from embdistill.engine.train.epoch_selection import Selection, weights
 from embdistill.engine.train.objective import build_objective
 from embdistill.engine.train.optim import build_optimizer, build_scheduler
 from embdistill.engine.train.precision import autocast_dtype, memory_format
@@ -200,9 +200,10 @@ class Training:
         self.say(f"epoch {epoch} ({self.periodic_split}): {_fmt(metrics)}" + (" (best so far)" if best else ""))
         return best
 
-    def save(self, best: bool = False) -> None:
+    def save(self, best: bool = False, epoch_end: bool = False) -> None:
         """Write ``last.pt`` (rank 0): weights, what rebuilds the network, and what resuming needs; then
-        ``best.pt`` when these weights are the best so far (in that order: see Selection.load_state_dict)."""
+        ``best.pt`` when these weights are the best so far (in that order: see Selection.load_state_dict),
+        and at an epoch's end with ``train.keep_epochs`` that epoch's weights in ``epochs/``."""
         if not self.world.is_main:
             return
         cfg, student = self.cfg, self.student
@@ -219,6 +220,8 @@ class Training:
         save_checkpoint(self.checkpoint, payload)
         if best:
             self.selection.save_best(payload)
+        if epoch_end and cfg.train.keep_epochs:
+            save_checkpoint(cfg.run_dir / EPOCHS / f"epoch_{payload['epoch']:03d}.pt", weights(payload))
 
 
 def run(cfg: ExperimentConfig, progress: bool = True, resume: bool = False) -> RunResult:
@@ -444,7 +447,7 @@ def _train_loop(t: Training, progress: bool) -> None:
             state.end_epoch()
             _check_collapse(t, epoch, spreads)
             best = t.validate(epoch + 1, progress) if world.is_main and t.selection.due(epoch + 1) else False
-            t.save(best)
+            t.save(best, epoch_end=True)
             world.barrier()  # the others wait for rank 0's evaluation and checkpoint
             stop.raise_if_requested(cfg, state)
             if t.selection.rule == "best" and world.broadcast(t.selection.stopped):
