@@ -54,6 +54,7 @@ RENDERED = {
     "known_gallery_cub100.md": _rendered_by("benchmarks.known_gallery"),
     "known_gallery_cub100_tuning.md": _rendered_by("benchmarks.known_gallery"),
     "known_gallery_cars196.md": _rendered_by("benchmarks.known_gallery"),
+    "known_gallery_cub100_epoch_choice.md": _rendered_by("benchmarks.known_gallery"),
     "known_gallery_cars196_tuning.md": _rendered_by("benchmarks.known_gallery"),
     "gallery_density_cars196.md": _rendered_by("benchmarks.gallery_density"),
     "gallery_density_cars196_tuning.md": _rendered_by("benchmarks.gallery_density"),
