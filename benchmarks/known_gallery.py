@@ -91,6 +91,7 @@ def epoch_curve(run: Path, summary: dict, scored: Callable[[Path], dict]) -> lis
                       "knn_agreement@10": agreement.get(epoch)})
     return curve
 
+
 def measure(args: argparse.Namespace, command: str) -> dict:
     from embdistill.checkpoints import EPOCHS, run_checkpoint
     from embdistill.config import load_config
