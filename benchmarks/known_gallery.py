@@ -232,10 +232,12 @@ def epoch_choice(result: dict) -> list[str]:
              "| row | seed | chosen epoch | its R@1 | best epoch | its R@1 | short of the best | Spearman (R@1, agreement) "
              "| own R@1 by epoch | knn_agreement@10 by epoch |",
              "|---|---|---|---|---|---|---|---|---|---|"]
+    shortfalls: dict[str, list[tuple[float, float]]] = {}
     for row, run in kept:
         curve = run["epoch_curve"]
         r1 = {point["epoch"]: 100 * point["own_recall@1"] for point in curve}
         best = max(r1, key=lambda epoch: (r1[epoch], -epoch))  # the earlier epoch on a tie
+        shortfalls.setdefault(row, []).append((r1[best] - r1[run["epoch"]], r1[best] - r1[max(r1)]))
         agree = [(point["own_recall@1"], point["knn_agreement@10"]) for point in curve
                  if point["knn_agreement@10"] is not None]
         rho = spearman(*map(list, zip(*agree))) if len(agree) > 2 else None
@@ -245,6 +247,13 @@ def epoch_choice(result: dict) -> list[str]:
             f"{r1[best] - r1[run['epoch']]:.1f} | {'—' if rho is None else f'{rho:.2f}'} | "
             f"{', '.join(f'{r1[e]:.1f}' for e in sorted(r1))} | "
             f"{', '.join(agreement)} |")
+    lines.append("")
+    for row, pairs in shortfalls.items():
+        chosen, last = ([round(pair[i], 1) for pair in pairs] for i in (0, 1))
+        lines.append(f"- {row}, {len(pairs)} run{'s' * (len(pairs) > 1)}: the chosen epoch "
+                     f"{', '.join(f'{x:.1f}' for x in chosen)} R@1 short of the best (mean "
+                     f"{statistics.fmean(chosen):.1f}; {sum(x <= 1 for x in chosen)} of {len(chosen)} within 1 R@1); "
+                     f"the last epoch, kept without choosing, {', '.join(f'{x:.1f}' for x in last)} short")
     return lines
 
 

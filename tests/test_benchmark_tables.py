@@ -108,5 +108,27 @@ def test_the_epoch_choice_table_sets_the_chosen_epoch_against_the_best_by_r1():
     assert cells[7] == f"{rho:.2f}"
     assert cells[8] == "50.0, 55.0, 57.0, 57.0, 56.0" and cells[9] == "0.300, 0.330, 0.340, 0.360, 0.350"
     assert not any(line.startswith("| not_kept") for line in lines)
+    # Per row, over its kept runs: the chosen epoch's shortfall, and what keeping the last epoch would have cost.
+    assert lines[-1] == ("- kept, 1 run: the chosen epoch 0.0 R@1 short of the best (mean 0.0; 1 of 1 within 1 R@1); "
+                         "the last epoch, kept without choosing, 1.0 short")
     assert epoch_choice({"rows": [{"row": "not_kept", "runs": [{"seed": 0, "epoch": 3}]}]}) == []
 
+
+
+def test_the_epoch_choice_summary_counts_each_rows_runs_within_one_point():
+    from benchmarks.known_gallery import epoch_choice
+
+    def run(seed: int, chosen: int, r1: list[float]) -> dict:
+        curve = [{"epoch": e, "own_recall@1": v, "own_map@r": 0.1, "knn_agreement@10": 0.3 + e / 100}
+                 for e, v in enumerate(r1, start=1)]
+        return {"seed": seed, "epoch": chosen, "epoch_curve": curve}
+
+    result = {"rows": [{"row": "a", "runs": [run(0, 1, [0.600, 0.612, 0.605]),    # 1.2 short; last 0.7
+                                             run(1, 2, [0.500, 0.510, 0.503])]},  # 0.0 short; last 0.7
+                       {"row": "b", "runs": [run(0, 3, [0.400, 0.410, 0.410])]}]}  # tie: best is epoch 2, 0.0
+    summary = [line for line in epoch_choice(result) if line.startswith("- ")]
+    assert summary == [
+        "- a, 2 runs: the chosen epoch 1.2, 0.0 R@1 short of the best (mean 0.6; 1 of 2 within 1 R@1); "
+        "the last epoch, kept without choosing, 0.7, 0.7 short",
+        "- b, 1 run: the chosen epoch 0.0 R@1 short of the best (mean 0.0; 1 of 1 within 1 R@1); "
+        "the last epoch, kept without choosing, 0.0 short"]
