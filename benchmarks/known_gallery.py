@@ -221,7 +221,8 @@ def markdown(result: dict) -> str:
 
 
 def epoch_choice(result: dict) -> list[str]:
-    """The runs that kept every epoch: the epoch knn_agreement@10 chose against the best one by own R@1."""
+    """The runs that kept every epoch: the epoch knn_agreement@10 chose against the best one by own R@1; then a
+    line a row: how far its runs fell short, and what keeping the last epoch (no choice at all) would have cost."""
     kept = [(row["row"], run) for row in result["rows"] for run in row["runs"] if run.get("epoch_curve")]
     if not kept:
         return []
