@@ -238,14 +238,15 @@ def epoch_choice(result: dict) -> list[str]:
         curve = run["epoch_curve"]
         r1 = {point["epoch"]: 100 * point["own_recall@1"] for point in curve}
         best = max(r1, key=lambda epoch: (r1[epoch], -epoch))  # the earlier epoch on a tie
-        shortfalls.setdefault(row, []).append((r1[best] - r1[run["epoch"]], r1[best] - r1[max(r1)]))
+        short = r1[best] - r1[run["epoch"]]
+        shortfalls.setdefault(row, []).append((short, r1[best] - r1[max(r1)]))
         agree = [(point["own_recall@1"], point["knn_agreement@10"]) for point in curve
                  if point["knn_agreement@10"] is not None]
         rho = spearman(*map(list, zip(*agree))) if len(agree) > 2 else None
         agreement = ["—" if point["knn_agreement@10"] is None else f"{point['knn_agreement@10']:.3f}" for point in curve]
         lines.append(
             f"| {row} | {run['seed']} | {run['epoch']} | {r1[run['epoch']]:.1f} | {best} | {r1[best]:.1f} | "
-            f"{r1[best] - r1[run['epoch']]:.1f} | {'—' if rho is None else f'{rho:.2f}'} | "
+            f"{short:.1f} | {'—' if rho is None else f'{rho:.2f}'} | "
             f"{', '.join(f'{r1[e]:.1f}' for e in sorted(r1))} | "
             f"{', '.join(agreement)} |")
     lines.append("")

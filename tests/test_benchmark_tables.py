@@ -114,7 +114,6 @@ def test_the_epoch_choice_table_sets_the_chosen_epoch_against_the_best_by_r1():
     assert epoch_choice({"rows": [{"row": "not_kept", "runs": [{"seed": 0, "epoch": 3}]}]}) == []
 
 
-
 def test_the_epoch_choice_summary_counts_each_rows_runs_within_one_point():
     from benchmarks.known_gallery import epoch_choice
 
