@@ -246,6 +246,27 @@ def test_known_gallery_smoke_on_cars_tunes_beside_the_photos_the_teacher_trained
 
 
 @pytest.mark.smoke
+def test_known_gallery_ceiling_distils_on_the_queries_too_and_is_marked_transductive(tmp_path):
+    result, markdown = _cars_known_gallery(tmp_path, "--rows", "mobilenet025_32ep_queries")
+    ((row,),) = [result["rows"]]
+    assert row["query_photos"] == 98  # the other photo of each test model, linked beside the gallery's
+    (run,) = row["runs"]
+    assert run["transductive"] and run["distilled_on_gallery"] == 98
+    assert "the scores are not transductive (but the ceilings', below)" in markdown
+    assert "- mobilenet025_32ep_queries is a ceiling, not a recipe: it also distils on the 98 query photos" in markdown
+
+
+def test_a_ceiling_runs_only_when_named_and_only_on_the_test_classes():
+    from benchmarks.common.collection import COLLECTIONS
+    from benchmarks.known_gallery import main
+
+    assert all(recipe.query_photos for c in COLLECTIONS.values() for recipe in c.ceilings.values())
+    assert not any(recipe.query_photos for c in COLLECTIONS.values() for recipe in [*c.rows.values(), *c.trials.values()])
+    with pytest.raises(SystemExit):  # argparse: not a trial or a row of the tuning
+        main(["--dataset", "cars196", "--tune", "--rows", "mobilenet025_32ep_queries", "--runs", "/nonexistent"])
+
+
+@pytest.mark.smoke
 def test_int8_teacher_space_smoke_scores_fp32_and_two_int8_settings_against_the_teachers_gallery(tmp_path, cub100):
     from benchmarks.parity.int8_teacher_space import markdown
 

@@ -180,6 +180,9 @@ class Recipe:
     config: str
     student: str  # as the table names it
     training_photos: bool = False  # distil on the training classes' photos beside the gallery's (labels never read)
+    # A ceiling, not a recipe: distil on the queries' photos too (labels never read; transductive), what the student
+    # reaches when it has distilled on every photo it is scored on
+    query_photos: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,6 +198,7 @@ class Collection:
     rows: dict[str, Recipe]
     trials: dict[str, Recipe]  # --tune only: settings tried on the tuning classes beside the rows'
     runs: str = "known_gallery"  # runs/<this> by default
+    ceilings: dict[str, Recipe] = dataclasses.field(default_factory=dict)  # test only, run when named (--rows)
 
 
 COLLECTIONS = {
@@ -217,6 +221,11 @@ COLLECTIONS = {
                                       "MobileNetV2 at 96 px, T 0.05"),
             "mobilenet025": Recipe("configs/cub100/known_gallery/mobilenet025.yaml",
                                    "MobileNet-0.25 (ImageNet) at 160 px, 8 epochs"),
+        },
+        ceilings={
+            "mobilenet025_32ep_queries": Recipe("configs/cub100/known_gallery/ceilings/mobilenet025_32ep_queries.yaml",
+                                                "MobileNet-0.25 (ImageNet) at 160 px, 32 epochs, on the queries too",
+                                                query_photos=True),
         }),
     # the teacher learnt 74 of the 98 training models: the settings are chosen on the other 24 (its held-out ones)
     "cars196": Collection(
@@ -255,7 +264,15 @@ COLLECTIONS = {
             "asymmetric_160_training_12ep": Recipe(
                 "configs/cars196/known_gallery/trials/asymmetric_160_training_12ep.yaml",
                 "MobileNetV2 at 160 px, 12 epochs, with the training photos", training_photos=True),
-        }, runs="known_gallery_cars196"),
+        }, runs="known_gallery_cars196",
+        ceilings={
+            "mobilenet025_32ep_queries": Recipe("configs/cars196/known_gallery/ceilings/mobilenet025_32ep_queries.yaml",
+                                                "MobileNet-0.25 (ImageNet) at 160 px, 32 epochs, on the queries too",
+                                                query_photos=True),
+            "mobilenet025_224_queries": Recipe("configs/cars196/known_gallery/ceilings/mobilenet025_224_queries.yaml",
+                                               "MobileNet-0.25 (ImageNet) at 224 px, 32 epochs, on the queries too",
+                                               query_photos=True),
+        }),
 }
 
 
