@@ -31,7 +31,8 @@ the knn_agreement@10 it chose by: labels choose nothing, they measure how far th
 best epoch. A ceiling (``Collection.ceilings``, run only when named) is not a recipe: it distils on the queries'
 photos too, so its scores are transductive: what the student reaches when it has seen every photo. Each run's
 scores are kept beside its checkpoints (``SCORES``) and read back while its checkpoints, the teacher and the photos
-are the same ones (``--rescore`` scores again), so a row run again with more seeds scores only the new ones. Writes ``benchmarks/results/known_gallery_<dataset>{,_tuning}.{md,json}``.
+are the same ones (``--rescore`` scores again), so a row run again with more seeds scores only the new ones.
+Writes ``benchmarks/results/known_gallery_<dataset>{,_tuning}.{md,json}``.
 """
 from __future__ import annotations
 

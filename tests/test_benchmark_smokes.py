@@ -260,8 +260,9 @@ def test_a_ceiling_runs_only_when_named_and_only_on_the_test_classes():
     from benchmarks.common.collection import COLLECTIONS
     from benchmarks.known_gallery import main
 
-    assert all(recipe.query_photos for c in COLLECTIONS.values() for recipe in c.ceilings.values())
-    assert not any(recipe.query_photos for c in COLLECTIONS.values() for recipe in [*c.rows.values(), *c.trials.values()])
+    for collection in COLLECTIONS.values():
+        assert all(recipe.query_photos for recipe in collection.ceilings.values())
+        assert not any(recipe.query_photos for recipe in [*collection.rows.values(), *collection.trials.values()])
     with pytest.raises(SystemExit):  # argparse: not a trial or a row of the tuning
         main(["--dataset", "cars196", "--tune", "--rows", "mobilenet025_32ep_queries", "--runs", "/nonexistent"])
 
