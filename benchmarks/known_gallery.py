@@ -94,6 +94,14 @@ def epoch_curve(run: Path, summary: dict, scored: Callable[[Path], dict]) -> lis
     return curve
 
 
+def gallery_beside(gallery: Path, name: str, paths: list[str]) -> tuple[Path, int]:
+    """A folder beside ``gallery`` (``<gallery>_with_<name>``) holding the gallery's links again and, in ``name``/, a
+    link to each of ``paths``: photos a run distils on beside the collection's. Returns it and how many it added."""
+    photos = gallery.with_name(f"{gallery.name}_with_{name}")
+    link_photos(sorted(map(str, gallery.iterdir())), photos / "gallery")
+    return photos, link_photos(paths, photos / name)
+
+
 def measure(args: argparse.Namespace, command: str) -> dict:
     from embdistill.checkpoints import EPOCHS, run_checkpoint
     from embdistill.config import load_config
@@ -129,14 +137,11 @@ def measure(args: argparse.Namespace, command: str) -> dict:
             if spec.training_photos and part.split == "train" and not part.held_out:
                 raise SystemExit(f"{row}: the tuning classes are the training classes; no other training photos")
             if spec.training_photos:  # the gallery beside the photos of the classes the teacher trained on
-                photos = args.runs / "photos" / f"gallery_{tag}_with_training"
-                link_photos(sorted(map(str, folder.iterdir())), photos / "gallery")  # the gallery's links, again
-                beside = link_photos(training_photos(args.data, collection.reader, part.held_out), photos / "training")
-            if spec.query_photos:  # a ceiling (test classes only): the gallery beside the queries' own photos
-                photos = args.runs / "photos" / f"gallery_{tag}_with_queries"
-                link_photos(sorted(map(str, folder.iterdir())), photos / "gallery")
-                queried = link_photos([str(p) for p, known in zip(items.paths, in_gallery) if not known],
-                                      photos / "queries")
+                photos, beside = gallery_beside(folder, "training",
+                                                training_photos(args.data, collection.reader, part.held_out))
+            if row in collection.ceilings:  # test classes only: the gallery beside the queries' own photos
+                photos, queried = gallery_beside(folder, "queries",
+                                                 [str(p) for p, known in zip(items.paths, in_gallery) if not known])
             overrides = [f"data.root={photos}", f"distill.bank={args.runs / 'photos' / bank}",
                          f"distill.teacher={args.teacher}", *args.overrides]
             runs = []

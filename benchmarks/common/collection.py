@@ -180,9 +180,6 @@ class Recipe:
     config: str
     student: str  # as the table names it
     training_photos: bool = False  # distil on the training classes' photos beside the gallery's (labels never read)
-    # A ceiling, not a recipe: distil on the queries' photos too (labels never read; transductive), what the student
-    # reaches when it has distilled on every photo it is scored on
-    query_photos: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,7 +195,9 @@ class Collection:
     rows: dict[str, Recipe]
     trials: dict[str, Recipe]  # --tune only: settings tried on the tuning classes beside the rows'
     runs: str = "known_gallery"  # runs/<this> by default
-    ceilings: dict[str, Recipe] = dataclasses.field(default_factory=dict)  # test only, run when named (--rows)
+    # Test only, run when named (--rows): not recipes, they distil on the queries' photos too (labels never read;
+    # transductive): what the student reaches when it has distilled on the photos it is scored on
+    ceilings: dict[str, Recipe] = dataclasses.field(default_factory=dict)
 
 
 COLLECTIONS = {
@@ -224,8 +223,7 @@ COLLECTIONS = {
         },
         ceilings={
             "mobilenet025_32ep_queries": Recipe("configs/cub100/known_gallery/ceilings/mobilenet025_32ep_queries.yaml",
-                                                "MobileNet-0.25 (ImageNet) at 160 px, 32 epochs, on the queries too",
-                                                query_photos=True),
+                                                "MobileNet-0.25 (ImageNet) at 160 px, 32 epochs, on the queries too"),
         }),
     # the teacher learnt 74 of the 98 training models: the settings are chosen on the other 24 (its held-out ones)
     "cars196": Collection(
@@ -267,11 +265,9 @@ COLLECTIONS = {
         }, runs="known_gallery_cars196",
         ceilings={
             "mobilenet025_32ep_queries": Recipe("configs/cars196/known_gallery/ceilings/mobilenet025_32ep_queries.yaml",
-                                                "MobileNet-0.25 (ImageNet) at 160 px, 32 epochs, on the queries too",
-                                                query_photos=True),
+                                                "MobileNet-0.25 (ImageNet) at 160 px, 32 epochs, on the queries too"),
             "mobilenet025_224_queries": Recipe("configs/cars196/known_gallery/ceilings/mobilenet025_224_queries.yaml",
-                                               "MobileNet-0.25 (ImageNet) at 224 px, 32 epochs, on the queries too",
-                                               query_photos=True),
+                                               "MobileNet-0.25 (ImageNet) at 224 px, 32 epochs, on the queries too"),
         }),
 }
 
